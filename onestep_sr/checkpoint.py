@@ -1,0 +1,172 @@
+"""Reading checkpoints safely and loading them into our networks.
+
+Accepted: ``.safetensors``; ``.pth``/``.ckpt``/``.pt``/``.bin`` through
+``torch.load(weights_only=True)`` (a pickle that needs code execution is refused); a bare
+state dict or a ``{'state_dict': ...}`` wrapper (official trainer layout); ``module.`` /
+``_orig_mod.`` prefixes in any combination (DDP, torch.compile); the recomputable buffers
+(``relative_position_index``, ``attn_mask``) present or absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+WRAPPER_KEYS = ("state_dict",)
+PREFIXES = ("module.", "_orig_mod.")
+RECOMPUTABLE_BUFFERS = ("relative_position_index", "attn_mask")
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+_SHOW = 5
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read or does not fit the architecture."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors of a checkpoint file (unwrapped, prefixes stripped) and its text metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    metadata: dict[str, str] = {}
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+                obj: Any = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    elif path.suffix in PICKLE_SUFFIXES:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(
+                f"{path}: refused to load. The file is a pickle that needs to run code to be read "
+                "(only plain tensors and containers are allowed, torch.load(weights_only=True)). "
+                "If you trust its source, convert it to .safetensors in an isolated environment."
+            ) from exc
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    else:
+        raise CheckpointError(
+            f"{path}: unsupported checkpoint type {path.suffix!r} "
+            f"(expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)})"
+        )
+    return normalise_state_dict(obj, source=str(path)), metadata
+
+
+def normalise_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Unwrap ``{'state_dict': ...}`` and strip ``module.``/``_orig_mod.`` prefixes."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of tensors, found {type(obj).__name__}")
+    for key in WRAPPER_KEYS:
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    out: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor"
+            )
+        name = str(key)
+        while name.startswith(PREFIXES):
+            name = name.split(".", 1)[1]
+        if name in out:
+            raise CheckpointError(f"{source}: key {name!r} appears twice once prefixes are stripped")
+        out[name] = value
+    return out
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOW])
+    return shown + (f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else "")
+
+
+def _is_recomputable(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in RECOMPUTABLE_BUFFERS
+
+
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+              architecture: str) -> nn.Module:
+    """Copy ``state`` into ``model``, strictly: every missing, unexpected or mis-shaped key is an
+    error naming the keys and the architecture expected. Recomputable buffers may be absent."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not _is_recomputable(k)]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [
+        f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
+        for k, v in expected.items() if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
+    if misshaped:
+        problems.append(f"{len(misshaped)} key(s) with the wrong shape: {_listing(misshaped)}")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not match the {architecture} architecture: " + "; ".join(problems)
+        )
+    model.load_state_dict(dict(state), strict=False)
+    return model
+
+
+def config_from_metadata(metadata: Mapping[str, str]) -> dict[str, Any] | None:
+    """The architecture config stored in a safetensors header under ``config`` (JSON), if any."""
+    text = metadata.get("config")
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint metadata 'config' is not valid JSON ({exc})") from exc
+    return value if isinstance(value, dict) else None
+
+
+def _resolve(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
+    if isinstance(source, Mapping):
+        return normalise_state_dict(source), {}, "state dict"
+    state, metadata = read_checkpoint(source)
+    return state, metadata, str(source)
+
+
+def load_denoiser(source, config=None, device=None, dtype=None):
+    """Swin-UNet denoiser from a file or state dict. Without ``config`` the architecture comes from
+    the file's ``config`` metadata, else is inferred from the key names and shapes."""
+    from .models import DenoiserConfig, build_denoiser
+    from .models.config_inference import ArchitectureMismatch, infer_denoiser_config
+
+    state, metadata, name = _resolve(source)
+    if config is None:
+        stored = config_from_metadata(metadata)
+        try:
+            config = DenoiserConfig.from_dict(stored) if stored else infer_denoiser_config(state)
+        except (ArchitectureMismatch, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{name}: {exc}") from exc
+    model = load_into(build_denoiser(config), state, name, f"Swin-UNet denoiser {config}")
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_autoencoder(source, config=None, device=None, dtype=None):
+    """VQ-f4 autoencoder from a file or state dict (architecture as in :func:`load_denoiser`)."""
+    from .models import AutoencoderConfig, build_autoencoder
+    from .models.config_inference import ArchitectureMismatch, infer_autoencoder_config
+
+    state, metadata, name = _resolve(source)
+    if config is None:
+        stored = config_from_metadata(metadata)
+        try:
+            config = AutoencoderConfig.from_dict(stored) if stored else infer_autoencoder_config(state)
+        except (ArchitectureMismatch, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{name}: {exc}") from exc
+    model = load_into(build_autoencoder(config), state, name, f"VQ autoencoder {config}")
+    return model.to(device=device, dtype=dtype).eval()

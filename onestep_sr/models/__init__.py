@@ -1,0 +1,35 @@
+"""Networks: the Swin-UNet denoiser and the VQ-f4 autoencoder."""
+from __future__ import annotations
+
+import torch
+
+from .autoencoder import VQAutoencoder
+from .configs import OFFICIAL_AUTOENCODER, OFFICIAL_DENOISER, AutoencoderConfig, DenoiserConfig
+from .denoiser import SwinUNetDenoiser
+
+
+def build_denoiser(config: DenoiserConfig, device: str | torch.device | None = None) -> SwinUNetDenoiser:
+    with torch.device(device or "cpu"):
+        return SwinUNetDenoiser(config)
+
+
+def build_autoencoder(config: AutoencoderConfig, device: str | torch.device | None = None) -> VQAutoencoder:
+    with torch.device(device or "cpu"):
+        return VQAutoencoder(config)
+
+
+def build_official_denoiser(device: str | torch.device | None = None) -> SwinUNetDenoiser:
+    """The released x4 SR denoiser architecture (ResShift v1/v2/v3, SinSR); ``device='meta'`` works."""
+    return build_denoiser(OFFICIAL_DENOISER, device)
+
+
+def build_official_autoencoder(device: str | torch.device | None = None) -> VQAutoencoder:
+    """The released VQ-f4 autoencoder architecture; ``device='meta'`` works."""
+    return build_autoencoder(OFFICIAL_AUTOENCODER, device)
+
+
+__all__ = [
+    "AutoencoderConfig", "DenoiserConfig", "OFFICIAL_AUTOENCODER", "OFFICIAL_DENOISER",
+    "SwinUNetDenoiser", "VQAutoencoder", "build_autoencoder", "build_denoiser",
+    "build_official_autoencoder", "build_official_denoiser",
+]

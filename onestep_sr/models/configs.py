@@ -1,0 +1,118 @@
+"""Architecture configurations of the Swin-UNet denoiser and the VQ-f4 autoencoder.
+
+Field names follow the official YAML/constructor arguments so that a config read from a
+checkpoint's metadata (or a YAML file) maps onto them one to one.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """Constructor arguments of the ResShift/SinSR Swin-UNet (``UNetModelSwin``)."""
+
+    image_size: int = 64
+    in_channels: int = 6
+    model_channels: int = 160
+    out_channels: int = 3
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    num_res_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    attention_resolutions: tuple[int, ...] = (64, 32, 16, 8)
+    dropout: float = 0.0
+    conv_resample: bool = True
+    use_scale_shift_norm: bool = True
+    num_heads: int = 1
+    num_head_channels: int = 32
+    swin_depth: int = 2
+    swin_embed_dim: int = 192
+    window_size: int = 8
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        res_blocks = self.num_res_blocks
+        if isinstance(res_blocks, int):
+            res_blocks = (res_blocks,) * len(self.channel_mult)
+        object.__setattr__(self, "num_res_blocks", tuple(int(n) for n in res_blocks))
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(
+            self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions)
+        )
+        if len(self.num_res_blocks) != len(self.channel_mult):
+            raise ValueError("num_res_blocks must have one entry per channel_mult level")
+        if self.model_channels % 32:
+            raise ValueError("model_channels must be a multiple of 32 (GroupNorm with 32 groups)")
+
+    @property
+    def swin_heads(self) -> int:
+        if self.num_head_channels == -1:
+            return self.num_heads
+        return self.swin_embed_dim // self.num_head_channels
+
+    @property
+    def latent_multiple(self) -> int:
+        """Latent H and W must be multiples of this (window size at the coarsest level)."""
+        return self.window_size * 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def lq_channels(self) -> int:
+        return self.in_channels - self.out_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DenoiserConfig":
+        return cls(**_known_fields(cls, data))
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Constructor arguments of the VQ-f4 autoencoder (``VQModelTorch`` with its ``ddconfig``)."""
+
+    embed_dim: int = 3
+    n_embed: int = 8192
+    z_channels: int = 3
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 2
+    double_z: bool = False
+    dropout: float = 0.0
+    resolution: int = 256
+    attn_resolutions: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
+        if self.attn_resolutions:
+            raise ValueError("attn_resolutions other than [] are not part of the VQ-f4 architecture")
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "AutoencoderConfig":
+        """Accepts the flat form or the official nested ``{embed_dim, n_embed, ddconfig: {...}}``."""
+        flat = dict(data)
+        flat.update(flat.pop("ddconfig", None) or {})
+        return cls(**_known_fields(cls, flat))
+
+
+def _known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+
+
+#: The released x4 SR denoiser (ResShift v1/v2/v3, SinSR v1/v2): 118,593,583 parameters.
+OFFICIAL_DENOISER = DenoiserConfig()
+#: The released VQ-f4 autoencoder ``autoencoder_vq_f4.pth``: 55,322,782 parameters.
+OFFICIAL_AUTOENCODER = AutoencoderConfig()
+

@@ -1,0 +1,101 @@
+"""Samplers: small pure functions over an x0-predictor callable.
+
+``predict_x0(x_t, t) -> x0_hat`` is the denoiser with its conditioning bound (see
+:func:`x0_predictor`); ``y`` is the latent of the upsampled LR image (z_y). Noise is passed
+explicitly, as a tensor or as a ``torch.Generator`` to draw it from, so that every run is
+reproducible. ``callback(i, t, x0_hat)`` is called after each network call (progress bars,
+cancellation: raise from it to stop).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from .schedule import ResShiftSchedule
+
+X0Predictor = Callable[[torch.Tensor, int], torch.Tensor]
+Noise = Union[torch.Tensor, torch.Generator]
+Callback = Optional[Callable[[int, int, torch.Tensor], None]]
+
+
+def x0_predictor(denoiser: Callable[..., torch.Tensor], schedule: ResShiftSchedule,
+                 lq: torch.Tensor) -> X0Predictor:
+    """Binds the LR conditioning and the input scaling: x0_hat = denoiser(x_t / sqrt(1+k^2 eta_t), t, lq)."""
+    divisor = schedule.input_divisor
+
+    def predict(x_t: torch.Tensor, t: int) -> torch.Tensor:
+        steps = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+        return denoiser(x_t / float(divisor[t]), steps, lq)
+
+    return predict
+
+
+def draw_noise(noise: Noise, like: torch.Tensor) -> torch.Tensor:
+    """``noise`` itself (checked against ``like``) or a fresh N(0, I) tensor from a generator."""
+    if isinstance(noise, torch.Generator):
+        return torch.randn(like.shape, generator=noise, device=noise.device,
+                           dtype=torch.float32).to(like.device, like.dtype)
+    if noise.shape != like.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(like.shape)}")
+    return noise.to(like.device, like.dtype)
+
+
+def prior_sample(y: torch.Tensor, schedule: ResShiftSchedule, noise: Noise) -> torch.Tensor:
+    """x_T = y + kappa sqrt(eta_{T-1}) eps."""
+    return y + schedule.prior_std * draw_noise(noise, y)
+
+
+def sample_one_step(predict_x0: X0Predictor, y: torch.Tensor, schedule: ResShiftSchedule,
+                    noise: Noise, callback: Callback = None) -> torch.Tensor:
+    """SinSR one-step student: x0_hat = student(x_T, T-1)."""
+    t = schedule.steps - 1
+    x0 = predict_x0(prior_sample(y, schedule, noise), t)
+    if callback:
+        callback(0, t, x0)
+    return x0
+
+
+def sample_deterministic(predict_x0: X0Predictor, y: torch.Tensor, schedule: ResShiftSchedule,
+                         noise: Noise, callback: Callback = None) -> torch.Tensor:
+    """SinSR deterministic ResShift sampler: x_{t-1} = k_t x0_hat + m_t x_t + j_t y, t = T-1..0.
+
+    Given x_T it is deterministic; at t = 0 the output is the last x0 prediction."""
+    x = prior_sample(y, schedule, noise)
+    k, m, j = schedule.k.tolist(), schedule.m.tolist(), schedule.j.tolist()
+    for i, t in enumerate(reversed(range(schedule.steps))):
+        x0 = predict_x0(x, t)
+        if callback:
+            callback(i, t, x0)
+        x = (k[t] * x0 + m[t] * x) + j[t] * y
+    return x
+
+
+def sample_stochastic(predict_x0: X0Predictor, y: torch.Tensor, schedule: ResShiftSchedule,
+                      noise: Noise, step_noise: Union[Sequence[torch.Tensor], torch.Generator, None] = None,
+                      callback: Callback = None) -> torch.Tensor:
+    """Original ResShift ancestral sampler (T network calls).
+
+    x_{t-1} = (eta_{t-1}/eta_t) x_t + (alpha_t/eta_t) x0_hat + sqrt(kappa^2 eta_{t-1} alpha_t / eta_t) eps_t.
+    ``step_noise``: one tensor per step (T of them; the last is unused, as in the reference, which
+    draws it and masks it) or a generator; ``None`` draws from ``noise`` when it is a generator.
+    """
+    if step_noise is None:
+        if not isinstance(noise, torch.Generator):
+            raise ValueError("sample_stochastic needs step_noise when noise is a tensor")
+        step_noise = noise
+    if not isinstance(step_noise, torch.Generator) and len(step_noise) < schedule.steps:
+        raise ValueError(f"step_noise has {len(step_noise)} tensors, the schedule has {schedule.steps} steps")
+    x = prior_sample(y, schedule, noise)
+    c_x = schedule.posterior_mean_coef_x_t.tolist()
+    c_0 = schedule.posterior_mean_coef_x0.tolist()
+    std = schedule.posterior_variance.sqrt().tolist()
+    for i, t in enumerate(reversed(range(schedule.steps))):
+        x0 = predict_x0(x, t)
+        if callback:
+            callback(i, t, x0)
+        eps = draw_noise(step_noise if isinstance(step_noise, torch.Generator) else step_noise[i], x)
+        x = c_x[t] * x + c_0[t] * x0
+        if t > 0:
+            x = x + std[t] * eps
+    return x
