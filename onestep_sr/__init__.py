@@ -1,0 +1,12 @@
+"""OneStep SR engine: ResShift/SinSR one-step diffusion super-resolution. Knows no host."""
+from .checkpoint import CheckpointError, load_autoencoder, load_denoiser
+from .models import (AutoencoderConfig, DenoiserConfig, build_official_autoencoder,
+                     build_official_denoiser)
+from .pipeline import super_resolve
+from .schedule import SCHEDULE_T4, SCHEDULE_T15, ResShiftSchedule, resshift_etas
+
+__all__ = [
+    "AutoencoderConfig", "CheckpointError", "DenoiserConfig", "ResShiftSchedule", "SCHEDULE_T15",
+    "SCHEDULE_T4", "build_official_autoencoder", "build_official_denoiser", "load_autoencoder",
+    "load_denoiser", "resshift_etas", "super_resolve",
+]

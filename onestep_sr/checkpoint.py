@@ -47,10 +47,14 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            reason = _unpickler_reason(exc)
+            if "global" not in reason.lower():
+                raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from exc
             raise CheckpointError(
                 f"{path}: refused to load. The file is a pickle that needs to run code to be read "
-                "(only plain tensors and containers are allowed, torch.load(weights_only=True)). "
-                "If you trust its source, convert it to .safetensors in an isolated environment."
+                f"({reason}); only plain tensors and containers are accepted "
+                "(torch.load(weights_only=True)). If you trust its source, convert it to "
+                ".safetensors in an isolated environment."
             ) from exc
         except Exception as exc:
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
@@ -60,6 +64,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             f"(expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)})"
         )
     return normalise_state_dict(obj, source=str(path)), metadata
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The one informative line of torch's weights-only error (e.g. 'Unsupported global: ...')."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        tail = text.split(marker, 1)[1].strip()
+        return tail.splitlines()[0].strip() if tail else text
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def normalise_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -120,8 +134,9 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
     return model
 
 
-def config_from_metadata(metadata: Mapping[str, str]) -> dict[str, Any] | None:
-    """The architecture config stored in a safetensors header under ``config`` (JSON), if any."""
+def config_from_metadata(metadata: Mapping[str, str], marker: str) -> dict[str, Any] | None:
+    """The architecture config stored in a safetensors header under ``config`` (JSON), if it
+    has the ``marker`` field of the network kind being loaded."""
     text = metadata.get("config")
     if not text:
         return None
@@ -129,7 +144,7 @@ def config_from_metadata(metadata: Mapping[str, str]) -> dict[str, Any] | None:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"checkpoint metadata 'config' is not valid JSON ({exc})") from exc
-    return value if isinstance(value, dict) else None
+    return value if isinstance(value, dict) and marker in value else None
 
 
 def _resolve(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
@@ -139,7 +154,8 @@ def _resolve(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> tuple[di
     return state, metadata, str(source)
 
 
-def load_denoiser(source, config=None, device=None, dtype=None):
+def load_denoiser(source: str | os.PathLike | Mapping[str, torch.Tensor], config=None,
+                  device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """Swin-UNet denoiser from a file or state dict. Without ``config`` the architecture comes from
     the file's ``config`` metadata, else is inferred from the key names and shapes."""
     from .models import DenoiserConfig, build_denoiser
@@ -147,26 +163,27 @@ def load_denoiser(source, config=None, device=None, dtype=None):
 
     state, metadata, name = _resolve(source)
     if config is None:
-        stored = config_from_metadata(metadata)
+        stored = config_from_metadata(metadata, marker="model_channels")
         try:
             config = DenoiserConfig.from_dict(stored) if stored else infer_denoiser_config(state)
-        except (ArchitectureMismatch, TypeError, ValueError) as exc:
+        except (ArchitectureMismatch, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{name}: {exc}") from exc
     model = load_into(build_denoiser(config), state, name, f"Swin-UNet denoiser {config}")
     return model.to(device=device, dtype=dtype).eval()
 
 
-def load_autoencoder(source, config=None, device=None, dtype=None):
+def load_autoencoder(source: str | os.PathLike | Mapping[str, torch.Tensor], config=None,
+                     device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """VQ-f4 autoencoder from a file or state dict (architecture as in :func:`load_denoiser`)."""
     from .models import AutoencoderConfig, build_autoencoder
     from .models.config_inference import ArchitectureMismatch, infer_autoencoder_config
 
     state, metadata, name = _resolve(source)
     if config is None:
-        stored = config_from_metadata(metadata)
+        stored = config_from_metadata(metadata, marker="n_embed")
         try:
             config = AutoencoderConfig.from_dict(stored) if stored else infer_autoencoder_config(state)
-        except (ArchitectureMismatch, TypeError, ValueError) as exc:
+        except (ArchitectureMismatch, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{name}: {exc}") from exc
     model = load_into(build_autoencoder(config), state, name, f"VQ autoencoder {config}")
     return model.to(device=device, dtype=dtype).eval()

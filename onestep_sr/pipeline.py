@@ -42,7 +42,7 @@ def bicubic_upscale(x: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
 
 def uint8_to_model(image: np.ndarray) -> torch.Tensor:
     """H x W x 3 uint8 RGB -> 1 x 3 x H x W float32 in [-1, 1] (u8/255, then (x-0.5)/0.5)."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).float().div(255.0)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).float().div(255.0)
     return ((x - 0.5) / 0.5).permute(2, 0, 1)[None]
 
 

@@ -1,0 +1,144 @@
+"""Checkpoint IO: every layout the official trainers and converters produce, strict errors, and
+refusal of pickles that would run code."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from onestep_sr import CheckpointError, load_autoencoder, load_denoiser
+
+
+@pytest.fixture(scope="module")
+def unet_state(goldens) -> dict[str, torch.Tensor]:
+    return load_file(str(goldens / "unet.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def vq_state(goldens) -> dict[str, torch.Tensor]:
+    return load_file(str(goldens / "vq.safetensors"))
+
+
+def same_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    ours = model.state_dict()
+    return all(torch.equal(ours[k], v) for k, v in state.items())
+
+
+LAYOUTS = ["bare", "wrapped", "module.", "_orig_mod.", "module._orig_mod.", "wrapped+module.", "no_buffers"]
+
+
+@pytest.mark.parametrize("layout, suffix", [(layout, suffix) for suffix in (".pth", ".ckpt", ".safetensors")
+                                            for layout in LAYOUTS
+                                            if not (suffix == ".safetensors" and "wrapped" in layout)])
+def test_denoiser_layouts_load_bit_exactly(tmp_path, unet_state, layout, suffix):
+    state = dict(unet_state)
+    if layout == "no_buffers":
+        state = {k: v for k, v in state.items() if not k.endswith(("attn_mask", "relative_position_index"))}
+    prefix = layout.replace("wrapped", "").replace("+", "")
+    if prefix not in ("", "bare", "no_buffers"):
+        state = {prefix + k: v for k, v in state.items()}
+    path = tmp_path / f"unet{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save({"iters_start": 7, "state_dict": state} if "wrapped" in layout else state, path)
+    model = load_denoiser(path)
+    assert same_weights(model, unet_state)
+
+
+def test_official_ddp_trainer_file_loads(goldens, vq_state):
+    """vq_wrapped_module.pth: {'iters_start', 'state_dict': {'module.' + key}} as the reference saved it."""
+    assert same_weights(load_autoencoder(goldens / "vq_wrapped_module.pth"), vq_state)
+
+
+def test_architecture_comes_from_metadata_or_shapes(tmp_path, unet_state):
+    path = tmp_path / "plain.safetensors"
+    save_file(unet_state, str(path))  # no config metadata: inferred from shapes
+    assert load_denoiser(path).config.model_channels == 32
+
+
+def test_fp16_file_loads_into_fp32_model(tmp_path, vq_state):
+    path = tmp_path / "half.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in vq_state.items()}, str(path))
+    model = load_autoencoder(path)
+    assert model.dtype == torch.float32
+    assert torch.equal(model.state_dict()["quant_conv.weight"], vq_state["quant_conv.weight"].half().float())
+
+
+def test_missing_and_extra_keys_are_listed_with_the_architecture(tmp_path, unet_state):
+    from onestep_sr.models.config_inference import infer_denoiser_config
+
+    config = infer_denoiser_config(unet_state)
+    state = dict(unet_state)
+    del state["out.2.bias"]
+    state["surprise.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as err:
+        load_denoiser(state, config=config)
+    text = str(err.value)
+    assert "out.2.bias" in text and "surprise.weight" in text and "model_channels=32" in text
+
+
+def test_misshaped_key_is_named_with_both_shapes(unet_state):
+    from onestep_sr.models.config_inference import infer_denoiser_config
+
+    state = dict(unet_state)
+    state["out.2.weight"] = torch.zeros(3, 32, 1, 1)
+    with pytest.raises(CheckpointError, match=r"out\.2\.weight \[3, 32, 1, 1\] \(expected \[3, 32, 3, 3\]\)"):
+        load_denoiser(state, config=infer_denoiser_config(unet_state))
+
+
+def test_full_size_architecture_error_lists_first_keys(unet_state):
+    from onestep_sr.models import OFFICIAL_DENOISER
+
+    with pytest.raises(CheckpointError, match=r"wrong shape: .*\(\+\d+ more\)"):
+        load_denoiser(unet_state, config=OFFICIAL_DENOISER)
+
+
+def test_wrong_model_kind_is_explained(goldens):
+    with pytest.raises(CheckpointError, match="not a ResShift/SinSR Swin-UNet denoiser state dict"):
+        load_denoiser(goldens / "vq.safetensors")
+    with pytest.raises(CheckpointError, match="not a VQ-f4 autoencoder state dict"):
+        load_autoencoder(goldens / "unet.safetensors")
+
+
+class _Exploit:
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+def test_pickle_needing_code_execution_is_refused(tmp_path):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {"x": _Exploit(marker)}}, f, protocol=2)
+    with pytest.raises(CheckpointError, match="refused to load.*Unsupported global"):
+        load_denoiser(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("missing.pth", None, "checkpoint not found"),
+    ("garbage.pth", b"not a checkpoint at all", "not a readable PyTorch checkpoint"),
+    ("garbage.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{broken", "not a readable safetensors file"),
+    ("weights.onnx", b"whatever", "unsupported checkpoint type"),
+])
+def test_unreadable_files_are_named(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_denoiser(path)
+    assert name in str(err.value)
+
+
+def test_non_tensor_entries_are_reported(tmp_path):
+    path = tmp_path / "odd.pth"
+    torch.save({"input_blocks.0.0.weight": [1, 2, 3]}, path)
+    with pytest.raises(CheckpointError, match="'input_blocks.0.0.weight' is a list"):
+        load_denoiser(path)

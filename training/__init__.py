@@ -1,0 +1,1 @@
+"""Training and distillation of one-step students (ResShift teacher, SinSR, OSEDiff, ...)."""
