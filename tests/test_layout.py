@@ -1,0 +1,56 @@
+"""Project rules that hosts depend on: the engine imports no host or heavy extra, torch is never
+pinned from above, checkpoints are never unpickled unsafely."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+
+from helpers import REPO
+
+FORBIDDEN = ["comfy", "comfy_api", "folder_paths", "modules", "gradio", "torchvision", "diffusers", "peft",
+             "transformers", "accelerate"]
+
+
+def test_engine_imports_no_host_and_no_heavy_extra():
+    code = ("import sys, onestep_sr, onestep_sr.cli, onestep_sr.pipeline; "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True,
+                            text=True).stdout.split()
+    assert "torch" in loaded
+    assert not set(FORBIDDEN) & set(loaded)
+
+
+def test_layout_and_core_dependencies():
+    for path in ["onestep_sr", "nodes", "extensions", "weights", "training", "tests", "benchmarks",
+                 "__init__.py", "README.md", ".ci/run"]:
+        assert (REPO / path).exists(), path
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower() for d in meta["dependencies"]]
+    assert sorted(names) == ["numpy", "pillow", "safetensors", "torch"]
+    torch_spec = next(d for d in meta["dependencies"] if d.startswith("torch"))
+    assert "<" not in torch_spec and "==" not in torch_spec
+    assert {"sd", "train", "app", "test"} <= set(meta["optional-dependencies"])
+
+
+def test_no_unsafe_torch_load_and_no_torchvision_in_sources():
+    offenders = []
+    for path in REPO.rglob("*.py"):
+        if ".git" in path.parts:
+            continue
+        text = path.read_text()
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            if "weights_only=True" not in call:
+                offenders.append(f"{path}: {call}")
+        if re.search(r"^\s*(import|from)\s+torchvision", text, re.M):
+            offenders.append(f"{path}: imports torchvision")
+    assert not offenders
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (REPO / ".ci/run").read_text()
+    command = re.search(r"^TEST_COMMAND='(.+)'$", ci, re.M)
+    assert command and "pytest" in command.group(1)
+    assert re.search(r'^bash -c "\$TEST_COMMAND"$', ci, re.M)
+    assert command.group(1) in (REPO / "README.md").read_text()
