@@ -11,11 +11,16 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Union
 
 import torch
 from torch import nn
+
+from .models import (AutoencoderConfig, DenoiserConfig, SwinUNetDenoiser, VQAutoencoder, build_autoencoder,
+                     build_denoiser)
+from .models.config_inference import ArchitectureMismatch, infer_autoencoder_config, infer_denoiser_config
 
 WRAPPER_KEYS = ("state_dict",)
 PREFIXES = ("module.", "_orig_mod.")
@@ -147,43 +152,44 @@ def config_from_metadata(metadata: Mapping[str, str], marker: str) -> dict[str, 
     return value if isinstance(value, dict) and marker in value else None
 
 
-def _resolve(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
+@dataclass(frozen=True)
+class _Kind:
+    name: str
+    config_cls: type
+    infer: Callable[[Mapping[str, torch.Tensor]], Any]
+    build: Callable[[Any], nn.Module]
+    marker: str  # a field that only this kind's config has
+
+
+_DENOISER = _Kind("Swin-UNet denoiser", DenoiserConfig, infer_denoiser_config, build_denoiser, "model_channels")
+_AUTOENCODER = _Kind("VQ autoencoder", AutoencoderConfig, infer_autoencoder_config, build_autoencoder, "n_embed")
+
+Source = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
+
+
+def _load(kind: _Kind, source: Source, config: Any, device: Any, dtype: Any) -> nn.Module:
     if isinstance(source, Mapping):
-        return normalise_state_dict(source), {}, "state dict"
-    state, metadata = read_checkpoint(source)
-    return state, metadata, str(source)
+        state, metadata, name = normalise_state_dict(source), {}, "state dict"
+    else:
+        (state, metadata), name = read_checkpoint(source), str(source)
+    if config is None:
+        stored = config_from_metadata(metadata, marker=kind.marker)
+        try:
+            config = kind.config_cls.from_dict(stored) if stored else kind.infer(state)
+        except (ArchitectureMismatch, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{name}: {exc}") from exc
+    model = load_into(kind.build(config), state, name, f"{kind.name} {config}")
+    return model.to(device=device, dtype=dtype).eval()
 
 
-def load_denoiser(source: str | os.PathLike | Mapping[str, torch.Tensor], config=None,
-                  device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+def load_denoiser(source: Source, config: DenoiserConfig | None = None,
+                  device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SwinUNetDenoiser:
     """Swin-UNet denoiser from a file or state dict. Without ``config`` the architecture comes from
     the file's ``config`` metadata, else is inferred from the key names and shapes."""
-    from .models import DenoiserConfig, build_denoiser
-    from .models.config_inference import ArchitectureMismatch, infer_denoiser_config
-
-    state, metadata, name = _resolve(source)
-    if config is None:
-        stored = config_from_metadata(metadata, marker="model_channels")
-        try:
-            config = DenoiserConfig.from_dict(stored) if stored else infer_denoiser_config(state)
-        except (ArchitectureMismatch, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{name}: {exc}") from exc
-    model = load_into(build_denoiser(config), state, name, f"Swin-UNet denoiser {config}")
-    return model.to(device=device, dtype=dtype).eval()
+    return _load(_DENOISER, source, config, device, dtype)
 
 
-def load_autoencoder(source: str | os.PathLike | Mapping[str, torch.Tensor], config=None,
-                     device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+def load_autoencoder(source: Source, config: AutoencoderConfig | None = None,
+                     device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VQAutoencoder:
     """VQ-f4 autoencoder from a file or state dict (architecture as in :func:`load_denoiser`)."""
-    from .models import AutoencoderConfig, build_autoencoder
-    from .models.config_inference import ArchitectureMismatch, infer_autoencoder_config
-
-    state, metadata, name = _resolve(source)
-    if config is None:
-        stored = config_from_metadata(metadata, marker="n_embed")
-        try:
-            config = AutoencoderConfig.from_dict(stored) if stored else infer_autoencoder_config(state)
-        except (ArchitectureMismatch, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{name}: {exc}") from exc
-    model = load_into(build_autoencoder(config), state, name, f"VQ autoencoder {config}")
-    return model.to(device=device, dtype=dtype).eval()
+    return _load(_AUTOENCODER, source, config, device, dtype)

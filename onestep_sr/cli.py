@@ -17,6 +17,9 @@ from .schedule import SCHEDULE_T4, SCHEDULE_T15
 
 SCHEDULES = {"T15": SCHEDULE_T15, "T4": SCHEDULE_T4}
 DEFAULT_SEED = 12345
+#: Without tiling (not implemented yet) the VQ and the denoiser run on the whole image at once;
+#: beyond this many LR pixels that needs tens of GB, so it is refused up front instead of crashing.
+MAX_UNTILED_LR_PIXELS = 512 * 512
 
 
 class UsageError(Exception):
@@ -51,6 +54,12 @@ def upscale(args: argparse.Namespace) -> None:
     if dst.exists() and dst.resolve() == src.resolve():
         raise UsageError(f"refusing to overwrite the input {src}")
     image = read_rgb(src)
+    height, width = image.shape[:2]
+    if height * width > MAX_UNTILED_LR_PIXELS:
+        raise UsageError(
+            f"{src}: {width}x{height} is too large to upscale in one piece (limit "
+            f"{MAX_UNTILED_LR_PIXELS} pixels until tiling is available); crop or downscale it first"
+        )
     denoiser = load_denoiser(args.denoiser)
     autoencoder = load_autoencoder(args.autoencoder)
     schedule = SCHEDULES[args.schedule]

@@ -42,6 +42,14 @@ def test_bad_inputs(tmp_path, capsys, weights, make, message):
     assert not out.exists()
 
 
+def test_too_large_image_is_refused_before_any_work(tmp_path, capsys, weights):
+    src = tmp_path / "big.png"
+    Image.new("RGB", (1024, 513)).save(src)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "out.png"), *weights]) == 2
+    assert "1024x513 is too large" in capsys.readouterr().err
+    assert not (tmp_path / "out.png").exists()
+
+
 def test_bad_checkpoint_and_no_partial_file(tmp_path, capsys, goldens):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"junk")
