@@ -96,3 +96,12 @@ def test_bad_latent_sizes_are_rejected_with_the_rule(golden_denoiser):
         golden_denoiser(torch.zeros(1, 3, 64, 40), torch.tensor([0]), torch.zeros(1, 3, 64, 40))
     with pytest.raises(ValueError, match="lq must be"):
         golden_denoiser(torch.zeros(1, 3, 64, 64), torch.tensor([0]), torch.zeros(1, 3, 32, 32))
+
+
+def test_runtime_mask_cache_is_not_poisoned_by_meta_builds():
+    from onestep_sr.models.swin import _runtime_mask
+
+    _runtime_mask.cache_clear()
+    with torch.device("meta"):
+        mask = _runtime_mask(24, 16, 8, 4)
+    assert mask.device.type == "cpu" and torch.equal(mask, shifted_window_mask(24, 16, 8, 4))

@@ -10,6 +10,8 @@ Differences from textbook Swin that the released weights depend on (spec section
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +43,13 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int) -> tor
     mask = torch.zeros(n_rows, n_cols, window * window, window * window)
     mask[-1] = pair_mask
     return mask.flatten(0, 1)
+
+
+@lru_cache(maxsize=32)
+def _runtime_mask(height: int, width: int, window: int, shift: int) -> torch.Tensor:
+    """CPU copy of :func:`shifted_window_mask`, cached per size (callers must not modify it)."""
+    with torch.device("cpu"):
+        return shifted_window_mask(height, width, window, shift)
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -114,7 +123,7 @@ class SwinBlock(nn.Module):
         mask = None
         if self.shift:
             x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(2, 3))
-            mask = shifted_window_mask(h, w, self.window, self.shift).to(x.device)
+            mask = _runtime_mask(h, w, self.window, self.shift).to(x.device)
         out = window_merge(self.attn(window_partition(x, self.window), mask), self.window, h, w)
         if self.shift:
             out = torch.roll(out, shifts=(self.shift, self.shift), dims=(2, 3))
