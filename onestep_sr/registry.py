@@ -1,0 +1,77 @@
+"""The registry of official checkpoints (``weights/registry.json``) and where weights live locally.
+
+The models folder is, in order: an explicit argument, the ``ONESTEP_SR_MODELS`` environment
+variable, ``~/.cache/onestep_sr/models``. Reading the registry touches no network.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+from .schedule import ResShiftSchedule
+
+REGISTRY_FILE = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
+MODELS_ENV = "ONESTEP_SR_MODELS"
+KINDS = ("denoiser", "autoencoder")
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the sentence readable
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    file: str
+    url: str
+    kind: str
+    licence: str
+    description: str = ""
+    expected_payload_bytes: Optional[int] = None
+    sha256: Optional[str] = None
+    architecture: str = "official"
+    autoencoder: Optional[str] = None
+    sampler: Optional[str] = None
+    schedule: dict[str, Any] = field(default_factory=dict)
+
+    def resshift_schedule(self) -> ResShiftSchedule:
+        if self.kind != "denoiser":
+            raise ValueError(f"{self.name} is an {self.kind}; only denoisers have a schedule")
+        return ResShiftSchedule(**self.schedule)
+
+
+@lru_cache(maxsize=4)
+def _load(path: Path) -> dict[str, RegistryEntry]:
+    data = json.loads(path.read_text())
+    entries = {}
+    for name, raw in data["models"].items():
+        entry = RegistryEntry(name=name, **raw)
+        if entry.kind not in KINDS:
+            raise ValueError(f"{path}: model {name!r} has unknown kind {entry.kind!r}")
+        entries[name] = entry
+    return entries
+
+
+def list_entries(path: Path = REGISTRY_FILE) -> list[RegistryEntry]:
+    return list(_load(path).values())
+
+
+def get_entry(name: str, path: Path = REGISTRY_FILE) -> RegistryEntry:
+    entries = _load(path)
+    if name not in entries:
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(entries)}")
+    return entries[name]
+
+
+def models_dir(explicit: str | os.PathLike | None = None) -> Path:
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    env = os.environ.get(MODELS_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "onestep_sr" / "models"
