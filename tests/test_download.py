@@ -1,21 +1,33 @@
-"""The downloader against a loopback HTTP server serving small checkpoints the tests make."""
+"""The downloader against a loopback HTTP server (127.0.0.1) serving small checkpoints the tests
+make. Nothing here reaches beyond loopback; every server answers within seconds and refuses
+more than a few dozen requests."""
 from __future__ import annotations
 
 import hashlib
+import io
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from onestep_sr.download import DownloadError, WeightsUnavailableError, ensure_weights
-from onestep_sr.registry import RegistryEntry
+from onestep_sr.download import (DownloadError, HashMismatchError, WeightsUnavailableError,
+                                 ensure_weights)
+from onestep_sr.registry import RegistryEntry, UnknownModelError, get_entry, list_entries
+
+OFFICIAL_PREFIXES = ("https://github.com/wyf0912/SinSR/releases/download/v1.0/",
+                     "https://github.com/zsyOAOA/ResShift/releases/download/v2.0/")
+MAX_REQUESTS = 30
 
 
 class Server:
-    """Serves ``files`` (name -> bytes) with Range support; ``mode`` changes behaviour:
-    'normal', 'ignore_range' (always 200), 'truncate' (announces the full length, sends half)."""
+    """Serves ``files`` (name -> bytes) with Range support (206 + Content-Range, 416 past the
+    end) and ``/redir/<name>`` -> 302 to ``/<name>``. ``mode`` changes behaviour: 'normal',
+    'ignore_range' (always 200 with the whole file), 'range_from_zero' (206 but from byte 0),
+    'truncate' (announces the full length, sends half, closes), 'fail_once' (first GET is 503)."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
@@ -24,19 +36,45 @@ class Server:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 5  # a stuck client cannot hold a handler thread for long
+
             def log_message(self, *args):
                 pass
 
             def do_GET(self):
-                server.requests.append({"path": self.path, "range": self.headers.get("Range")})
+                self.close_connection = True
+                server.requests.append({"path": self.path, "range": self.headers.get("Range"),
+                                        "agent": self.headers.get("User-Agent")})
+                if len(server.requests) > MAX_REQUESTS:
+                    self.send_error(500, "too many requests in one test")
+                    return
+                if self.path.startswith("/redir/"):
+                    self.send_response(302)
+                    self.send_header("Location", self.path[len("/redir"):])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if server.mode == "fail_once" and len(server.requests) == 1:
+                    self.send_error(503)
+                    return
                 body = server.files.get(self.path.lstrip("/"))
                 if body is None:
                     self.send_error(404)
                     return
+                self.send_body(body, self.headers.get("Range"))
+
+            def send_body(self, body: bytes, rng: str | None):
                 start = 0
-                rng = self.headers.get("Range")
                 if rng and server.mode != "ignore_range":
                     start = int(rng.split("=")[1].split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    if server.mode == "range_from_zero":
+                        start = 0
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
@@ -45,16 +83,24 @@ class Server:
                 self.send_header("Content-Length", str(len(chunk)))
                 self.end_headers()
                 self.wfile.write(chunk[: len(chunk) // 2] if server.mode == "truncate" else chunk)
-                self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
         self.thread.start()
 
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for name in ("ONESTEP_SR_OFFLINE", "HF_HUB_OFFLINE", "ONESTEP_SR_MODELS"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture()
@@ -64,36 +110,54 @@ def server():
     s.close()
 
 
-def checkpoint_bytes(tmp_path: Path) -> bytes:
-    src = tmp_path / "src.pth"
-    torch.save({"w": torch.arange(20000, dtype=torch.float32)}, src)
+def checkpoint_bytes(tmp_path: Path, suffix: str = ".pth") -> bytes:
+    src = tmp_path / f"src{suffix}"
+    tensors = {"w": torch.arange(20000, dtype=torch.float32)}
+    if suffix == ".safetensors":
+        save_file(tensors, str(src))
+    else:
+        torch.save(tensors, src)
     return src.read_bytes()
 
 
-def entry(server: Server, file: str = "model.pth", sha256: str | None = None) -> RegistryEntry:
-    return RegistryEntry(name="tiny", file=file, url=server.url + file, kind="denoiser",
+def entry(server: Server, file: str = "model.pth", sha256: str | None = None,
+          path: str | None = None) -> RegistryEntry:
+    return RegistryEntry(name="tiny", file=file, url=server.url + (path or file), kind="denoiser",
                          licence="test", sha256=sha256)
 
 
 def fetch(e, folder, **kw):
-    return ensure_weights(e, folder, offline=False, backoff=0.0, timeout=5.0, **kw)
+    kw.setdefault("offline", False)
+    return ensure_weights(e, folder, backoff=0.0, timeout=5.0, **kw)
 
 
-def test_download_pins_the_hash_and_is_not_repeated(tmp_path, server):
-    data = checkpoint_bytes(tmp_path)
-    server.files["model.pth"] = data
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("file", ["model.pth", "model.safetensors"])
+def test_download_pins_the_hash_and_is_not_repeated(tmp_path, server, file):
+    data = checkpoint_bytes(tmp_path, Path(file).suffix)
+    server.files[file] = data
+    folder = tmp_path / "models"
     seen = []
-    path = fetch(entry(server), tmp_path / "models", progress=lambda d, t: seen.append((d, t)))
-    assert path.read_bytes() == data
-    digest = hashlib.sha256(data).hexdigest()
-    assert (tmp_path / "models" / "model.pth.sha256").read_text().split()[0] == digest
+    path = fetch(entry(server, file), folder, progress=lambda d, t: seen.append((d, t)))
+    assert path == folder / file and path.read_bytes() == data
+    assert (folder / f"{file}.sha256").read_text() == f"{sha(data)}  {file}\n"
     assert seen[-1] == (len(data), len(data))
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.pth", "model.pth.sha256"]
-    fetch(entry(server), tmp_path / "models")
+    assert sorted(p.name for p in folder.iterdir()) == [file, f"{file}.sha256"]
+    assert server.requests[0]["agent"].startswith("onestep-sr")
+    assert fetch(entry(server, file), folder, offline=True) == path  # on disk: no request
     assert len(server.requests) == 1
 
 
-@pytest.mark.parametrize("mode", ["normal", "ignore_range"])
+def test_models_dir_from_the_environment(tmp_path, server, monkeypatch):
+    server.files["model.pth"] = checkpoint_bytes(tmp_path)
+    monkeypatch.setenv("ONESTEP_SR_MODELS", str(tmp_path / "env"))
+    assert fetch(entry(server), None) == tmp_path / "env" / "model.pth"
+
+
+@pytest.mark.parametrize("mode", ["normal", "ignore_range", "range_from_zero"])
 def test_resume_from_part_file(tmp_path, server, mode):
     data = checkpoint_bytes(tmp_path)
     server.files["model.pth"] = data
@@ -101,10 +165,41 @@ def test_resume_from_part_file(tmp_path, server, mode):
     folder = tmp_path / "models"
     folder.mkdir()
     (folder / "model.pth.part").write_bytes(data[: len(data) // 3])
-    path = fetch(entry(server, sha256=hashlib.sha256(data).hexdigest()), folder)
+    path = fetch(entry(server, sha256=sha(data)), folder)
     assert path.read_bytes() == data
     assert server.requests[0]["range"] == f"bytes={len(data) // 3}-"
-    assert not (folder / "model.pth.part").exists()
+    assert len(server.requests) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["model.pth"]  # registry hash: no pin
+
+
+def test_resume_follows_redirects_with_the_range(tmp_path, server):
+    data = checkpoint_bytes(tmp_path)
+    server.files["model.pth"] = data
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "model.pth.part").write_bytes(data[:1000])
+    assert fetch(entry(server, path="redir/model.pth"), folder).read_bytes() == data
+    assert [r["range"] for r in server.requests] == ["bytes=1000-", "bytes=1000-"]
+
+
+def test_range_not_satisfiable_restarts_a_stale_part(tmp_path, server):
+    data = checkpoint_bytes(tmp_path)
+    server.files["model.pth"] = data
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "model.pth.part").write_bytes(b"x" * (len(data) + 10))
+    assert fetch(entry(server), folder).read_bytes() == data
+    assert [r["range"] for r in server.requests] == [f"bytes={len(data) + 10}-", None]
+
+
+def test_complete_part_is_finished_without_downloading_again(tmp_path, server):
+    data = checkpoint_bytes(tmp_path)
+    server.files["model.pth"] = data
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "model.pth.part").write_bytes(data)
+    assert fetch(entry(server), folder).read_bytes() == data
+    assert len(server.requests) == 1  # answered 416 with the same total: nothing re-sent
 
 
 def test_truncated_transfer_keeps_part_then_resumes(tmp_path, server):
@@ -112,38 +207,74 @@ def test_truncated_transfer_keeps_part_then_resumes(tmp_path, server):
     server.files["model.pth"] = data
     server.mode = "truncate"
     folder = tmp_path / "models"
-    with pytest.raises(DownloadError, match="could not download"):
+    with pytest.raises(DownloadError, match="partial data kept") as err:
         fetch(entry(server), folder, retries=1)
-    assert not (folder / "model.pth").exists()
-    assert 0 < (folder / "model.pth.part").stat().st_size < len(data)
+    assert server.url + "model.pth" in str(err.value)
+    assert not (folder / "model.pth").exists() and not (folder / "model.pth.sha256").exists()
+    kept = (folder / "model.pth.part").stat().st_size
+    assert 0 < kept < len(data)
     server.mode = "normal"
     assert fetch(entry(server), folder).read_bytes() == data
+    assert server.requests[-1]["range"] == f"bytes={kept}-"
+    assert (folder / "model.pth.sha256").read_text().split()[0] == sha(data)
+
+
+def test_transient_error_is_retried(tmp_path, server):
+    data = checkpoint_bytes(tmp_path)
+    server.files["model.pth"] = data
+    server.mode = "fail_once"
+    assert fetch(entry(server), tmp_path / "models").read_bytes() == data
+    assert len(server.requests) == 2
+
+
+def test_missing_file_is_not_retried_and_names_the_url(tmp_path, server):
+    with pytest.raises(DownloadError, match="404") as err:
+        fetch(entry(server, file="missing.pth"), tmp_path / "models", retries=3)
+    assert server.url + "missing.pth" in str(err.value)
+    assert len(server.requests) == 1
 
 
 def test_wrong_hash_leaves_nothing(tmp_path, server):
-    server.files["model.pth"] = checkpoint_bytes(tmp_path)
+    data = checkpoint_bytes(tmp_path)
+    server.files["model.pth"] = data
     folder = tmp_path / "models"
-    with pytest.raises(DownloadError, match="expected 0{64}") as err:
+    with pytest.raises(HashMismatchError, match="expected 0{64}") as err:
         fetch(entry(server, sha256="0" * 64), folder)
-    assert hashlib.sha256(server.files["model.pth"]).hexdigest() in str(err.value)
+    assert sha(data) in str(err.value) and "model.pth" in str(err.value)
     assert list(folder.iterdir()) == []
 
 
-def test_not_a_checkpoint_leaves_nothing(tmp_path, server):
-    server.files["model.pth"] = b"<html>rate limited</html>"
+def test_pinned_hash_guards_a_later_download(tmp_path, server):
     folder = tmp_path / "models"
-    with pytest.raises(DownloadError, match="not a usable checkpoint"):
+    folder.mkdir()
+    (folder / "model.pth.sha256").write_text("a" * 64 + "  model.pth\n")
+    server.files["model.pth"] = checkpoint_bytes(tmp_path)
+    with pytest.raises(HashMismatchError, match="expected a{64}"):
         fetch(entry(server), folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.pth.sha256"]
+
+
+@pytest.mark.parametrize("file", ["model.pth", "model.safetensors"])
+def test_not_a_checkpoint_leaves_nothing(tmp_path, server, file):
+    server.files[file] = b"<html>rate limited</html>"
+    folder = tmp_path / "models"
+    with pytest.raises(DownloadError, match="not a usable checkpoint") as err:
+        fetch(entry(server, file), folder)
+    assert file in str(err.value)
     assert list(folder.iterdir()) == []
 
 
-def test_offline_names_the_url_and_target_without_any_request(tmp_path, server, monkeypatch):
-    monkeypatch.setenv("ONESTEP_SR_OFFLINE", "1")
+@pytest.mark.parametrize("how", ["argument", "ONESTEP_SR_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_names_the_url_and_target_without_any_request(tmp_path, server, monkeypatch, how):
+    kw = {"offline": True} if how == "argument" else {"offline": None}
+    if how != "argument":
+        monkeypatch.setenv(how, "1")
     e = entry(server)
     with pytest.raises(WeightsUnavailableError) as err:
-        ensure_weights(e, tmp_path / "models")
+        fetch(e, tmp_path / "models", **kw)
     assert e.url in str(err.value) and str(tmp_path / "models" / "model.pth") in str(err.value)
     assert server.requests == []
+    assert not (tmp_path / "models").exists()
 
 
 def test_local_file_with_mismatching_pin_is_an_error(tmp_path, server):
@@ -151,13 +282,44 @@ def test_local_file_with_mismatching_pin_is_an_error(tmp_path, server):
     folder.mkdir()
     (folder / "model.pth").write_bytes(b"user's file")
     (folder / "model.pth.sha256").write_text("f" * 64 + "  model.pth\n")
-    with pytest.raises(DownloadError, match="move it away"):
+    with pytest.raises(HashMismatchError, match="move it away") as err:
         fetch(entry(server), folder)
+    assert str(folder / "model.pth") in str(err.value)
+    assert "f" * 64 in str(err.value) and sha(b"user's file") in str(err.value)
     assert (folder / "model.pth").read_bytes() == b"user's file"
+    assert server.requests == []
 
 
-def test_http_error_is_reported_with_url(tmp_path, server):
-    with pytest.raises(DownloadError, match="404") as err:
-        fetch(entry(server, file="missing.pth"), tmp_path / "models", retries=2)
-    assert server.url + "missing.pth" in str(err.value)
-    assert len(server.requests) == 2
+def test_default_progress_bar_on_a_terminal(tmp_path, server, monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    server.files["model.pth"] = checkpoint_bytes(tmp_path)
+    monkeypatch.setattr(sys, "stderr", Tty())
+    fetch(entry(server), tmp_path / "models")
+    text = sys.stderr.getvalue()
+    assert text.startswith("\r[") and "MiB" in text and text.endswith("\n")
+
+
+def test_unknown_model_name_lists_the_known_ones(tmp_path):
+    with pytest.raises(UnknownModelError) as err:
+        ensure_weights("sinsr_v9", tmp_path, offline=True)
+    assert "sinsr_v9" in str(err.value)
+    assert all(e.name in str(err.value) for e in list_entries())
+
+
+def test_registry_is_sane_and_every_entry_says_where_to_get_it(tmp_path):
+    entries = list_entries()
+    assert {e.name for e in entries} == {"sinsr_v1", "sinsr_v2", "resshift_v1", "resshift_v2",
+                                         "resshift_v3", "resshift_bicsr_x4", "vq_f4"}
+    for e in entries:
+        assert e.url.startswith(OFFICIAL_PREFIXES) and e.url.endswith("/" + e.file)
+        assert e.kind in ("denoiser", "autoencoder") and e.architecture == "official"
+        assert e.sha256 is None or len(e.sha256) == 64
+        if e.kind == "denoiser":
+            assert get_entry(e.autoencoder).kind == "autoencoder"
+            assert e.sampler in ("one_step", "stochastic")
+        with pytest.raises(WeightsUnavailableError) as err:
+            ensure_weights(e.name, tmp_path, offline=True)
+        assert e.url in str(err.value) and str(tmp_path / e.file) in str(err.value)
