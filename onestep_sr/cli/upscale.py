@@ -1,9 +1,8 @@
-"""``onestep-sr`` command line. ``upscale`` runs the x4 pipeline on one image with given weights."""
+"""``onestep-sr upscale``: x4 super-resolution of images."""
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -11,9 +10,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .checkpoint import CheckpointError, load_autoencoder, load_denoiser
-from .pipeline import model_to_uint8, super_resolve, uint8_to_model
-from .schedule import SCHEDULE_T4, SCHEDULE_T15
+from ..checkpoint import load_autoencoder, load_denoiser
+from ..pipeline import model_to_uint8, super_resolve, uint8_to_model
+from ..schedule import SCHEDULE_T4, SCHEDULE_T15
+from .common import UsageError
 
 SCHEDULES = {"T15": SCHEDULE_T15, "T4": SCHEDULE_T4}
 DEFAULT_SEED = 12345
@@ -21,9 +21,6 @@ DEFAULT_SEED = 12345
 #: beyond this many LR pixels that needs tens of GB, so it is refused up front instead of crashing.
 MAX_UNTILED_LR_PIXELS = 512 * 512
 
-
-class UsageError(Exception):
-    """A problem with the user's input: reported as one line, exit code 2."""
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -73,9 +70,7 @@ def upscale(args: argparse.Namespace) -> None:
     print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]})")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onestep-sr", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def register(sub) -> None:
     up = sub.add_parser("upscale", help="x4 super-resolution of one image")
     up.add_argument("input")
     up.add_argument("-o", "--output", required=True)
@@ -86,18 +81,3 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--stochastic", action="store_true", help="original ResShift sampler")
     up.add_argument("--seed", type=int, default=DEFAULT_SEED)
     up.set_defaults(run=upscale)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (UsageError, CheckpointError) as exc:
-        print(f"onestep-sr: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

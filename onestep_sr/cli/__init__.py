@@ -1,0 +1,37 @@
+"""``onestep-sr`` command line: ``upscale`` (x4 SR of images), ``models``, ``download`` and ``convert``.
+
+Every subcommand module has ``register(subparsers)`` which adds its parser and sets ``run``.
+Errors the user can fix are one line on stderr and exit code 2; nothing partial is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..checkpoint import CheckpointError
+from . import upscale
+from .common import EXIT_USAGE, UsageError
+
+SUBCOMMANDS = [upscale]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onestep-sr", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in SUBCOMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except (UsageError, CheckpointError) as exc:
+        print(f"onestep-sr: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
