@@ -22,13 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .imageio import from_unit_float, to_unit_float
+
 COLOR_FIXES = ("none", "adain", "wavelet")
 WAVELET_LEVELS = 5
 WAVELET_RADIUS = sum(2 ** i for i in range(WAVELET_LEVELS))  # 31
 WAVELET_KERNEL = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
 ADAIN_EPS = 1e-5
 
-_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): None}
+BUFFER_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 
 def _check_mode(mode: str) -> None:
@@ -97,23 +99,6 @@ def color_fix(sr: torch.Tensor, ref: torch.Tensor, mode: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------- banded, in place
 
 
-def _dequantise(rows: np.ndarray) -> np.ndarray:
-    """h x W x 3 buffer rows -> a new float32 array in [0, 1] (ints: x.astype(float32) / scale)."""
-    scale = _SCALE[rows.dtype]
-    if scale is None:
-        return np.array(rows, dtype=np.float32, copy=True)
-    return rows.astype(np.float32) / np.float32(scale)
-
-
-def _quantise(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """float32 rows -> dtype: clamp to [0, 1]; ints: round-half-to-even(x * scale) in float32."""
-    x = np.clip(x, 0.0, 1.0)
-    scale = _SCALE[dtype]
-    if scale is None:
-        return x.astype(np.float32, copy=False)
-    return np.rint(x * np.float32(scale)).astype(dtype)
-
-
 def _to_nchw(rows: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(rows).permute(2, 0, 1).unsqueeze(0)
 
@@ -135,7 +120,7 @@ def _buffer_adain(buffer: np.ndarray, reference, band_rows: int) -> None:
     bands = [(r0, min(r0 + band_rows, height)) for r0 in range(0, height, band_rows)]
     sums = np.zeros((2, 2, 3), dtype=np.float64)  # [sr|ref][sum|sum of squares][channel]
     for r0, r1 in bands:  # pass 1: exact float64 statistics
-        sr = _dequantise(buffer[r0:r1]).astype(np.float64)
+        sr = to_unit_float(buffer[r0:r1]).astype(np.float64)
         ref = _reference_rows(reference, r0, r1, width)[0].to(torch.float64).numpy()
         sums[0] += (sr.sum(axis=(0, 1)), np.square(sr).sum(axis=(0, 1)))
         sums[1] += (ref.sum(axis=(1, 2)), np.square(ref).sum(axis=(1, 2)))
@@ -145,8 +130,8 @@ def _buffer_adain(buffer: np.ndarray, reference, band_rows: int) -> None:
     std = np.sqrt(np.maximum(var, 0.0) + ADAIN_EPS)
     mu_sr, mu_ref, sigma_sr, sigma_ref = (v.astype(np.float32) for v in (mean[0], mean[1], std[0], std[1]))
     for r0, r1 in bands:  # pass 2: the affine, band by band
-        sr = _dequantise(buffer[r0:r1])
-        buffer[r0:r1] = _quantise((sr - mu_sr) / sigma_sr * sigma_ref + mu_ref, buffer.dtype)
+        sr = to_unit_float(buffer[r0:r1])
+        buffer[r0:r1] = from_unit_float((sr - mu_sr) / sigma_sr * sigma_ref + mu_ref, buffer.dtype)
 
 
 def _buffer_wavelet(buffer: np.ndarray, reference, band_rows: int) -> None:
@@ -158,12 +143,12 @@ def _buffer_wavelet(buffer: np.ndarray, reference, band_rows: int) -> None:
     for r0 in range(0, height, band_rows):
         r1 = min(r0 + band_rows, height)
         top, bottom = r0 - carry.shape[0], min(r1 + halo, height)
-        slab = np.concatenate([carry, _dequantise(buffer[r0:bottom])], axis=0)  # rows [top, bottom)
+        slab = np.concatenate([carry, to_unit_float(buffer[r0:bottom])], axis=0)  # rows [top, bottom)
         ref = _reference_rows(reference, top, bottom, width)
         # Rows at least `halo` from a cut (non-image) slab edge are exact; band rows are.
         fixed = wavelet(_to_nchw(slab), ref)[:, :, r0 - top:r1 - top]
         carry = slab[max(r1 - halo, 0) - top:r1 - top].copy()
-        buffer[r0:r1] = _quantise(_to_hwc(fixed), buffer.dtype)
+        buffer[r0:r1] = from_unit_float(_to_hwc(fixed), buffer.dtype)
 
 
 def color_fix_buffer(buffer: np.ndarray, reference: Callable[[int, int], torch.Tensor], mode: str,
@@ -179,7 +164,7 @@ def color_fix_buffer(buffer: np.ndarray, reference: Callable[[int, int], torch.T
         return
     if buffer.ndim != 3 or buffer.shape[2] != 3:
         raise ValueError(f"buffer must be H x W x 3, got shape {buffer.shape}")
-    if buffer.dtype not in _SCALE:
+    if buffer.dtype not in BUFFER_DTYPES:
         raise ValueError(f"buffer dtype must be uint8, uint16 or float32, got {buffer.dtype}")
     if band_rows < 1:
         raise ValueError(f"band_rows must be >= 1, got {band_rows}")
