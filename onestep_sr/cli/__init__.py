@@ -9,10 +9,10 @@ import argparse
 import sys
 
 from ..checkpoint import CheckpointError
-from . import upscale
+from . import upscale, weights
 from .common import EXIT_USAGE, UsageError
 
-SUBCOMMANDS = [upscale]
+SUBCOMMANDS = [upscale, weights]
 
 
 def build_parser() -> argparse.ArgumentParser:

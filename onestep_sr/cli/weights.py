@@ -1,0 +1,381 @@
+"""``onestep-sr models``, ``onestep-sr download`` and ``onestep-sr convert``: managing weights.
+
+* ``models`` lists the registry entries and their state in the models folder (present, partly
+  downloaded, missing), then any other checkpoint files there. It never touches the network and
+  only hashes files with ``--verify``.
+* ``download`` fetches registry weights (a denoiser brings its VQ autoencoder along) through
+  :func:`onestep_sr.download.ensure_weights`: resumable, hash-checked, renamed into place only
+  when complete.
+* ``convert`` turns a checkpoint of our denoiser or VQ autoencoder (``.pth``/``.pt``/``.ckpt``/
+  ``.bin`` read with ``weights_only=True``, or ``.safetensors``) into a ``.safetensors`` file whose
+  metadata holds the architecture config, so loading it needs no shape inference.
+
+The registry is read from ``onestep_sr.registry.REGISTRY_FILE`` at call time (not import time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .. import download, registry
+from ..checkpoint import CheckpointError, config_from_metadata, load_autoencoder, load_denoiser, read_checkpoint
+from ..models import AutoencoderConfig, DenoiserConfig
+from ..registry import RegistryEntry, UnknownModelError
+from .common import EXIT_FAILED, EXIT_OK, UsageError
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt")
+NON_COMMERCIAL_NOTE = ("Note: these weights are licensed for non-commercial use only (see each licence "
+                       "above); they come from the authors' releases and are not redistributed.")
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def _registry_file() -> Path:
+    """Looked up at call time so that a test or an embedding application can point it elsewhere."""
+    return registry.REGISTRY_FILE
+
+
+def human_size(n: int) -> str:
+    """``512 B``, ``3.0 KiB``, ``455.6 MiB``, ``1.2 GiB``."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _is_non_commercial(entries: list[RegistryEntry]) -> bool:
+    return any("non-commercial" in e.licence.lower() for e in entries)
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+
+@dataclass
+class _Row:
+    entry: RegistryEntry
+    status: str
+    problem: Optional[str] = None  # a line explaining a failed --verify
+
+
+def _hash_source(entry: RegistryEntry) -> str:
+    return "registry hash" if entry.sha256 else "sha256 pinned"
+
+
+def _present_status(entry: RegistryEntry, target: Path, verify: bool) -> _Row:
+    size = human_size(target.stat().st_size)
+    try:
+        expected = download.known_hash(entry, target)
+    except download.DownloadError as exc:  # the <file>.sha256 pin is unreadable
+        if not verify:
+            return _Row(entry, f"ready ({size}, unreadable sha256 pin)")
+        return _Row(entry, f"PIN UNREADABLE ({size})", problem=f"PIN UNREADABLE: {_one_line(exc)}")
+    if not expected:
+        return _Row(entry, f"ready ({size}, not verified: no hash pinned)")
+    if not verify:
+        return _Row(entry, f"ready ({size}, {_hash_source(entry)})")
+    actual = download.sha256_of(target)
+    if actual == expected:
+        return _Row(entry, f"verified ({size}, {_hash_source(entry)})")
+    origin = "the registry" if entry.sha256 else download.sidecar_path(target).name
+    return _Row(entry, f"HASH MISMATCH ({size}, {_hash_source(entry)})",
+                problem=f"HASH MISMATCH: {target} has sha256 {actual}, expected {expected} (from {origin}); "
+                         f"move it away and run `onestep-sr download {entry.name}`")
+
+
+def _partial_status(entry: RegistryEntry, part: Path) -> str:
+    have = part.stat().st_size / 2**20
+    if entry.expected_payload_bytes:
+        return f"partial download ({have:.1f} MiB of about {entry.expected_payload_bytes / 2**20:.1f} MiB)"
+    return f"partial download ({have:.1f} MiB of an unknown size)"
+
+
+def entry_status(entry: RegistryEntry, folder: Path, verify: bool = False) -> _Row:
+    """The state of one registry entry in ``folder``, from file presence, size and pin only
+    (plus a sha256 of the file when ``verify``)."""
+    target = folder / entry.file
+    part = target.with_name(target.name + ".part")
+    if target.is_file():
+        return _present_status(entry, target, verify)
+    if part.is_file():
+        return _Row(entry, _partial_status(entry, part))
+    return _Row(entry, "missing")
+
+
+def other_checkpoints(folder: Path, known_files: set[str]) -> list[Path]:
+    """Checkpoint files in ``folder`` (not recursive) that are not registry files."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and not p.name.startswith(".")
+                  and p.name not in known_files)
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]
+        print("  ".join(cells).rstrip())
+
+
+def run_models(args: argparse.Namespace) -> int:
+    folder = registry.models_dir(args.models_dir)
+    entries = registry.list_entries(_registry_file())
+    exists = "" if folder.is_dir() else " (does not exist yet)"
+    print(f"Models folder: {folder}{exists}")
+    print(f"  (change it with --models-dir DIR or the {registry.MODELS_ENV} environment variable)")
+    print()
+    rows = [entry_status(e, folder, args.verify) for e in entries]
+    _print_table(["NAME", "KIND", "FILE", "STATUS", "LICENCE"],
+                 [[r.entry.name, r.entry.kind, r.entry.file, r.status, r.entry.licence] for r in rows])
+    others = other_checkpoints(folder, {e.file for e in entries})
+    print()
+    print(f"Other checkpoint files in {folder}:" + ("" if others else " none"))
+    for path in others:
+        print(f"  {path.name}  {human_size(path.stat().st_size)}")
+    problems = [r.problem for r in rows if r.problem]
+    if problems:
+        print()
+        print("\n".join(problems))
+    print()
+    print("Download with `onestep-sr download NAME` (or --all).")
+    if _is_non_commercial(entries):
+        print("The official weights are licensed for non-commercial use only.")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# download
+
+
+def download_plan(names: list[str], everything: bool, path: Path) -> list[RegistryEntry]:
+    """Entries to fetch, in order, without repeats: each denoiser is followed by its autoencoder."""
+    if everything and names:
+        raise UsageError("give model names or --all, not both")
+    try:
+        if everything:
+            requested = registry.list_entries(path)
+        elif names:
+            requested = [registry.get_entry(name, path) for name in names]
+        else:
+            known = ", ".join(e.name for e in registry.list_entries(path))
+            raise UsageError(f"name at least one model to download (known models: {known}) or use --all")
+        plan: dict[str, RegistryEntry] = {}
+        for entry in requested:
+            plan.setdefault(entry.name, entry)
+            if entry.kind == "denoiser" and entry.autoencoder:
+                plan.setdefault(entry.autoencoder, registry.get_entry(entry.autoencoder, path))
+    except UnknownModelError as exc:
+        raise UsageError(str(exc)) from exc
+    return list(plan.values())
+
+
+def _fetch(entry: RegistryEntry, models_dir: Optional[str]) -> tuple[Path, bool]:
+    """``ensure_weights`` with a start and an end line on stderr (the TTY progress bar, drawn by
+    ``ensure_weights`` itself, goes between them). Returns the path and whether it was fetched."""
+    target = download.target_path(entry, models_dir)
+    if target.is_file():
+        return download.ensure_weights(entry, models_dir), False
+    if not download.is_offline(None):
+        about = f", about {human_size(entry.expected_payload_bytes)}" if entry.expected_payload_bytes else ""
+        print(f"onestep-sr: downloading {entry.name} ({entry.file}{about}) from {entry.url}",
+              file=sys.stderr, flush=True)
+    path = download.ensure_weights(entry, models_dir)
+    print(f"onestep-sr: {entry.name} done: {human_size(path.stat().st_size)} saved as {path}",
+          file=sys.stderr, flush=True)
+    return path, True
+
+
+def run_download(args: argparse.Namespace) -> int:
+    plan = download_plan(args.names, args.all, _registry_file())
+    done: list[RegistryEntry] = []
+    code = EXIT_OK
+    try:
+        for entry in plan:
+            path, fetched = _fetch(entry, args.models_dir)
+            how = "downloaded" if fetched else "already there"
+            print(f"{entry.name}: {path} ({how}; licence: {entry.licence})")
+            done.append(entry)
+    except download.WeightsUnavailableError as exc:
+        raise UsageError(str(exc)) from exc
+    except (download.DownloadError, OSError) as exc:  # HashMismatchError is a DownloadError
+        print(f"onestep-sr: error: {_one_line(exc)}", file=sys.stderr)
+        code = EXIT_FAILED
+    if _is_non_commercial(done):
+        print(NON_COMMERCIAL_NOTE)
+    return code
+
+
+# ---------------------------------------------------------------------------------------------
+# convert
+
+
+@dataclass(frozen=True)
+class _Kind:
+    label: str
+    load: Callable[..., nn.Module]
+    config_cls: Any
+    marker: str  # a field only this kind's config has (as in onestep_sr.checkpoint)
+
+
+KINDS = {
+    "denoiser": _Kind("Swin-UNet denoiser", load_denoiser, DenoiserConfig, "model_channels"),
+    "autoencoder": _Kind("VQ autoencoder", load_autoencoder, AutoencoderConfig, "n_embed"),
+}
+DTYPES = {"keep": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_BRIEF = 240
+
+
+def check_convert_paths(src: Path, dst: Path, force: bool) -> None:
+    if dst.suffix != ".safetensors":
+        raise UsageError(f"the output must be a .safetensors file, not {dst.name!r}")
+    same = dst.resolve() == src.resolve() or (dst.exists() and src.exists() and os.path.samefile(src, dst))
+    if same:
+        raise UsageError(f"refusing to overwrite the input {src}")
+    if dst.is_dir():
+        raise UsageError(f"{dst} is a folder")
+    if dst.exists() and not force:
+        raise UsageError(f"{dst} already exists; use --force to overwrite it")
+
+
+def _load_as(kind: _Kind, state: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> nn.Module:
+    """Build and strictly load ``kind`` from the tensors, with the config stored in the metadata
+    when there is one of this kind (else the loader infers it from the shapes)."""
+    stored = config_from_metadata(metadata, kind.marker)
+    try:
+        config = kind.config_cls.from_dict(stored) if stored else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"the config in the file's metadata is not usable ({exc})") from exc
+    return kind.load(state, config=config)
+
+
+def _reason(exc: Exception) -> str:
+    """The loader's message without its ``state dict`` subject (we name the file ourselves)."""
+    text = _one_line(exc)
+    for prefix in ("state dict: ", "state dict "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+def identify(src: Path, kind_name: str, state: Mapping[str, torch.Tensor],
+             metadata: Mapping[str, str]) -> tuple[str, nn.Module]:
+    """(kind, loaded model); ``auto`` tries the denoiser, then the autoencoder."""
+    names = list(KINDS) if kind_name == "auto" else [kind_name]
+    reasons = []
+    for name in names:
+        try:
+            return name, _load_as(KINDS[name], state, metadata)
+        except CheckpointError as exc:
+            reasons.append((name, _reason(exc)))
+    if len(reasons) == 1:
+        name, reason = reasons[0]
+        raise CheckpointError(f"{src} is not a complete {KINDS[name].label} checkpoint: {reason}")
+    brief = "; ".join(f"as a {KINDS[n].label}: {r[:_BRIEF] + ('...' if len(r) > _BRIEF else '')}"
+                      for n, r in reasons)
+    raise CheckpointError(f"{src} is neither a denoiser nor a VQ autoencoder checkpoint ({brief})")
+
+
+def output_tensors(model: nn.Module, source: Mapping[str, torch.Tensor],
+                   dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:
+    """The model's state dict, contiguous, floating tensors cast to ``dtype`` (``None``: the
+    source file's dtype of that tensor, or the model's for a recomputed buffer)."""
+    out: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        if tensor.is_floating_point():
+            original = source.get(key)
+            keep = original.dtype if original is not None and original.is_floating_point() else tensor.dtype
+            tensor = tensor.to(dtype or keep)
+        tensor = tensor.contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in storages:  # safetensors refuses shared storage: give tied tensors their own
+            tensor = tensor.clone()
+        storages.add(pointer)
+        out[key] = tensor
+    return out
+
+
+def write_safetensors_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], dst: Path) -> None:
+    """Write to a temporary file in ``dst``'s folder, then rename: no partial file on failure."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:12]}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # usual permissions (umask)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    src, dst = Path(args.input), Path(args.output)
+    check_convert_paths(src, dst, args.force)
+    state, metadata = read_checkpoint(src)
+    kind, model = identify(src, args.kind, state, metadata)
+    tensors = output_tensors(model, state, DTYPES[args.dtype])
+    del state
+    header = {"config": json.dumps(model.config.to_dict()), "kind": kind, "source": src.name, "format": "pt"}
+    try:
+        write_safetensors_atomic(tensors, header, dst)
+    except OSError as exc:
+        print(f"onestep-sr: error: could not write {dst}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    parameters = sum(p.numel() for p in model.parameters())
+    dtypes = ", ".join(sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()}))
+    print(f"{src} -> {dst}: {KINDS[kind].label}, {len(tensors)} tensors, {parameters:,} parameters, "
+          f"{dst.stat().st_size:,} bytes ({dtypes})")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# argument parsers
+
+
+def register(sub) -> None:
+    models = sub.add_parser("models", help="list the registry models and the files in the models folder")
+    models.add_argument("--models-dir", help=f"models folder (default: ${registry.MODELS_ENV} or "
+                                             "~/.cache/onestep_sr/models)")
+    models.add_argument("--verify", action="store_true",
+                        help="hash every present file and compare it with its known sha256 (slow)")
+    models.set_defaults(run=run_models)
+
+    dl = sub.add_parser("download", help="download registry weights (a denoiser brings its autoencoder)")
+    dl.add_argument("names", nargs="*", metavar="NAME")
+    dl.add_argument("--all", action="store_true", help="every model in the registry")
+    dl.add_argument("--models-dir", help=f"models folder (default: ${registry.MODELS_ENV} or "
+                                         "~/.cache/onestep_sr/models)")
+    dl.set_defaults(run=run_download)
+
+    conv = sub.add_parser("convert", help="check a denoiser/VQ checkpoint and write it as .safetensors")
+    conv.add_argument("input", help=".safetensors, or .pth/.pt/.ckpt/.bin (read with weights_only=True)")
+    conv.add_argument("output", help="the .safetensors file to write")
+    conv.add_argument("--kind", choices=["auto", *KINDS], default="auto")
+    conv.add_argument("--dtype", choices=list(DTYPES), default="keep",
+                      help="cast floating tensors (integer buffers are kept)")
+    conv.add_argument("--force", action="store_true", help="overwrite an existing output")
+    conv.set_defaults(run=run_convert)
