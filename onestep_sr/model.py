@@ -1,0 +1,333 @@
+"""``load_model`` and :class:`OneStepSR`: upscale a PIL image, numpy array or torch tensor and get
+the same kind back, at any size, in bounded memory.
+
+    model = load_model("sinsr_v1")                 # registry name: weights fetched on first use
+    model = load_model(("my_unet.safetensors", "vq_f4"))
+    big = model.upscale(Image.open("photo.jpg"), color_fix="wavelet")
+
+Memory: the SR image is written straight into an output buffer of the result's dtype (uint8 for
+8-bit inputs) band by band; the float work happens on tiles (see ``pipeline``), so peak memory is
+the model, one tile's activations and the output buffer.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+
+from .checkpoint import load_autoencoder, load_denoiser
+from .colorfix import COLOR_FIXES, color_fix_buffer
+from .download import ensure_weights
+from .imageio import Prepared, from_unit_float, prepare, resize_array
+from .models import SwinUNetDenoiser, VQAutoencoder
+from .pipeline import (SCALE, NonFiniteError, Sampler, Tiling, model_to_unit, network_calls,
+                       super_resolve_rows, tile_counts, unit_to_model)
+from .registry import RegistryEntry, get_entry
+from .schedule import SCHEDULE_T4, SCHEDULE_T15, ResShiftSchedule
+from .tiling import bicubic_crop
+
+log = logging.getLogger("onestep_sr")
+
+DEFAULT_MODEL = "sinsr_v1"
+DEFAULT_AUTOENCODER = "vq_f4"
+DEFAULT_SEED = 12345  # the official inference scripts' seed
+SCHEDULES = {"T15": SCHEDULE_T15, "T4": SCHEDULE_T4}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+          "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+VQ_TILE_FLOOR = 16
+BAND_ROWS = 256
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+Progress = Callable[[int, int], None]
+WeightsSpec = Union[str, os.PathLike]
+
+
+class OutOfMemoryError(RuntimeError):
+    """Out of memory even with the smallest tiles."""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16")
+    return DTYPES[dtype]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "not enough memory" in text
+                                              or "can't allocate memory" in text)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _weights_path(spec: WeightsSpec, kind: str, models_dir, offline, progress) -> tuple[Path, RegistryEntry | None]:
+    """A checkpoint path, or a registry name fetched into the models folder."""
+    path = Path(spec)
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES or path.exists():
+        return path, None
+    entry = get_entry(str(spec))
+    if entry.kind != kind:
+        raise ValueError(f"{entry.name} is an {entry.kind}, not a {kind}")
+    return ensure_weights(entry, models_dir=models_dir, offline=offline, progress=progress), entry
+
+
+def load_model(name_or_paths: WeightsSpec | Sequence[WeightsSpec] | Mapping[str, WeightsSpec] = DEFAULT_MODEL,
+               device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, *,
+               schedule: str | ResShiftSchedule | None = None, sampler: Sampler | None = None,
+               models_dir: str | os.PathLike | None = None, offline: bool | None = None,
+               download_progress: Callable[[int, int | None], None] | None = None) -> "OneStepSR":
+    """A ready-to-use x4 model.
+
+    ``name_or_paths``: a registry name (``sinsr_v1``, ``resshift_v3``, ...: its autoencoder,
+    schedule and sampler come from the registry), a denoiser checkpoint path (autoencoder
+    ``vq_f4``), or a pair / ``{"denoiser": ..., "autoencoder": ...}`` of names or paths.
+    Registry weights are downloaded on first use (see :func:`onestep_sr.download.ensure_weights`).
+    ``device``: default CUDA when available, else CPU. ``dtype``: weights' dtype, default fp16
+    on CUDA and fp32 on CPU (norms and attention always run in fp32).
+    ``schedule``/``sampler``: for checkpoint files, default ``T15`` and ``one_step`` (SinSR).
+    """
+    if isinstance(name_or_paths, Mapping):
+        unknown = set(name_or_paths) - {"denoiser", "autoencoder"}
+        if unknown or "denoiser" not in name_or_paths:
+            raise ValueError(f"expected keys 'denoiser' and optionally 'autoencoder', got {sorted(name_or_paths)}")
+        den_spec, ae_spec = name_or_paths["denoiser"], name_or_paths.get("autoencoder")
+    elif isinstance(name_or_paths, (list, tuple)):
+        if len(name_or_paths) != 2:
+            raise ValueError(f"expected (denoiser, autoencoder), got {len(name_or_paths)} items")
+        den_spec, ae_spec = name_or_paths
+    else:
+        den_spec, ae_spec = name_or_paths, None
+    device = torch.device(device) if device is not None else default_device()
+    dtype = resolve_dtype(dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
+    fetch = dict(models_dir=models_dir, offline=offline, progress=download_progress)
+    den_path, entry = _weights_path(den_spec, "denoiser", **fetch)
+    ae_spec = ae_spec or (entry.autoencoder if entry and entry.autoencoder else DEFAULT_AUTOENCODER)
+    ae_path, _ = _weights_path(ae_spec, "autoencoder", **fetch)
+    if isinstance(schedule, str):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+        schedule = SCHEDULES[schedule]
+    schedule = schedule or (entry.resshift_schedule() if entry else SCHEDULE_T15)
+    sampler = sampler or (entry.sampler if entry and entry.sampler else "one_step")
+    denoiser = load_denoiser(den_path, device=device, dtype=dtype)
+    autoencoder = load_autoencoder(ae_path, device=device, dtype=dtype)
+    return OneStepSR(denoiser, autoencoder, schedule, sampler, name=entry.name if entry else den_path.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# the model object
+
+
+@dataclass
+class _Job:
+    """What one ``upscale`` call asks for, resolved and checked."""
+
+    sampler: Sampler
+    seed: int | None
+    scale: float
+    tiling: Tiling
+    color_fix: str
+    dtype: torch.dtype
+
+
+class OneStepSR:
+    """Denoiser + VQ autoencoder + schedule + default sampler; :meth:`upscale` does the rest."""
+
+    def __init__(self, denoiser: SwinUNetDenoiser, autoencoder: VQAutoencoder,
+                 schedule: ResShiftSchedule = SCHEDULE_T15, sampler: Sampler = "one_step", name: str = ""):
+        self.denoiser, self.autoencoder = denoiser.eval(), autoencoder.eval()
+        self.schedule, self.sampler, self.name = schedule, sampler, name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    def __repr__(self) -> str:
+        return (f"OneStepSR({self.name or 'custom'}, sampler={self.sampler}, steps={self.schedule.steps}, "
+                f"device={self.device}, dtype={str(self.dtype).replace('torch.', '')})")
+
+    def upscale(self, image: Any, *, steps: int | None = None, stochastic: bool | None = None,
+                seed: int | None = DEFAULT_SEED, scale: float = SCALE, tile: int | None = None,
+                overlap: int | None = None, vq_tile: int | None = None, color_fix: str = "none",
+                dtype: str | torch.dtype | None = None, progress: Progress | None = None) -> Any:
+        """Super-resolve ``image`` (PIL image, numpy array H x W[ x C], torch tensor [B x ]C x H x W)
+        and return the same kind, mode/dtype/layout preserved, ``scale`` times larger.
+
+        ``steps``: 1 = one-step (SinSR), the schedule's T = full ResShift sampling (deterministic,
+        or the original stochastic sampler with ``stochastic=True``; default: the model's own).
+        ``seed``: the prior noise (and the stochastic sampler's); None draws a random seed.
+        ``scale``: 4 is native; any other value resizes the x4 result with Lanczos.
+        ``tile``/``overlap``: denoiser tiles in LR pixels (rounded down to a multiple of 64);
+        ``vq_tile``: autoencoder tiles in LR pixels. Out of memory halves the tiles and retries.
+        ``color_fix``: ``none``, ``adain`` or ``wavelet`` (towards the bicubic-upsampled input).
+        ``dtype``: compute dtype for this call (default: the weights'); a result with NaN/Inf in
+        fp16/bf16 is recomputed in fp32 automatically.
+        ``progress(done, total)``: called after every network call on a tile; raise to cancel.
+        """
+        job = self._job(steps, stochastic, seed, scale, tile, overlap, vq_tile, color_fix, dtype)
+        items, restore = prepare(image)
+        counter = _Counter(progress, sum(self._calls(item, job.tiling, job.sampler) for item in items))
+        results = [self._upscale_one(item, job, counter) for item in items]
+        return restore(results)
+
+    # --- checks ---------------------------------------------------------------------------
+
+    def _job(self, steps, stochastic, seed, scale, tile, overlap, vq_tile, color_fix, dtype) -> _Job:
+        t = self.schedule.steps
+        if steps is None:
+            sampler = self.sampler if stochastic is None else ("stochastic" if stochastic else "deterministic")
+            if stochastic is not None and self.sampler == "one_step":
+                raise ValueError(f"stochastic={stochastic} needs steps={t}; this model samples in one step")
+        elif steps == 1:
+            sampler = "one_step"
+        elif steps == t:
+            default = self.sampler if self.sampler != "one_step" else "deterministic"
+            sampler = default if stochastic is None else ("stochastic" if stochastic else "deterministic")
+        else:
+            raise ValueError(f"steps must be 1 (one-step) or {t} (the schedule's steps), got {steps}")
+        if not (isinstance(scale, (int, float)) and 0 < scale <= 64):
+            raise ValueError(f"scale must be a number in (0, 64], got {scale!r}")
+        if color_fix not in COLOR_FIXES:
+            raise ValueError(f"unknown color_fix {color_fix!r}; use one of {', '.join(COLOR_FIXES)}")
+        multiple = self.denoiser.config.latent_multiple
+        base = Tiling()
+        tile = base.tile if tile is None else int(tile)
+        if tile < multiple:
+            raise ValueError(f"tile must be at least {multiple} LR pixels, got {tile}")
+        tile = tile // multiple * multiple
+        overlap = min(base.overlap, tile // 4) if overlap is None else int(overlap)
+        vq = base.vq_tile if vq_tile is None else int(vq_tile)
+        tiling = Tiling(tile=tile, overlap=overlap, vq_tile=vq, vq_overlap=min(base.vq_overlap, vq // 4))
+        return _Job(sampler, seed, float(scale), tiling, color_fix, resolve_dtype(dtype) or self.dtype)
+
+    def _calls(self, item: Prepared, tiling: Tiling, sampler: Sampler) -> int:
+        vq, den = tile_counts(item.rgb.shape, tiling, self.denoiser.config.latent_multiple)
+        return 2 * vq + network_calls(sampler, self.schedule) * den
+
+    # --- one image ----------------------------------------------------------------------------
+
+    def _upscale_one(self, item: Prepared, job: _Job, counter: "_Counter") -> tuple[np.ndarray, np.ndarray | None]:
+        try:
+            with self._computing_in(job.dtype):
+                rgb = self._sr_with_tile_fallback(item, job, counter)
+        except NonFiniteError:
+            if job.dtype == torch.float32:
+                raise
+            log.warning("the %s result has NaN/Inf values; recomputing in fp32", str(job.dtype).replace("torch.", ""))
+            counter.restart()
+            with self._computing_in(torch.float32):
+                rgb = self._sr_with_tile_fallback(item, job, counter)
+        alpha = None if item.alpha is None else upscale_alpha(item.alpha, item.out_dtype)
+        color_fix_buffer(rgb, lambda r0, r1: bicubic_crop(item.rgb, SCALE, r0, r1, 0, rgb.shape[1]).clamp(0, 1),
+                         job.color_fix, band_rows=BAND_ROWS)
+        if job.scale != SCALE:
+            h, w = item.rgb.shape[-2:]
+            size = (max(1, round(w * job.scale)), max(1, round(h * job.scale)))
+            rgb = resize_array(rgb, size)
+            alpha = None if alpha is None else resize_array(alpha, size)
+        return rgb, alpha
+
+    def _sr_with_tile_fallback(self, item: Prepared, job: _Job, counter: "_Counter") -> np.ndarray:
+        tiling = job.tiling
+        while True:
+            failure = None
+            try:
+                return self._sr(item, job, tiling, counter)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+                if not is_out_of_memory(exc):
+                    raise
+                failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            # outside the except block, so the failed attempt's tensors are freed before retrying
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            smaller = tiling.halved(self.denoiser.config.latent_multiple, VQ_TILE_FLOOR)
+            if smaller is None:
+                h, w = item.rgb.shape[-2:]
+                raise OutOfMemoryError(
+                    f"out of memory upscaling a {w}x{h} image on {self.device} even with the smallest tiles "
+                    f"(tile {tiling.tile}, VQ tile {tiling.vq_tile}) in {str(self.dtype).replace('torch.', '')}: "
+                    f"{failure}. Free memory (close other programs/models), use fp16, or run on another device."
+                )
+            log.warning("out of memory with tile %d / VQ tile %d; retrying with %d / %d",
+                        tiling.tile, tiling.vq_tile, smaller.tile, smaller.vq_tile)
+            tiling = smaller
+            counter.restart()
+
+    def _sr(self, item: Prepared, job: _Job, tiling: Tiling, counter: "_Counter") -> np.ndarray:
+        h, w = item.rgb.shape[-2:]
+        out = np.empty((SCALE * h, SCALE * w, 3), dtype=item.out_dtype)
+
+        def emit(row0: int, rows: torch.Tensor) -> None:
+            out[row0:row0 + rows.shape[1]] = from_unit_float(model_to_unit(rows).permute(1, 2, 0).cpu(), item.out_dtype)
+
+        generator = torch.Generator().manual_seed(job.seed if job.seed is not None else torch.seed())
+        lq = unit_to_model(item.rgb).to(self.device)
+        with torch.inference_mode():
+            super_resolve_rows(lq, self.denoiser, self.autoencoder, self.schedule, generator, emit,
+                               sampler=job.sampler, tiling=tiling, on_tile=counter.tick)
+        return out
+
+    @contextmanager
+    def _computing_in(self, dtype: torch.dtype) -> Iterator[None]:
+        """Run with weights in ``dtype``: in place when the round trip is exact (to fp32), else on
+        temporary copies, so the stored weights never lose precision."""
+        original = self.dtype
+        if dtype == original:
+            yield
+            return
+        den, ae = self.denoiser, self.autoencoder
+        if dtype == torch.float32:
+            den.to(dtype), ae.to(dtype)
+        else:
+            self.denoiser, self.autoencoder = copy.deepcopy(den).to(dtype), copy.deepcopy(ae).to(dtype)
+        try:
+            yield
+        finally:
+            self.denoiser, self.autoencoder = den.to(original), ae.to(original)
+
+
+def upscale_alpha(alpha: torch.Tensor, out_dtype: np.dtype) -> np.ndarray:
+    """Alpha (1 x 1 x h x w in [0, 1]) upscaled x4 with bicubic, clamped, band by band."""
+    h, w = alpha.shape[-2:]
+    out = np.empty((SCALE * h, SCALE * w), dtype=out_dtype)
+    for r0 in range(0, SCALE * h, BAND_ROWS):
+        r1 = min(SCALE * h, r0 + BAND_ROWS)
+        rows = bicubic_crop(alpha.float(), SCALE, r0, r1, 0, SCALE * w).clamp(0, 1)
+        out[r0:r1] = from_unit_float(rows[0, 0], out_dtype)
+    return out
+
+
+class _Counter:
+    """Progress over all network calls of one ``upscale`` call."""
+
+    def __init__(self, callback: Progress | None, total: int):
+        self.callback, self.total, self.done = callback, total, 0
+
+    def tick(self, _stage: str) -> None:
+        self.done += 1
+        if self.callback:
+            self.callback(min(self.done, self.total), self.total)
+
+    def restart(self) -> None:
+        """A retry redoes the work: keep the bar monotone by growing the total."""
+        self.total += self.done
