@@ -151,7 +151,8 @@ class OneStepSR:
 
     def __init__(self, denoiser: SwinUNetDenoiser, autoencoder: VQAutoencoder,
                  schedule: ResShiftSchedule = SCHEDULE_T15, sampler: Sampler = "one_step", name: str = ""):
-        self.denoiser, self.autoencoder = denoiser.eval(), autoencoder.eval()
+        self.denoiser, self.autoencoder = denoiser, autoencoder
+        denoiser.eval(), autoencoder.eval()
         self.schedule, self.sampler, self.name = schedule, sampler, name
 
     @property
@@ -184,7 +185,8 @@ class OneStepSR:
         fp16/bf16 is recomputed in fp32 automatically.
         ``progress(done, total)``: called after every network call on a tile; raise to cancel.
         """
-        job = self._job(steps, stochastic, seed, scale, tile, overlap, vq_tile, color_fix, dtype)
+        job = self.plan(steps=steps, stochastic=stochastic, seed=seed, scale=scale, tile=tile, overlap=overlap,
+                        vq_tile=vq_tile, color_fix=color_fix, dtype=dtype)
         items, restore = prepare(image)
         counter = _Counter(progress, sum(self._calls(item, job.tiling, job.sampler) for item in items))
         results = [self._upscale_one(item, job, counter) for item in items]
@@ -192,7 +194,14 @@ class OneStepSR:
 
     # --- checks ---------------------------------------------------------------------------
 
-    def _job(self, steps, stochastic, seed, scale, tile, overlap, vq_tile, color_fix, dtype) -> _Job:
+    def check_options(self, **options: Any) -> None:
+        """Raise ValueError for ``upscale`` options it would refuse, before any image is touched."""
+        self.plan(**options)
+
+    def plan(self, *, steps: int | None = None, stochastic: bool | None = None, seed: int | None = DEFAULT_SEED,
+             scale: float = SCALE, tile: int | None = None, overlap: int | None = None,
+             vq_tile: int | None = None, color_fix: str = "none", dtype: str | torch.dtype | None = None) -> _Job:
+        """The resolved sampler, tiling and dtype of an ``upscale`` call (ValueError if invalid)."""
         t = self.schedule.steps
         if steps is None:
             sampler = self.sampler if stochastic is None else ("stochastic" if stochastic else "deterministic")
@@ -290,20 +299,22 @@ class OneStepSR:
     @contextmanager
     def _computing_in(self, dtype: torch.dtype) -> Iterator[None]:
         """Run with weights in ``dtype``: in place when the round trip is exact (to fp32), else on
-        temporary copies, so the stored weights never lose precision."""
-        original = self.dtype
-        if dtype == original:
+        temporary copies, so the stored weights never lose precision. Each network gets its own
+        dtype back afterwards."""
+        kept = (self.denoiser, self.autoencoder)
+        dtypes = [next(m.parameters()).dtype for m in kept]
+        if all(d == dtype for d in dtypes):
             yield
             return
-        den, ae = self.denoiser, self.autoencoder
         if dtype == torch.float32:
-            den.to(dtype), ae.to(dtype)
+            for module in kept:
+                module.to(dtype)
         else:
-            self.denoiser, self.autoencoder = copy.deepcopy(den).to(dtype), copy.deepcopy(ae).to(dtype)
+            self.denoiser, self.autoencoder = (copy.deepcopy(m).to(dtype) for m in kept)
         try:
             yield
         finally:
-            self.denoiser, self.autoencoder = den.to(original), ae.to(original)
+            self.denoiser, self.autoencoder = (m.to(d) for m, d in zip(kept, dtypes))
 
 
 def upscale_alpha(alpha: torch.Tensor, out_dtype: np.dtype) -> np.ndarray:

@@ -1,6 +1,14 @@
-"""The minimal ``onestep-sr upscale`` command: output equals the engine's, errors are one clear
-line with exit code 2, and nothing partial is left behind."""
+"""``onestep-sr upscale``: outputs equal the engine's, batches over files/folders/globs, one clear
+line and the documented exit code for every bad input, and never a partial file or a touched input.
+
+The tiny random golden models (``--denoiser/--autoencoder``) keep every upscale well under a second.
+"""
 from __future__ import annotations
+
+import io
+import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,8 +16,21 @@ import torch
 from PIL import Image
 
 from onestep_sr.cli import main
+from onestep_sr.imageio import ImageInputError
+from onestep_sr.model import OneStepSR, OutOfMemoryError
 from onestep_sr.pipeline import model_to_uint8, super_resolve, uint8_to_model
+from onestep_sr.registry import get_entry
 from onestep_sr.schedule import SCHEDULE_T15
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny models gain nothing from a second thread, and on a shared, busy machine two
+    threads per process run about twice slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture()
@@ -17,9 +38,40 @@ def weights(goldens):
     return ["--denoiser", str(goldens / "unet.safetensors"), "--autoencoder", str(goldens / "vq.safetensors")]
 
 
-def test_upscale_writes_the_engine_output(tmp_path, goldens, weights, golden_denoiser, golden_autoencoder):
+@pytest.fixture()
+def cli(capsys):
+    """Run the CLI: (exit code, stdout, stderr)."""
+    def run(*args) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def noise(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def save(array: np.ndarray, path: Path, **options) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **options)
+    return path
+
+
+def partial_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".part")]
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+def test_upscale_writes_the_engine_output(tmp_path, goldens, weights, cli, golden_denoiser, golden_autoencoder):
     out = tmp_path / "sub" / "sr.png"
-    assert main(["upscale", str(goldens / "pipeline_lr.png"), "-o", str(out), "--seed", "3", *weights]) == 0
+    code, stdout, stderr = cli("upscale", goldens / "pipeline_lr.png", "-o", out, "--seed", "3", *weights)
+    assert code == 0 and stderr == ""  # not a TTY: no progress bar
     lr = np.asarray(Image.open(goldens / "pipeline_lr.png").convert("RGB"))
     with torch.no_grad():
         sr = super_resolve(uint8_to_model(lr), golden_denoiser, golden_autoencoder, SCHEDULE_T15,
@@ -28,41 +80,317 @@ def test_upscale_writes_the_engine_output(tmp_path, goldens, weights, golden_den
     assert written.shape == (160, 224, 3)
     assert np.array_equal(written, model_to_uint8(sr))
     assert [p.name for p in out.parent.iterdir()] == ["sr.png"]
+    assert stdout.startswith(f"{goldens / 'pipeline_lr.png'} -> {out} (224x160, ")
+    assert stdout.rstrip().endswith(" s)") and stdout.count("\n") == 1
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: d / "nope.png", "input not found"),
-    (lambda d: (d / "text.png").write_text("hello") and d / "text.png", "not a readable image"),
-])
-def test_bad_inputs(tmp_path, capsys, weights, make, message):
-    src = make(tmp_path)
-    out = tmp_path / "out.png"
-    assert main(["upscale", str(src), "-o", str(out), *weights]) == 2
-    assert message in capsys.readouterr().err
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so the CLI draws its progress bar."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_image_larger_than_one_tile(tmp_path, weights, cli, monkeypatch):
+    src = save(noise(150, 80), tmp_path / "tall.png")
+    out = tmp_path / "tall_x4.png"
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    code, stdout, _ = cli("upscale", src, "-o", out, "--tile", "64", "--vq-tile", "32", *weights)
+    assert code == 0 and "(320x600, " in stdout
+    counts = [(int(d), int(t)) for d, t in re.findall(r"\] (\d+)/(\d+) tiles", sys.stderr.getvalue())]
+    total = counts[-1][1]
+    assert total > 3 and counts[-1] == (total, total)  # more network calls than one tile's three
+    assert [d for d, _ in counts] == sorted(d for d, _ in counts)  # the bar only moves forward
+    with Image.open(out) as im:
+        assert im.size == (320, 600) and im.mode == "RGB"
+        pixels = np.asarray(im)
+    assert pixels.std() > 1.0  # a real image, not a blank buffer
+
+
+def test_folder_batch_keeps_modes_drops_duplicates_and_skips_non_images(tmp_path, weights, cli):
+    folder = tmp_path / "in"
+    rgba = noise(20, 12, 4, seed=1)
+    rgba[..., 3] = 128  # constant alpha stays constant through the bicubic x4
+    save(noise(12, 20, seed=0), folder / "a_rgb.png")
+    save(rgba, folder / "b_rgba.png")
+    save(noise(16, 16, 1, seed=2), folder / "c_grey.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes(b"junk that would fail if it were read")
+    out = tmp_path / "out"
+    # the folder, plus two of its files again under other spellings: each image once, folder order
+    code, stdout, stderr = cli("upscale", folder, folder / "b_rgba.png", tmp_path / "in" / ".." / "in" / "a_rgb.png",
+                               "-o", out, *weights)
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    assert [line.split(" -> ")[0] for line in lines] == [str(folder / n) for n in ("a_rgb.png", "b_rgba.png", "c_grey.png")]
+    assert sorted(p.name for p in out.iterdir()) == ["a_rgb.png", "b_rgba.png", "c_grey.png"]
+    expected = {"a_rgb.png": ("RGB", (80, 48)), "b_rgba.png": ("RGBA", (48, 80)), "c_grey.png": ("L", (64, 64))}
+    for name, (mode, size) in expected.items():
+        with Image.open(out / name) as im:
+            assert (im.mode, im.size) == (mode, size), name
+    assert np.all(np.asarray(Image.open(out / "b_rgba.png"))[..., 3] == 128)
+
+
+def test_scale_and_format(tmp_path, weights, cli):
+    src = save(noise(16, 24), tmp_path / "small.png")
+    code, stdout, _ = cli("upscale", src, "-o", tmp_path / "out", "--scale", "2", "--format", "webp", *weights)
+    assert code == 0 and "(48x32, " in stdout
+    with Image.open(tmp_path / "out" / "small.webp") as im:
+        assert im.format == "WEBP" and im.size == (48, 32)
+
+
+def test_progress_bar_on_a_terminal(tmp_path, weights, cli, monkeypatch):
+    src = save(noise(16, 16), tmp_path / "small.png")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    code, stdout, _ = cli("upscale", src, "-o", tmp_path / "small_x4.png", *weights)
+    assert code == 0 and "small.png -> " in stdout
+    bar = terminal.getvalue()
+    # one-step on one tile: VQ encode, denoiser, VQ decode
+    assert "\r[1/1] small.png  [" + "#" * 8 + "." * 16 + "] 1/3 tiles" in bar
+    assert "\r[1/1] small.png  [" + "#" * 24 + "] 3/3 tiles" in bar
+    assert bar.endswith("\r")  # the bar is erased before the result line
+
+
+# ---------------------------------------------------------------------------------------------
+# batches with failures, collisions, the input never overwritten
+
+
+def test_batch_with_a_corrupt_input_writes_the_others(tmp_path, weights, cli):
+    folder = tmp_path / "in"
+    save(noise(16, 16, seed=0), folder / "a.png")
+    good = save(noise(16, 16, seed=1), folder / "b.png").read_bytes()
+    (folder / "b.png").write_bytes(good[: len(good) // 2])
+    save(noise(16, 16, seed=2), folder / "c.png")
+    out = tmp_path / "out"
+    code, stdout, stderr = cli("upscale", str(folder / "*.png"), "-o", out, *weights)  # glob expanded by us
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
+    assert f"{folder / 'b.png'}: truncated or corrupt image" in stderr
+    assert "1 of 3 images failed" in stderr
+    assert len(stdout.splitlines()) == 2 and partial_files(tmp_path) == []
+
+
+def test_out_of_memory_on_one_image_is_reported_and_the_batch_goes_on(tmp_path, weights, cli, monkeypatch):
+    big = save(noise(24, 24, seed=0), tmp_path / "in" / "big.png")
+    save(noise(16, 16, seed=1), tmp_path / "in" / "small.png")
+    real_upscale = OneStepSR.upscale
+
+    def upscale_without_memory_for_big_images(self, image, **options):
+        if image is not None and image.size == (24, 24):
+            raise OutOfMemoryError("out of memory upscaling a 24x24 image on cpu even with the smallest tiles")
+        return real_upscale(self, image, **options)
+
+    monkeypatch.setattr(OneStepSR, "upscale", upscale_without_memory_for_big_images)
+    out = tmp_path / "out"
+    code, stdout, stderr = cli("upscale", tmp_path / "in", "-o", out, *weights)
+    assert code == 1
+    assert f"onestep-sr: error: {big}: out of memory upscaling a 24x24 image" in stderr
+    assert [p.name for p in out.iterdir()] == ["small.png"] and "small.png -> " in stdout
+
+
+def test_output_name_collision_stops_before_any_work(tmp_path, cli):
+    save(noise(8, 8), tmp_path / "in" / "a.png")
+    save(noise(8, 8), tmp_path / "in" / "a.jpg")
+    out = tmp_path / "out"
+    # the denoiser does not exist either: the collision is found before the model is looked at
+    code, _, stderr = cli("upscale", tmp_path / "in", "-o", out, "--denoiser", tmp_path / "missing.safetensors")
+    assert code == 2
+    assert "a.jpg" in stderr and "a.png" in stderr and "would both be written to" in stderr
     assert not out.exists()
 
 
-def test_too_large_image_is_refused_before_any_work(tmp_path, capsys, weights):
-    src = tmp_path / "big.png"
-    Image.new("RGB", (1024, 513)).save(src)
-    assert main(["upscale", str(src), "-o", str(tmp_path / "out.png"), *weights]) == 2
-    assert "1024x513 is too large" in capsys.readouterr().err
+def test_image_file_name_with_several_inputs_is_refused(tmp_path, weights, cli):
+    a, b = save(noise(8, 8), tmp_path / "a.png"), save(noise(8, 8), tmp_path / "b.png")
+    code, _, stderr = cli("upscale", a, b, "-o", tmp_path / "out.png", *weights)
+    assert code == 2 and "names one image file but there are 2 inputs" in stderr
     assert not (tmp_path / "out.png").exists()
 
 
-def test_bad_checkpoint_and_no_partial_file(tmp_path, capsys, goldens):
-    bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(b"junk")
-    out = tmp_path / "out.png"
-    code = main(["upscale", str(goldens / "pipeline_lr.png"), "-o", str(out),
-                 "--denoiser", str(bad), "--autoencoder", str(goldens / "vq.safetensors")])
-    assert code == 2 and "bad.safetensors" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == [bad]
-
-
-def test_never_overwrites_the_input(tmp_path, capsys, goldens, weights):
+def test_never_overwrites_the_input(tmp_path, goldens, weights, cli):
     src = tmp_path / "in.png"
     src.write_bytes((goldens / "pipeline_lr.png").read_bytes())
-    assert main(["upscale", str(src), "-o", str(src), *weights]) == 2
-    assert "refusing to overwrite the input" in capsys.readouterr().err
+    code, _, stderr = cli("upscale", src, "-o", src, *weights)
+    assert code == 2 and "refusing to overwrite the input" in stderr
+    # the same through a folder: in.png -> <folder>/in.png is the input itself
+    code, _, stderr = cli("upscale", tmp_path, "-o", tmp_path, *weights)
+    assert code == 2 and "refusing to overwrite the input" in stderr
     assert src.read_bytes() == (goldens / "pipeline_lr.png").read_bytes()
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_interrupt_leaves_no_partial_file(tmp_path, weights, cli, monkeypatch):
+    src = save(noise(16, 16), tmp_path / "in.png")
+    out = tmp_path / "out.png"
+
+    def interrupted_save(self, fp, *args, **kwargs):
+        fp.write(b"\x89PNG half an image")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted_save)
+    code, _, stderr = cli("upscale", src, "-o", out, *weights)
+    assert code == 130 and "interrupted" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the bad-input corpus: documented exit code and message, nothing written
+
+
+def _png_bytes(seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(noise(32, 32, seed=seed)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(noise(32, 32)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _write(name: str, data: bytes):
+    def make(d: Path) -> Path:
+        (d / name).write_bytes(data)
+        return d / name
+    return make
+
+
+def _empty_folder(d: Path) -> Path:
+    (d / "empty").mkdir()
+    (d / "empty" / "readme.txt").write_text("no images here")
+    return d / "empty"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "nope.png", "input not found: "),
+    (_empty_folder, "no image files in folder"),
+    (lambda d: str(d / "*.webp"), "no image files match"),
+    (_write("text.png", b"hello, I am text"), "not an image (unrecognised image format)"),
+    (_write("empty.png", b""), "not an image (the file is empty)"),
+    (_write("half.png", _png_bytes()[: len(_png_bytes()) // 2]), "truncated or corrupt image"),
+    (_write("half.jpg", _jpeg_bytes()[: len(_jpeg_bytes()) // 2]), "truncated or corrupt image"),
+], ids=["missing", "empty-folder", "glob-nothing", "text-as-png", "empty-file", "truncated-png", "truncated-jpeg"])
+def test_bad_inputs(tmp_path, weights, cli, make, message):
+    src = make(tmp_path)
+    out = tmp_path / "out.png"
+    code, stdout, stderr = cli("upscale", src, "-o", out, *weights)
+    assert code == 2 and stdout == ""
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("onestep-sr: error: ")
+    assert message in stderr and str(Path(str(src)).name) in stderr
+    assert not out.exists() and partial_files(tmp_path) == []
+
+
+class _CodePayload:
+    """Unpickling this runs ``_mark``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_mark, (self.marker,))
+
+
+def _mark(path: str) -> None:
+    Path(path).write_text("the payload ran")
+
+
+def test_bad_checkpoints(tmp_path, goldens, cli):
+    src, vq, out = goldens / "pipeline_lr.png", goldens / "vq.safetensors", tmp_path / "out"
+    junk = tmp_path / "bad.safetensors"
+    junk.write_bytes(b"junk")
+    code, _, stderr = cli("upscale", src, "-o", out, "--denoiser", junk, "--autoencoder", vq)
+    assert code == 2 and "bad.safetensors: not a readable safetensors file" in stderr
+
+    marker, pickled = tmp_path / "payload_ran", tmp_path / "needs_code.pth"
+    torch.save({"weight": torch.zeros(2), "extra": _CodePayload(marker)}, pickled)
+    torch.load(pickled, weights_only=False)  # the payload is live: loading it unsafely runs it
+    assert marker.read_text() == "the payload ran"
+    marker.unlink()
+    code, _, stderr = cli("upscale", src, "-o", out, "--denoiser", pickled, "--autoencoder", vq)
+    assert code == 2 and "needs_code.pth: refused to load" in stderr
+    assert not marker.exists()
+
+    code, _, stderr = cli("upscale", src, "-o", out, "--denoiser", tmp_path / "missing.safetensors")
+    assert code == 2 and "checkpoint not found" in stderr and "missing.safetensors" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors", "needs_code.pth"]
+
+
+def test_unknown_model_and_offline_without_weights(tmp_path, goldens, cli):
+    src, out = goldens / "pipeline_lr.png", tmp_path / "out"
+    code, _, stderr = cli("upscale", src, "-o", out, "--model", "no_such_model")
+    assert code == 2 and "unknown model 'no_such_model'" in stderr and "sinsr_v1" in stderr
+
+    models = tmp_path / "models"
+    models.mkdir()
+    code, _, stderr = cli("upscale", src, "-o", out, "--model", "sinsr_v1", "--offline", "--models-dir", models)
+    entry = get_entry("sinsr_v1")
+    assert code == 2 and len(stderr.splitlines()) == 1
+    assert entry.url in stderr and str(models / entry.file) in stderr
+    assert list(models.iterdir()) == [] and not out.exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--steps", "7"], "steps must be 1 (one-step) or 15"),
+    (["--stochastic"], "needs steps=15"),
+    (["--scale", "0"], "scale must be a number"),
+])
+def test_invalid_sampling_options_stop_before_any_image(tmp_path, goldens, weights, cli, option, message):
+    out = tmp_path / "out"
+    code, stdout, stderr = cli("upscale", goldens / "pipeline_lr.png", goldens / "pipeline_lr.png",
+                               "-o", out, *option, *weights)
+    assert code == 2 and stdout == "" and message in stderr
+    assert not out.exists()
+
+
+def test_option_errors_found_on_the_first_image_when_the_early_check_cannot_run(tmp_path, goldens, weights, cli,
+                                                                                    monkeypatch):
+    real_upscale = OneStepSR.upscale
+
+    def upscale_checking_the_image_first(self, image, **options):
+        if image is None:  # as if upscale looked at its input before its options
+            raise ImageInputError("unsupported image type builtins.NoneType")
+        return real_upscale(self, image, **options)
+
+    monkeypatch.setattr(OneStepSR, "upscale", upscale_checking_the_image_first)
+    second, out = save(noise(16, 16), tmp_path / "second.png"), tmp_path / "out"
+    code, stdout, stderr = cli("upscale", goldens / "pipeline_lr.png", second, "-o", out, "--steps", "7", *weights)
+    assert code == 2 and stdout == "" and "steps must be 1 (one-step) or 15" in stderr  # 2, not 1: the batch stops
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_argparse_choices(tmp_path, goldens, weights, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["upscale", str(goldens / "pipeline_lr.png"), "-o", str(tmp_path / "o.png"),
+              "--color-fix", "bogus", *weights])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_alpha_cannot_go_to_jpeg(tmp_path, weights, cli):
+    src = save(noise(16, 16, 4), tmp_path / "rgba.png")
+    out = tmp_path / "rgba.jpg"
+    code, stdout, stderr = cli("upscale", src, "-o", out, *weights)
+    assert code == 2 and stdout == ""
+    assert "JPEG cannot store the alpha channel" in stderr and "rgba.png" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rgba.png"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--model", "sinsr_v1", "--denoiser", "x.safetensors"], "use either --model NAME or --denoiser PATH"),
+    (["--model", "sinsr_v1", "--schedule", "T4"], "--schedule is for --denoiser checkpoint files"),
+    (["--format", "jpg"], "--format jpg contradicts the output file name"),
+    pytest.param(["--device", "cuda"], "CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_usage_conflicts_stop_before_loading(tmp_path, goldens, cli, options, message):
+    code, stdout, stderr = cli("upscale", goldens / "pipeline_lr.png", "-o", tmp_path / "o.png", *options)
+    assert code == 2 and stdout == "" and message in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_device_is_an_argparse_error(tmp_path, goldens, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["upscale", str(goldens / "pipeline_lr.png"), "-o", str(tmp_path / "o.png"), "--device", "toaster"])
+    assert exit_info.value.code == 2 and "invalid device 'toaster'" in capsys.readouterr().err

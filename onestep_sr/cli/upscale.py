@@ -1,83 +1,333 @@
-"""``onestep-sr upscale``: x4 super-resolution of images."""
+"""``onestep-sr upscale INPUT... -o OUT``: x4 super-resolution of image files, folders and globs.
+
+    onestep-sr upscale photo.jpg -o photo_x4.png
+    onestep-sr upscale shots/ "more/*.jpg" -o upscaled/ --format webp --color-fix wavelet
+    onestep-sr upscale lr.png -o sr.png --denoiser unet.safetensors --autoencoder vq.safetensors
+
+INPUT: files; folders (the image files directly inside, by extension, sorted, dot files skipped);
+glob patterns (expanded here, since Windows shells do not: matched image files, and the images of
+matched folders). Duplicates are dropped, first occurrence kept.
+OUT: the output file when there is one input and OUT has an image extension (and is not an existing
+folder); otherwise a folder receiving ``<input stem>.<--format>``.
+
+The work runs in this order, and each stage stops everything before the next one starts:
+
+1. collect the inputs (a missing file, an empty folder or a pattern matching nothing);
+2. plan the outputs (two inputs with one output name, an output that is an input);
+3. load the model (unknown name, weights missing offline, bad checkpoint);
+4. check the sampling options against the model (e.g. ``--steps 7``);
+5. upscale image by image: a file that cannot be read, written or fits no memory is reported on
+   stderr and the batch goes on.
+
+Nothing is created before the model has loaded, and files are written atomically, so an error or
+Ctrl-C leaves no partial file.
+
+Exit codes: 0 every image written; 1 some images of a batch failed (the others are written);
+2 a usage, input or model error, or the only input failed; 130 interrupted.
+"""
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
+import glob
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from ..checkpoint import load_autoencoder, load_denoiser
-from ..pipeline import model_to_uint8, super_resolve, uint8_to_model
-from ..schedule import SCHEDULE_T4, SCHEDULE_T15
-from .common import UsageError
+from ..download import DownloadError, WeightsUnavailableError
+from ..imageio import SUPPORTED_EXTENSIONS, ImageInputError, read_image, write_image_atomic
+from ..model import (CHECKPOINT_SUFFIXES, DEFAULT_MODEL, DEFAULT_SEED, SCHEDULES, OneStepSR,
+                     OutOfMemoryError, load_model)
+from ..pipeline import NonFiniteError
+from ..registry import UnknownModelError
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from .progress import TextBar
 
-SCHEDULES = {"T15": SCHEDULE_T15, "T4": SCHEDULE_T4}
-DEFAULT_SEED = 12345
-#: Without tiling (not implemented yet) the VQ and the denoiser run on the whole image at once;
-#: beyond this many LR pixels that needs tens of GB, so it is refused up front instead of crashing.
-MAX_UNTILED_LR_PIXELS = 512 * 512
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
+FORMATS = ("png", "jpg", "webp", "tif")
+COLOR_FIXES = ("none", "adain", "wavelet")
+DTYPE_CHOICES = ("fp32", "fp16", "bf16")
+GLOB_CHARS = "*?["
+#: Failures of one image: reported, and the batch goes on.
+IMAGE_FAILURES = (ImageInputError, OutOfMemoryError, NonFiniteError, OSError)
 
 
+@dataclass
+class Plan:
+    jobs: list[tuple[Path, Path]]  # (input, output) in processing order
+    folder: Path | None            # the output folder, None when OUT is a single output file
 
-def read_rgb(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise UsageError(f"input not found: {path}")
+
+# ---------------------------------------------------------------------------------------------
+# 1. inputs
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in SUPPORTED_EXTENSIONS and not path.name.startswith(".")
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and _is_image_name(p))
+
+
+def _extensions() -> str:
+    return ", ".join(sorted(SUPPORTED_EXTENSIONS))
+
+
+def _expand(spec: str) -> list[Path]:
+    path = Path(spec)
+    if path.is_dir():
+        images = _images_in(path)
+        if not images:
+            raise UsageError(f"no image files in folder {path} (looked for {_extensions()})")
+        return images
+    if path.exists():
+        return [path]  # a file named on the command line is used whatever its extension
+    if any(c in spec for c in GLOB_CHARS):
+        images: list[Path] = []
+        for match in map(Path, sorted(glob.glob(spec))):
+            if match.is_dir():
+                images.extend(_images_in(match))
+            elif match.is_file() and _is_image_name(match):
+                images.append(match)
+        if not images:
+            raise UsageError(f"no image files match {spec!r}")
+        return images
+    raise UsageError(f"input not found: {path}")
+
+
+def collect_inputs(specs: list[str]) -> list[Path]:
+    """Files, folders and glob patterns -> image paths, duplicates (same resolved path) removed."""
+    seen: set[Path] = set()
+    inputs = []
+    for spec in specs:
+        for path in _expand(spec):
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                inputs.append(path)
+    return inputs
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. outputs
+
+
+def _has_image_extension(path: Path) -> bool:
+    return path.suffix.lower() in SUPPORTED_EXTENSIONS
+
+
+def plan_outputs(inputs: list[Path], output: str, fmt: str | None) -> Plan:
+    out = Path(output)
+    if len(inputs) == 1 and _has_image_extension(out) and not out.is_dir():
+        if fmt and SUPPORTED_EXTENSIONS[f".{fmt}"] != SUPPORTED_EXTENSIONS[out.suffix.lower()]:
+            raise UsageError(f"--format {fmt} contradicts the output file name {out}")
+        plan = Plan([(inputs[0], out)], folder=None)
+    else:
+        if _has_image_extension(out) and not out.is_dir():
+            raise UsageError(f"-o {out} names one image file but there are {len(inputs)} inputs; "
+                             "give a folder instead")
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"-o {out} exists and is not a folder")
+        ext = fmt or FORMATS[0]
+        plan = Plan([(src, out / f"{src.stem}.{ext}") for src in inputs], folder=out)
+        _check_collisions(plan.jobs)
+    _check_inputs_untouched(plan.jobs)
+    return plan
+
+
+def _check_collisions(jobs: list[tuple[Path, Path]]) -> None:
+    """Case-insensitively, so that a batch behaves the same on Windows and macOS file systems."""
+    owners: dict[str, Path] = {}
+    for src, dst in jobs:
+        first = owners.setdefault(dst.name.casefold(), src)
+        if first is not src:
+            raise UsageError(f"{first} and {src} would both be written to {dst}; "
+                             "rename one or upscale them into different folders")
+
+
+def _check_inputs_untouched(jobs: list[tuple[Path, Path]]) -> None:
+    inputs = {src.resolve() for src, _ in jobs}
+    for _, dst in jobs:
+        if dst.resolve() in inputs:
+            raise UsageError(f"refusing to overwrite the input {dst}; choose another -o or --format")
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. model
+
+
+def parse_device(text: str) -> torch.device:
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UsageError(f"{path}: not a readable image ({exc})") from exc
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"invalid device {text!r} ({exc})") from exc
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"unsupported device {text!r}; use cpu, cuda, cuda:N or mps")
+    return device
 
 
-def write_png_atomic(array: np.ndarray, path: Path) -> None:
-    """Write to a temporary file in the target folder, then rename: no partial file on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+def check_device(device: torch.device | None) -> None:
+    if device is None or device.type == "cpu":
+        return
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: MPS is not available on this machine")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available (torch {torch.__version__}); use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {device}: this machine has {count} CUDA device(s)")
+
+
+def _looks_like_path(spec: str) -> bool:
+    return Path(spec).suffix.lower() in CHECKPOINT_SUFFIXES or "/" in spec or "\\" in spec
+
+
+def load(args: argparse.Namespace) -> OneStepSR:
+    """The model named by ``--model`` or ``--denoiser``/``--autoencoder``; every failure is a UsageError
+    (or CheckpointError), raised before anything is written."""
+    if args.model and args.denoiser:
+        raise UsageError("use either --model NAME or --denoiser PATH, not both")
+    if args.model and args.schedule:
+        raise UsageError("--schedule is for --denoiser checkpoint files; registry models bring their own")
+    for flag, spec in (("--denoiser", args.denoiser), ("--autoencoder", args.autoencoder)):
+        if spec and _looks_like_path(spec) and not Path(spec).exists():
+            raise UsageError(f"{flag}: checkpoint not found: {spec}")
+    denoiser = args.denoiser or args.model or DEFAULT_MODEL
+    spec = (denoiser, args.autoencoder) if args.autoencoder else denoiser
     try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return load_model(spec, device=args.device, dtype=args.dtype, schedule=args.schedule,
+                          models_dir=args.models_dir, offline=True if args.offline else None)
+    except (UnknownModelError, WeightsUnavailableError, DownloadError, ValueError, OSError) as exc:
+        raise UsageError(" ".join(str(exc).split()) or type(exc).__name__) from exc
 
 
-def upscale(args: argparse.Namespace) -> None:
-    src, dst = Path(args.input), Path(args.output)
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise UsageError(f"refusing to overwrite the input {src}")
-    image = read_rgb(src)
-    height, width = image.shape[:2]
-    if height * width > MAX_UNTILED_LR_PIXELS:
-        raise UsageError(
-            f"{src}: {width}x{height} is too large to upscale in one piece (limit "
-            f"{MAX_UNTILED_LR_PIXELS} pixels until tiling is available); crop or downscale it first"
-        )
-    denoiser = load_denoiser(args.denoiser)
-    autoencoder = load_autoencoder(args.autoencoder)
-    schedule = SCHEDULES[args.schedule]
-    sampler = "one_step" if args.steps == 1 else ("stochastic" if args.stochastic else "deterministic")
-    if args.steps not in (1, schedule.steps):
-        raise UsageError(f"--steps must be 1 or {schedule.steps} for schedule {args.schedule}")
-    generator = torch.Generator().manual_seed(args.seed)
-    with torch.inference_mode():
-        sr = super_resolve(uint8_to_model(image), denoiser, autoencoder, schedule, generator, sampler)
-    write_png_atomic(model_to_uint8(sr), dst)
-    print(f"{src} -> {dst} ({sr.shape[-1]}x{sr.shape[-2]})")
+# ---------------------------------------------------------------------------------------------
+# 4. options
+
+
+def upscale_options(args: argparse.Namespace) -> dict:
+    return dict(steps=args.steps, stochastic=args.stochastic, seed=args.seed, scale=args.scale,
+                tile=args.tile, overlap=args.overlap, vq_tile=args.vq_tile, color_fix=args.color_fix)
+
+
+def check_options(model: OneStepSR, options: dict) -> None:
+    """``upscale``'s own option checks, before any image is read or anything written."""
+    try:
+        model.check_options(**options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. run
+
+
+def _failure_line(src: Path, exc: BaseException) -> str:
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and not isinstance(exc, ImageInputError):
+        message = f"cannot write the output ({exc.strerror or message})"
+    return message if str(src) in message else f"{src}: {message}"
+
+
+def upscale_file(model: OneStepSR, src: Path, dst: Path, options: dict, bar: TextBar | None) -> tuple[int, int]:
+    """Read, upscale and atomically write one image; returns the output's (width, height)."""
+    try:
+        image = read_image(src)
+        result = model.upscale(image, progress=bar.update if bar else None, **options)
+        write_image_atomic(result, dst, overwrite_guard=src)
+        return result.size
+    finally:
+        if bar:
+            bar.close()
+
+
+def upscale_all(model: OneStepSR, plan: Plan, options: dict) -> int:
+    if plan.folder is not None:
+        try:
+            plan.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the output folder {plan.folder}: {exc.strerror or exc}") from exc
+    total, failed, written = len(plan.jobs), 0, 0
+    tty = sys.stderr.isatty()
+    for index, (src, dst) in enumerate(plan.jobs, 1):
+        bar = TextBar(sys.stderr, f"[{index}/{total}] {src.name}") if tty else None
+        start = time.perf_counter()
+        try:
+            width, height = upscale_file(model, src, dst, options, bar)
+        except IMAGE_FAILURES as exc:
+            failed += 1
+            print(f"onestep-sr: error: {_failure_line(src, exc)}", file=sys.stderr, flush=True)
+            continue
+        except ValueError as exc:  # upscale's option checks (when check_options could not run them)
+            if written == 0:
+                raise UsageError(str(exc)) from exc
+            failed += 1
+            print(f"onestep-sr: error: {_failure_line(src, exc)}", file=sys.stderr, flush=True)
+            continue
+        written += 1
+        print(f"{src} -> {dst} ({width}x{height}, {time.perf_counter() - start:.1f} s)", flush=True)
+    if not failed:
+        return EXIT_OK
+    if total == 1:
+        return EXIT_USAGE
+    print(f"onestep-sr: {failed} of {total} images failed; the other {written} were written", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def upscale(args: argparse.Namespace) -> int:
+    try:
+        plan = plan_outputs(collect_inputs(args.inputs), args.output, args.format)
+        check_device(args.device)
+        model = load(args)
+        options = upscale_options(args)
+        check_options(model, options)
+        return upscale_all(model, plan, options)
+    except KeyboardInterrupt:
+        print("\nonestep-sr: interrupted; no partial file was left", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def register(sub) -> None:
-    up = sub.add_parser("upscale", help="x4 super-resolution of one image")
-    up.add_argument("input")
-    up.add_argument("-o", "--output", required=True)
-    up.add_argument("--denoiser", required=True, help="denoiser weights (.safetensors/.pth)")
-    up.add_argument("--autoencoder", required=True, help="VQ-f4 weights (.safetensors/.pth)")
-    up.add_argument("--schedule", choices=sorted(SCHEDULES), default="T15")
-    up.add_argument("--steps", type=int, default=1, help="1 = one-step student, else the schedule's T")
-    up.add_argument("--stochastic", action="store_true", help="original ResShift sampler")
-    up.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    up = sub.add_parser(
+        "upscale", help="x4 super-resolution of image files, folders or glob patterns",
+        description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
+    up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    up.add_argument("-o", "--output", required=True, metavar="OUT",
+                    help="output file (one input, image extension) or folder")
+    up.add_argument("--format", choices=FORMATS, default=None,
+                    help="output format in a folder (default png)")
+    model = up.add_argument_group("model")
+    model.add_argument("--model", metavar="NAME", default=None,
+                       help=f"registry model (default {DEFAULT_MODEL}); weights downloaded on first use")
+    model.add_argument("--denoiser", metavar="PATH", default=None,
+                       help="denoiser checkpoint (.safetensors/.pth) instead of --model")
+    model.add_argument("--autoencoder", metavar="PATH|NAME", default=None,
+                       help="VQ-f4 checkpoint or registry name (default: the model's, vq_f4)")
+    model.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
+                       help="diffusion schedule of a --denoiser checkpoint (default T15)")
+    model.add_argument("--models-dir", metavar="DIR", default=None,
+                       help="where registry weights live (default $ONESTEP_SR_MODELS or ~/.cache/onestep_sr/models)")
+    model.add_argument("--offline", action="store_true", help="never download; say which URL to save where")
+    model.add_argument("--device", type=parse_device, default=None,
+                       help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
+    model.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                       help="weights' dtype (default fp16 on CUDA, fp32 otherwise)")
+    sampling = up.add_argument_group("sampling")
+    sampling.add_argument("--steps", type=int, default=None,
+                          help="1 = one-step, or the schedule's T = full ResShift sampling (default: the model's)")
+    sampling.add_argument("--stochastic", action="store_true", default=None,
+                          help="the original ResShift stochastic sampler (with --steps T)")
+    sampling.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"noise seed (default {DEFAULT_SEED})")
+    sampling.add_argument("--scale", type=float, default=4.0,
+                          help="output scale; 4 is native, others resize the x4 result (default 4)")
+    sampling.add_argument("--color-fix", choices=COLOR_FIXES, default="none",
+                          help="match colours to the input (default none)")
+    tiling = up.add_argument_group("tiling (memory)")
+    tiling.add_argument("--tile", type=int, default=None, help="denoiser tile in LR pixels (default 256)")
+    tiling.add_argument("--overlap", type=int, default=None, help="denoiser tile overlap in LR pixels")
+    tiling.add_argument("--vq-tile", type=int, default=None, help="autoencoder tile in LR pixels (default 128)")
     up.set_defaults(run=upscale)

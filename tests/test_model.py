@@ -1,0 +1,242 @@
+"""``load_model`` / ``OneStepSR.upscale``: weights resolution, every image kind, options, and the
+fallbacks (out of memory -> smaller tiles; NaN in fp16 -> fp32)."""
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from onestep_sr import OneStepSR, OutOfMemoryError, load_model
+from onestep_sr.colorfix import color_fix
+from onestep_sr.download import WeightsUnavailableError
+from onestep_sr.imageio import resize_array
+from onestep_sr.pipeline import model_to_uint8, super_resolve, tile_counts, uint8_to_model
+from onestep_sr.registry import UnknownModelError
+from onestep_sr.schedule import SCHEDULE_T4
+
+
+@pytest.fixture(scope="module")
+def model(goldens):
+    return load_model((goldens / "unet.safetensors", goldens / "vq.safetensors"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def lr_image(goldens):
+    return Image.open(goldens / "pipeline_lr.png").convert("RGB")  # 56 x 40
+
+
+def _small(seed: int, h: int = 24, w: int = 20, channels: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def test_pair_dict_and_registry_names_load_the_same_model(tmp_path, goldens, model):
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save(load_file(str(goldens / "unet.safetensors")), models / "SinSR_v1.pth")
+    torch.save(load_file(str(goldens / "vq.safetensors")), models / "autoencoder_vq_f4.pth")
+    by_name = load_model("sinsr_v1", device="cpu", models_dir=models, offline=True)
+    by_dict = load_model({"denoiser": goldens / "unet.safetensors", "autoencoder": "vq_f4"}, device="cpu",
+                         models_dir=models, offline=True)
+    assert by_name.name == "sinsr_v1" and by_name.sampler == "one_step" and by_name.schedule.steps == 15
+    for loaded in (by_name, by_dict):
+        for a, b in zip(loaded.denoiser.state_dict().values(), model.denoiser.state_dict().values()):
+            assert torch.equal(a, b)
+        assert torch.equal(loaded.autoencoder.quantize.embedding.weight, model.autoencoder.quantize.embedding.weight)
+
+
+def test_loading_errors_are_clear(tmp_path, goldens):
+    with pytest.raises(UnknownModelError, match="unknown model 'nope'.*sinsr_v1"):
+        load_model("nope", device="cpu")
+    with pytest.raises(WeightsUnavailableError, match=r"download https://github.com/wyf0912/SinSR/.*SinSR_v1.pth"):
+        load_model("sinsr_v1", device="cpu", models_dir=tmp_path, offline=True)
+    with pytest.raises(ValueError, match="vq_f4 is an autoencoder, not a denoiser"):
+        load_model("vq_f4", device="cpu", models_dir=tmp_path, offline=True)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        load_model((goldens / "unet.safetensors", goldens / "vq.safetensors"), schedule="T7")
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+def test_upscale_equals_the_official_pipeline_for_every_kind(model, lr_image):
+    lr = np.array(lr_image)
+    with torch.no_grad():
+        expected = model_to_uint8(super_resolve(uint8_to_model(lr), model.denoiser, model.autoencoder,
+                                                model.schedule, torch.Generator().manual_seed(5)))
+    out_pil = model.upscale(lr_image, seed=5)
+    assert isinstance(out_pil, Image.Image) and out_pil.mode == "RGB" and out_pil.size == (224, 160)
+    assert np.array_equal(np.asarray(out_pil), expected)
+    out_np = model.upscale(lr, seed=5)
+    assert out_np.dtype == np.uint8 and np.array_equal(out_np, expected)
+    tensor = torch.from_numpy(lr).permute(2, 0, 1).float() / 255
+    out_t = model.upscale(tensor, seed=5)
+    assert out_t.shape == (3, 160, 224) and out_t.dtype == torch.float32
+    assert (out_t * 255 - torch.from_numpy(expected).permute(2, 0, 1)).abs().max() <= 0.5 + 1e-3
+
+
+def test_same_seed_same_result_other_seed_other_result(model):
+    image = _small(0)
+    a, b, c = (model.upscale(image, seed=s) for s in (1, 1, 2))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (8, 8), (3, 70)])
+def test_tiny_and_thin_images(model, size):
+    h, w = size
+    out = model.upscale(_small(3, h, w))
+    assert out.shape == (4 * h, 4 * w, 3)
+
+
+def test_alpha_is_upscaled_separately_and_reattached(model):
+    rgba = _small(4, channels=4)
+    out = model.upscale(Image.fromarray(rgba, "RGBA"), seed=7)
+    assert out.mode == "RGBA" and out.size == (80, 96)
+    rgb_only = model.upscale(Image.fromarray(rgba[..., :3], "RGB"), seed=7)
+    assert np.array_equal(np.asarray(out)[..., :3], np.asarray(rgb_only))
+    alpha = torch.from_numpy(rgba[..., 3]).float().div(255)[None, None]
+    up = torch.nn.functional.interpolate(alpha, scale_factor=4, mode="bicubic").clamp(0, 1)
+    expected = torch.round(up * 255)[0, 0].to(torch.uint8).numpy()
+    assert np.array_equal(np.asarray(out)[..., 3], expected)
+
+
+@pytest.mark.parametrize("scale, size", [(2, (40, 48)), (3, (60, 72)), (2.5, (50, 60)), (6, (120, 144))])
+def test_other_scales_resize_the_x4_result_with_lanczos(model, scale, size):
+    image = _small(5)
+    out = model.upscale(image, scale=scale, seed=1)
+    assert out.shape == (size[1], size[0], 3)
+    assert np.array_equal(out, resize_array(model.upscale(image, seed=1), size))
+
+
+@pytest.mark.parametrize("mode", ["adain", "wavelet"])
+def test_color_fix_pulls_colours_towards_the_input(model, mode):
+    image = _small(6, 32, 32)
+    raw = model.upscale(image, seed=1)
+    fixed = model.upscale(image, seed=1, color_fix=mode)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255,
+                                          scale_factor=4, mode="bicubic").clamp(0, 1)
+    expected = color_fix(torch.from_numpy(raw).permute(2, 0, 1)[None].float() / 255, ref, mode)
+    expected = torch.round(expected * 255)[0].permute(1, 2, 0).numpy()
+    assert np.abs(fixed.astype(int) - expected.astype(int)).max() <= 1
+    ref_mean = ref[0].mean(dim=(1, 2)).numpy() * 255
+    assert np.abs(fixed.mean(axis=(0, 1)) - ref_mean).sum() < np.abs(raw.mean(axis=(0, 1)) - ref_mean).sum()
+
+
+def test_tiled_result_differs_but_stays_complete(model):
+    image = _small(8, 60, 100)
+    untiled = model.upscale(image, tile=128, vq_tile=128)
+    tiled = model.upscale(image, tile=64, overlap=16, vq_tile=48)
+    assert tiled.shape == untiled.shape == (240, 400, 3)
+    assert not np.array_equal(tiled, untiled)  # tiling really happened (random nets: no quality claim)
+
+
+def test_batched_tensor_equals_images_one_by_one(model):
+    batch = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(0))
+    out = model.upscale(batch, seed=4)
+    assert out.shape == (2, 3, 64, 96)
+    for i in range(2):
+        assert torch.equal(out[i], model.upscale(batch[i], seed=4))
+
+
+def test_multi_step_samplers_and_step_checks(goldens):
+    m = load_model((goldens / "unet.safetensors", goldens / "vq.safetensors"), device="cpu", schedule=SCHEDULE_T4)
+    image = _small(9, 16, 16)
+    one, det, sto = m.upscale(image, steps=1), m.upscale(image, steps=4), m.upscale(image, steps=4, stochastic=True)
+    assert not np.array_equal(one, det) and not np.array_equal(det, sto)
+    with pytest.raises(ValueError, match="steps must be 1 .* or 4"):
+        m.upscale(image, steps=3)
+    with pytest.raises(ValueError, match="needs steps=4"):
+        m.upscale(image, stochastic=True)
+    with pytest.raises(ValueError, match="unknown color_fix 'sepia'"):
+        m.upscale(image, color_fix="sepia")
+    with pytest.raises(ValueError, match="tile must be at least 64"):
+        m.upscale(image, tile=32)
+
+
+def test_progress_counts_every_network_call_and_can_cancel(model):
+    image = _small(10, 40, 70)
+    seen = []
+    model.upscale(image, tile=64, overlap=16, vq_tile=48, progress=lambda done, total: seen.append((done, total)))
+    vq, den = tile_counts((40, 70), model.plan(tile=64, overlap=16, vq_tile=48).tiling, 64)
+    assert vq > 1 and den > 1  # really tiled
+    assert seen == [(i, 2 * vq + den) for i in range(1, 2 * vq + den + 1)]
+
+    class Stop(Exception):
+        pass
+
+    def cancel(done, total):
+        raise Stop
+
+    with pytest.raises(Stop):
+        model.upscale(image, progress=cancel)
+    assert model.upscale(_small(0), seed=1).shape == (96, 80, 3)  # still usable
+
+
+# --- fallbacks ---------------------------------------------------------------------------------
+
+
+class _OomAbove:
+    """Wraps a denoiser: raises out-of-memory for latent tiles larger than ``limit``."""
+
+    def __init__(self, denoiser, limit, error):
+        self.inner, self.limit, self.error, self.sizes = denoiser, limit, error, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, x, t, lq):
+        self.sizes.append(tuple(x.shape[-2:]))
+        if max(x.shape[-2:]) > self.limit:
+            raise self.error
+        return self.inner(x, t, lq)
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate")])
+def test_out_of_memory_halves_the_tiles_and_retries(model, caplog, error):
+    image = _small(11, 30, 100)
+    expected = model.upscale(image, tile=64, vq_tile=64, seed=2)
+    flaky = OneStepSR(_OomAbove(model.denoiser, 64, error), model.autoencoder, model.schedule)
+    with caplog.at_level(logging.WARNING, logger="onestep_sr"):
+        out = flaky.upscale(image, tile=128, vq_tile=128, seed=2)
+    assert "retrying with 64 / 64" in caplog.text
+    assert flaky.denoiser.sizes == [(64, 128)] + [(64, 64)] * 3 and np.array_equal(out, expected)
+
+
+def test_out_of_memory_at_the_smallest_tiles_is_a_clear_error(model):
+    always = OneStepSR(_OomAbove(model.denoiser, 0, torch.OutOfMemoryError("CUDA out of memory")),
+                       model.autoencoder, model.schedule)
+    with pytest.raises(OutOfMemoryError, match="out of memory upscaling a 70x30 image on cpu even with the smallest tiles"):
+        always.upscale(_small(12, 30, 70), tile=128, vq_tile=32)
+
+
+def test_fp16_overflow_is_recomputed_in_fp32(model, caplog):
+    den16 = copy.deepcopy(model.denoiser).half()  # the VQ stays fp32: fp16 convolutions are slow on CPU
+    with torch.no_grad():  # outputs around 65000 +- a few thousand: inf in fp16 (max 65504), fine in fp32
+        den16.out[2].weight.mul_(3000.0)
+        den16.out[2].bias.fill_(65000.0)
+    overflowing = OneStepSR(den16, model.autoencoder, model.schedule)
+    image = _small(13, 8, 8)
+    fp32_reference = OneStepSR(copy.deepcopy(den16).float(), model.autoencoder, model.schedule)
+    with caplog.at_level(logging.WARNING, logger="onestep_sr"):
+        out = overflowing.upscale(image, seed=3)
+    assert "NaN/Inf" in caplog.text and "recomputing in fp32" in caplog.text
+    assert np.array_equal(out, fp32_reference.upscale(image, seed=3))
+    # each network is back in its own dtype afterwards
+    assert overflowing.dtype == torch.float16 and model.autoencoder.dtype == torch.float32
+
+
+def test_per_call_dtype_leaves_the_stored_weights_untouched(model):
+    before = {k: v.clone() for k, v in model.denoiser.state_dict().items()}
+    out = model.upscale(_small(14, 16, 16), dtype="fp16")
+    assert out.shape == (64, 64, 3)
+    assert model.dtype == torch.float32
+    assert all(torch.equal(before[k], v) for k, v in model.denoiser.state_dict().items())
