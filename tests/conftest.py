@@ -21,6 +21,23 @@ def _require(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    """The user's own settings never reach a test (models folder, offline switches)."""
+    for name in ("ONESTEP_SR_OFFLINE", "HF_HUB_OFFLINE", "ONESTEP_SR_MODELS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture()
+def server():
+    """A loopback HTTP server (see ``loopback.Server``), closed after the test."""
+    from loopback import Server
+
+    s = Server()
+    yield s
+    s.close()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
     torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -1,6 +1,6 @@
 """``onestep-sr models``, ``download`` and ``convert`` through ``onestep_sr.cli.main``.
 
-Downloads go to the loopback HTTP server of ``test_download`` (127.0.0.1 only, bounded in
+Downloads go to the loopback HTTP server of ``loopback`` (127.0.0.1 only, bounded in
 requests and time); the CLI is pointed at a test registry by patching
 ``onestep_sr.registry.REGISTRY_FILE``, which the commands read at call time.
 """
@@ -18,7 +18,6 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from test_download import Server
 
 from onestep_sr import download, registry
 from onestep_sr.checkpoint import load_autoencoder, load_denoiser, read_checkpoint
@@ -26,19 +25,6 @@ from onestep_sr.cli import main
 from onestep_sr.cli import weights as cli_weights
 
 NC = "Test Licence (non-commercial)"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for name in ("ONESTEP_SR_OFFLINE", "HF_HUB_OFFLINE", "ONESTEP_SR_MODELS"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture()
-def server():
-    s = Server()
-    yield s
-    s.close()
 
 
 @pytest.fixture()
