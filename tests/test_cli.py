@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from onestep_sr.cli import main
-from onestep_sr.imageio import ImageInputError
 from onestep_sr.model import OneStepSR, OutOfMemoryError
 from onestep_sr.pipeline import model_to_uint8, super_resolve, uint8_to_model
 from onestep_sr.registry import get_entry
@@ -341,22 +340,6 @@ def test_invalid_sampling_options_stop_before_any_image(tmp_path, goldens, weigh
                                "-o", out, *option, *weights)
     assert code == 2 and stdout == "" and message in stderr
     assert not out.exists()
-
-
-def test_option_errors_found_on_the_first_image_when_the_early_check_cannot_run(tmp_path, goldens, weights, cli,
-                                                                                    monkeypatch):
-    real_upscale = OneStepSR.upscale
-
-    def upscale_checking_the_image_first(self, image, **options):
-        if image is None:  # as if upscale looked at its input before its options
-            raise ImageInputError("unsupported image type builtins.NoneType")
-        return real_upscale(self, image, **options)
-
-    monkeypatch.setattr(OneStepSR, "upscale", upscale_checking_the_image_first)
-    second, out = save(noise(16, 16), tmp_path / "second.png"), tmp_path / "out"
-    code, stdout, stderr = cli("upscale", goldens / "pipeline_lr.png", second, "-o", out, "--steps", "7", *weights)
-    assert code == 2 and stdout == "" and "steps must be 1 (one-step) or 15" in stderr  # 2, not 1: the batch stops
-    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_argparse_choices(tmp_path, goldens, weights, capsys):

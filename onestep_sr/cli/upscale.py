@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from ..colorfix import COLOR_FIXES
 from ..download import DownloadError, WeightsUnavailableError
 from ..imageio import SUPPORTED_EXTENSIONS, ImageInputError, read_image, write_image_atomic
 from ..model import (CHECKPOINT_SUFFIXES, DEFAULT_MODEL, DEFAULT_SEED, SCHEDULES, OneStepSR,
@@ -47,7 +48,6 @@ from .progress import TextBar
 
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 FORMATS = ("png", "jpg", "webp", "tif")
-COLOR_FIXES = ("none", "adain", "wavelet")
 DTYPE_CHOICES = ("fp32", "fp16", "bf16")
 GLOB_CHARS = "*?["
 #: Failures of one image: reported, and the batch goes on.
@@ -259,12 +259,6 @@ def upscale_all(model: OneStepSR, plan: Plan, options: dict) -> int:
         try:
             width, height = upscale_file(model, src, dst, options, bar)
         except IMAGE_FAILURES as exc:
-            failed += 1
-            print(f"onestep-sr: error: {_failure_line(src, exc)}", file=sys.stderr, flush=True)
-            continue
-        except ValueError as exc:  # upscale's option checks (when check_options could not run them)
-            if written == 0:
-                raise UsageError(str(exc)) from exc
             failed += 1
             print(f"onestep-sr: error: {_failure_line(src, exc)}", file=sys.stderr, flush=True)
             continue
