@@ -15,6 +15,7 @@ from onestep_sr import OneStepSR, OutOfMemoryError, load_model
 from onestep_sr.colorfix import color_fix
 from onestep_sr.download import WeightsUnavailableError
 from onestep_sr.imageio import resize_array
+from onestep_sr.models import AutoencoderConfig, DenoiserConfig, build_autoencoder, build_denoiser
 from onestep_sr.pipeline import model_to_uint8, super_resolve, tile_counts, uint8_to_model
 from onestep_sr.registry import UnknownModelError
 from onestep_sr.schedule import SCHEDULE_T4
@@ -211,15 +212,42 @@ def test_out_of_memory_halves_the_tiles_and_retries(model, caplog, error):
     assert flaky.denoiser.sizes == [(64, 128)] + [(64, 64)] * 3 and np.array_equal(out, expected)
 
 
+class _OomAlways:
+    """An autoencoder that runs out of memory on every encode."""
+
+    def __init__(self, autoencoder):
+        self.inner, self.calls = autoencoder, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, image):
+        self.calls += 1
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+
+
 def test_out_of_memory_at_the_smallest_tiles_is_a_clear_error(model):
-    always = OneStepSR(_OomAbove(model.denoiser, 0, torch.OutOfMemoryError("CUDA out of memory")),
-                       model.autoencoder, model.schedule)
-    with pytest.raises(OutOfMemoryError, match="out of memory upscaling a 70x30 image on cpu even with the smallest tiles"):
+    always = OneStepSR(model.denoiser, _OomAlways(model.autoencoder), model.schedule)
+    with pytest.raises(OutOfMemoryError, match=r"out of memory upscaling a 70x30 image on cpu even with the "
+                                               r"smallest tiles \(tile 64, VQ tile 16\).*Tried to allocate 9 GiB"):
         always.upscale(_small(12, 30, 70), tile=128, vq_tile=32)
+    assert always.autoencoder.calls == 2  # 128 / 32, then 64 / 16: the floors
 
 
-def test_fp16_overflow_is_recomputed_in_fp32(model, caplog):
-    den16 = copy.deepcopy(model.denoiser).half()  # the VQ stays fp32: fp16 convolutions are slow on CPU
+@pytest.fixture(scope="module")
+def tiny(model):
+    """A real but tiny denoiser (one level, latent multiple 8) with a small VQ: fp16 convolutions
+    are ~100x slower than fp32 on this CPU, so fp16 tests use these on 8x8 images."""
+    torch.manual_seed(0)
+    config = DenoiserConfig(image_size=8, model_channels=32, channel_mult=(1,), num_res_blocks=(1,),
+                            attention_resolutions=(), swin_embed_dim=32, num_head_channels=16)
+    autoencoder = build_autoencoder(AutoencoderConfig(ch=32, ch_mult=(1, 2, 1), n_embed=64))
+    return OneStepSR(build_denoiser(config).eval(), autoencoder.eval(), model.schedule)
+
+
+def test_fp16_overflow_is_recomputed_in_fp32(tiny, caplog):
+    model = tiny
+    den16 = copy.deepcopy(model.denoiser).half()  # the VQ stays fp32
     with torch.no_grad():  # outputs around 65000 +- a few thousand: inf in fp16 (max 65504), fine in fp32
         den16.out[2].weight.mul_(3000.0)
         den16.out[2].bias.fill_(65000.0)
@@ -234,9 +262,11 @@ def test_fp16_overflow_is_recomputed_in_fp32(model, caplog):
     assert overflowing.dtype == torch.float16 and model.autoencoder.dtype == torch.float32
 
 
-def test_per_call_dtype_leaves_the_stored_weights_untouched(model):
+def test_per_call_dtype_leaves_the_stored_weights_untouched(tiny):
+    model = tiny
     before = {k: v.clone() for k, v in model.denoiser.state_dict().items()}
-    out = model.upscale(_small(14, 16, 16), dtype="fp16")
-    assert out.shape == (64, 64, 3)
+    out = model.upscale(_small(14, 8, 8), dtype="fp16")
+    assert out.shape == (32, 32, 3)
+    assert not np.array_equal(out, model.upscale(_small(14, 8, 8)))  # really computed in fp16
     assert model.dtype == torch.float32
     assert all(torch.equal(before[k], v) for k, v in model.denoiser.state_dict().items())
