@@ -25,9 +25,13 @@ class GroupNorm32(nn.GroupNorm):
 def attention_fp32(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v, computed in float32, returned in q's dtype."""
+    """softmax(q k^T / sqrt(d) + bias) v, computed in float32, returned in q's dtype.
+
+    Inputs are made contiguous: with strided (e.g. transposed) q/k/v, PyTorch's CPU attention
+    falls back to the plain kernel that materialises the whole N x N matrix (GBs for a VQ tile)."""
     out = F.scaled_dot_product_attention(
-        q.float(), k.float(), v.float(), attn_mask=None if bias is None else bias.float()
+        q.float().contiguous(), k.float().contiguous(), v.float().contiguous(),
+        attn_mask=None if bias is None else bias.float(),
     )
     return out.to(q.dtype)
 
