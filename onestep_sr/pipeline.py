@@ -9,7 +9,8 @@ Large images are tiled in LATENT space (the latent of this x4 / f4 pair has the 
   with ONE noise field shared by all tiles;
 - the VQ encoder and decoder run on their own (smaller) tiles with a halo of context that is
   cropped away, then feathered; the codebook quantisation is done once on the whole latent;
-- decoded rows go to ``emit`` as soon as they are final, so no full-size float image exists.
+- decoded rows go to ``emit`` as soon as they are final, in pieces of EMIT_ROWS rows, so no
+  full-size float image exists.
 With tiles at least as large as the padded image every stage is one call: the result equals the
 untiled official pipeline (the end-to-end golden).
 """
@@ -34,6 +35,7 @@ SAMPLERS = ("one_step", "deterministic", "stochastic")
 StepCallback = Callable[[int, int, torch.Tensor], None]
 TileCallback = Callable[[str], None]  # called after each network call on a tile: "encode"/"denoise"/"decode"
 EmitRows = Callable[[int, torch.Tensor], None]
+EMIT_ROWS = 64  # decoded rows handed on at a time
 
 
 class NonFiniteError(FloatingPointError):
@@ -163,12 +165,11 @@ def tiled_x0_predictor(denoiser: SwinUNetDenoiser, schedule: ResShiftSchedule, l
     return predict
 
 
-def decode_tiled(autoencoder: VQAutoencoder, z: torch.Tensor, tiling: Tiling, emit: EmitRows,
+def decode_tiled(autoencoder: VQAutoencoder, zq: torch.Tensor, tiling: Tiling, emit: EmitRows,
                  on_tile: TileCallback | None = None) -> None:
-    """decode(z) (quantised first, on the whole latent) tile by tile; finished image rows (in the
+    """Decode the already quantised latent ``zq`` tile by tile; finished image rows (in the
     model's [-1, 1] domain, unclamped) go to ``emit(row0, rows C x n x W*4)``."""
-    zq = autoencoder.quantize(z)
-    h, w = z.shape[-2:]
+    h, w = zq.shape[-2:]
     halo = tiling.vq_halo
 
     def run(y: int, x: int, th: int, tw: int) -> torch.Tensor:
@@ -223,15 +224,19 @@ def super_resolve_rows(lq: torch.Tensor, denoiser: SwinUNetDenoiser, autoencoder
     z_y = encode_tiled(autoencoder, lq_padded, tiling, on_tile)
     predict = tiled_x0_predictor(denoiser, schedule, lq_padded, tiling, on_tile)
     z = run_sampler(sampler, predict, z_y, schedule, noise, step_noise, callback)
+    del z_y, predict, lq_padded  # latent-size tensors: free them before decoding
     _check_finite(z, "sampled latent")
+    zq = autoencoder.quantize(z)  # pointwise: once on the whole latent, never per tile
+    del z
 
     def crop(row0: int, rows: torch.Tensor) -> None:
         rows = rows[:, : max(0, SCALE * h - row0), : SCALE * w]
-        if rows.shape[1]:
-            _check_finite(rows, "decoded image")
-            emit(row0, rows)
+        for r in range(0, rows.shape[1], EMIT_ROWS):  # small pieces: small conversion temporaries
+            part = rows[:, r:r + EMIT_ROWS]
+            _check_finite(part, "decoded image")
+            emit(row0 + r, part)
 
-    decode_tiled(autoencoder, z, tiling, crop, on_tile)
+    decode_tiled(autoencoder, zq, tiling, crop, on_tile)
 
 
 def super_resolve(lq: torch.Tensor, denoiser: SwinUNetDenoiser, autoencoder: VQAutoencoder,

@@ -101,27 +101,26 @@ def blend_tiles(run_tile: TileFn, grid: TileGrid, scale: int, emit: EmitFn) -> N
     """Blend ``run_tile(y, x, h, w) -> 1 x C x h*scale x w*scale`` over ``grid``.
 
     ``emit(row0, rows)`` receives the finished output rows ``[row0, row0 + n)`` as a C x n x
-    (width*scale) float32 tensor, top to bottom, each row exactly once."""
+    (width*scale) float32 tensor, top to bottom, each row exactly once; ``rows`` is a view that is
+    reused after ``emit`` returns, so copy what you keep. The accumulator is one row of tiles high
+    (rows that the next tile row also touches are moved up, not reallocated)."""
     wys, wxs = grid.weights(scale)
     th, tw = grid.tile_h * scale, grid.tile_w * scale
-    band: torch.Tensor | None = None
-    top = 0  # output row of band[:, 0]
+    band: torch.Tensor | None = None  # output rows [y0, y0 + th) of the current tile row
     for r, y in enumerate(grid.ys):
         y0 = y * scale
         for c, x in enumerate(grid.xs):
             out = run_tile(y, x, grid.tile_h, grid.tile_w)
             if band is None:
                 band = out.new_zeros((out.shape[1], th, grid.width * scale), dtype=torch.float32)
-            need = y0 + th - top
-            if band.shape[1] < need:
-                band = torch.cat([band, band.new_zeros((band.shape[0], need - band.shape[1], band.shape[2]))], 1)
             weight = wys[r].to(out.device)[:, None] * wxs[c].to(out.device)[None, :]
-            x0 = x * scale
-            band[:, y0 - top:y0 - top + th, x0:x0 + tw] += out[0].float() * weight
-        done = grid.ys[r + 1] * scale if r + 1 < len(grid.ys) else grid.height * scale
-        emit(top, band[:, :done - top])
-        band = band[:, done - top:].clone()
-        top = done
+            band[:, :, x * scale:x * scale + tw] += out[0].float() * weight
+        done = grid.ys[r + 1] * scale - y0 if r + 1 < len(grid.ys) else th
+        emit(y0, band[:, :done])
+        keep = th - done  # rows the next tile row overlaps
+        if keep:
+            band[:, :keep] = band[:, done:].clone()
+        band[:, keep:] = 0
 
 
 def blend_to_tensor(run_tile: TileFn, grid: TileGrid, channels: int, scale: int = 1,

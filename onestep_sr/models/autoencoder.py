@@ -162,11 +162,19 @@ class Codebook(nn.Module):
         return out.view(b, h, w)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Quantised latent, as the straight-through value z + (e - z) (bit-equal to the reference)."""
-        idx = self.indices(z)
-        codes = self.embedding.weight.float()[idx].permute(0, 3, 1, 2)
-        zf = z.float()
-        return (zf + (codes - zf)).to(z.dtype)
+        """Quantised latent, as the straight-through value z + (e - z) (bit-equal to the reference).
+
+        Done in bands of latent rows into one output tensor, so a huge latent needs no extra
+        latent-size temporaries."""
+        out = torch.empty_like(z)
+        rows = max(1, QUANTISE_CHUNK // z.shape[-1])
+        codes = self.embedding.weight.float()
+        for r in range(0, z.shape[-2], rows):
+            part = z[..., r:r + rows, :]
+            nearest = codes[self.indices(part)].permute(0, 3, 1, 2)
+            zf = part.float()
+            out[..., r:r + rows, :] = (zf + (nearest - zf)).to(z.dtype)
+        return out
 
 
 class VQAutoencoder(nn.Module):
