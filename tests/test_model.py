@@ -270,3 +270,17 @@ def test_per_call_dtype_leaves_the_stored_weights_untouched(tiny):
     assert not np.array_equal(out, model.upscale(_small(14, 8, 8)))  # really computed in fp16
     assert model.dtype == torch.float32
     assert all(torch.equal(before[k], v) for k, v in model.denoiser.state_dict().items())
+
+
+@pytest.mark.parametrize("make, mode, dtype", [
+    (lambda a: Image.fromarray((a[..., 0].astype(np.uint16) * 257)), "I;16", np.uint16),
+    (lambda a: Image.fromarray(a).convert("P"), "RGB", np.uint8),
+    (lambda a: Image.fromarray(a).convert("CMYK"), "RGB", np.uint8),
+    (lambda a: Image.fromarray(a).convert("LA"), "LA", np.uint8),
+])
+def test_upscale_keeps_16_bit_and_handles_palette_cmyk_and_grey_alpha(model, make, mode, dtype):
+    out = model.upscale(make(_small(15, 12, 10)))
+    assert out.mode == mode and out.size == (40, 48)
+    assert np.asarray(out).dtype == dtype
+    if dtype == np.uint16:
+        assert len(np.unique(np.asarray(out) % 257)) > 1  # real 16-bit values, not 8-bit ones scaled up

@@ -195,3 +195,24 @@ def test_smooth_image_tiled_finely_has_no_seams():
     # and the tiled image stays close to the untiled one away from the image border
     inner = (slice(None), slice(64, -64), slice(64, -64))
     assert (smooth - reference)[inner].abs().max() < 0.02 < (hard - reference)[inner].abs().max()
+
+
+def test_tiles_share_one_noise_field():
+    """With a denoiser that returns its (scaled) noisy input, one-step x0 is the prior sample
+    itself: tiled and untiled must agree everywhere, which they only do with one noise field."""
+    from onestep_sr.pipeline import tiled_x0_predictor
+    from onestep_sr.samplers import sample_one_step
+
+    class Identity(nn.Module):
+        config = types.SimpleNamespace(latent_multiple=64)
+
+        def forward(self, x, t, lq):
+            return x
+
+    lq, y = torch.zeros(1, 3, 128, 192), torch.randn(1, 3, 128, 192)
+    results = []
+    for tiling in (Tiling(tile=256, overlap=0), Tiling(tile=64, overlap=16)):
+        predict = tiled_x0_predictor(Identity(), SCHEDULE_T15, lq, tiling)
+        results.append(sample_one_step(predict, y, SCHEDULE_T15, torch.Generator().manual_seed(9)))
+    assert (results[0] - results[1]).abs().max() < 1e-5
+    assert results[0].std() > 0.5  # the noise is really there
