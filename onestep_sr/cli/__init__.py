@@ -6,11 +6,12 @@ Errors the user can fix are one line on stderr and exit code 2; nothing partial 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..checkpoint import CheckpointError
 from . import upscale, weights
-from .common import EXIT_USAGE, UsageError
+from .common import EXIT_FAILED, EXIT_USAGE, UsageError
 
 SUBCOMMANDS = [upscale, weights]
 
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, CheckpointError) as exc:
         print(f"onestep-sr: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
