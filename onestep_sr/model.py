@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,13 @@ class OneStepSR:
     def dtype(self) -> torch.dtype:
         return next(self.denoiser.parameters()).dtype
 
+    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "OneStepSR":
+        """Move (and optionally cast) both networks, e.g. to the CPU when a host frees GPU memory."""
+        dtype = resolve_dtype(dtype)
+        self.denoiser.to(device=device, dtype=dtype)
+        self.autoencoder.to(device=device, dtype=dtype)
+        return self
+
     def __repr__(self) -> str:
         return (f"OneStepSR({self.name or 'custom'}, sampler={self.sampler}, steps={self.schedule.steps}, "
                 f"device={self.device}, dtype={str(self.dtype).replace('torch.', '')})")
@@ -289,7 +297,8 @@ class OneStepSR:
         def emit(row0: int, rows: torch.Tensor) -> None:
             out[row0:row0 + rows.shape[1]] = from_unit_float(model_to_unit(rows).permute(1, 2, 0).cpu(), item.out_dtype)
 
-        generator = torch.Generator().manual_seed(job.seed if job.seed is not None else torch.seed())
+        # a random seed must not come from torch.seed(): that would reseed the host's global RNG
+        generator = torch.Generator().manual_seed(job.seed if job.seed is not None else secrets.randbits(63))
         lq = unit_to_model(item.rgb).to(self.device)
         with torch.inference_mode():
             super_resolve_rows(lq, self.denoiser, self.autoencoder, self.schedule, generator, emit,

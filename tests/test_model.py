@@ -284,3 +284,19 @@ def test_upscale_keeps_16_bit_and_handles_palette_cmyk_and_grey_alpha(model, mak
     assert np.asarray(out).dtype == dtype
     if dtype == np.uint16:
         assert len(np.unique(np.asarray(out) % 257)) > 1  # real 16-bit values, not 8-bit ones scaled up
+
+
+def test_random_seed_leaves_the_global_rng_alone(model):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a, b = model.upscale(_small(16, 8, 8), seed=None), model.upscale(_small(16, 8, 8), seed=None)
+    assert torch.equal(torch.rand(3), expected)  # the host's RNG stream is untouched
+    assert not np.array_equal(a, b)  # and each call drew its own noise
+
+
+def test_to_moves_and_casts_both_networks(tiny):
+    moved = copy.deepcopy(tiny).to("cpu", "fp16")
+    assert moved.dtype == torch.float16 and moved.autoencoder.dtype == torch.float16
+    assert moved.to(dtype=torch.float32).upscale(_small(17, 8, 8)).shape == (32, 32, 3)
+    assert moved.device == torch.device("cpu") and tiny.dtype == torch.float32
