@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .imageio import from_unit_float, to_unit_float
 from .models import SwinUNetDenoiser, VQAutoencoder
 from .samplers import (Noise, sample_deterministic, sample_one_step, sample_stochastic,
                        x0_predictor)
@@ -99,12 +100,6 @@ def bicubic_upscale(x: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
     return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
 
 
-def uint8_to_model(image: np.ndarray) -> torch.Tensor:
-    """H x W x 3 uint8 RGB -> 1 x 3 x H x W float32 in [-1, 1] (u8/255, then (x-0.5)/0.5)."""
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).float().div(255.0)
-    return unit_to_model(x.permute(2, 0, 1)[None])
-
-
 def unit_to_model(x: torch.Tensor) -> torch.Tensor:
     """[0, 1] -> [-1, 1] as the official code does it: (x - 0.5) / 0.5."""
     return (x - 0.5) / 0.5
@@ -115,9 +110,14 @@ def model_to_unit(x: torch.Tensor) -> torch.Tensor:
     return (x.float().clamp(-1, 1) * 0.5 + 0.5).clamp(0, 1)
 
 
+def uint8_to_model(image: np.ndarray) -> torch.Tensor:
+    """H x W x 3 uint8 RGB -> 1 x 3 x H x W float32 in [-1, 1] (u8/255, then (x-0.5)/0.5)."""
+    return unit_to_model(to_unit_float(torch.from_numpy(np.array(image, dtype=np.uint8))).permute(2, 0, 1)[None])
+
+
 def model_to_uint8(image: torch.Tensor) -> np.ndarray:
     """1 x 3 x H x W in [-1, 1] (unclamped) -> H x W x 3 uint8 with round-half-to-even."""
-    return torch.round(model_to_unit(image) * 255.0).to(torch.uint8)[0].permute(1, 2, 0).cpu().numpy()
+    return from_unit_float(model_to_unit(image)[0].permute(1, 2, 0), np.uint8)
 
 
 def _region(start: int, size: int, halo: int, length: int) -> tuple[int, int]:
