@@ -54,6 +54,17 @@ def test_pair_dict_and_registry_names_load_the_same_model(tmp_path, goldens, mod
         assert torch.equal(loaded.autoencoder.quantize.embedding.weight, model.autoencoder.quantize.embedding.weight)
 
 
+def test_a_multi_step_registry_model_brings_its_schedule_and_sampler(tmp_path, goldens):
+    torch.save(load_file(str(goldens / "unet.safetensors")), tmp_path / "resshift_realsrx4_s4_v3.pth")
+    torch.save(load_file(str(goldens / "vq.safetensors")), tmp_path / "autoencoder_vq_f4.pth")
+    v3 = load_model("resshift_v3", device="cpu", models_dir=tmp_path, offline=True)
+    assert v3.schedule == SCHEDULE_T4 and not v3.schedule.clamp_start  # journal code: no sqrt(0.001) clamp
+    assert v3.plan().sampler == "stochastic" and v3.plan(steps=1).sampler == "one_step"
+    calls = []
+    v3.upscale(_small(18, 8, 8), progress=lambda done, total: calls.append(total))
+    assert calls[-1] == 2 + 4  # VQ encode + decode, and the 4 steps of the original sampler
+
+
 def test_loading_errors_are_clear(tmp_path, goldens):
     with pytest.raises(UnknownModelError, match="unknown model 'nope'.*sinsr_v1"):
         load_model("nope", device="cpu")
