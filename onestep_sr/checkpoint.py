@@ -26,6 +26,7 @@ WRAPPER_KEYS = ("state_dict",)
 PREFIXES = ("module.", "_orig_mod.")
 RECOMPUTABLE_BUFFERS = ("relative_position_index", "attn_mask")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+CHECKPOINT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 _SHOW = 5
 
 
@@ -167,9 +168,10 @@ _AUTOENCODER = _Kind("VQ autoencoder", AutoencoderConfig, infer_autoencoder_conf
 Source = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
 
 
-def _load(kind: _Kind, source: Source, config: Any, device: Any, dtype: Any) -> nn.Module:
+def _load(kind: _Kind, source: Source, config: Any, device: Any, dtype: Any,
+          metadata: Mapping[str, str] | None = None) -> nn.Module:
     if isinstance(source, Mapping):
-        state, metadata, name = normalise_state_dict(source), {}, "state dict"
+        state, metadata, name = normalise_state_dict(source), dict(metadata or {}), "state dict"
     else:
         (state, metadata), name = read_checkpoint(source), str(source)
     if config is None:
@@ -183,13 +185,16 @@ def _load(kind: _Kind, source: Source, config: Any, device: Any, dtype: Any) -> 
 
 
 def load_denoiser(source: Source, config: DenoiserConfig | None = None,
-                  device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SwinUNetDenoiser:
+                  device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                  metadata: Mapping[str, str] | None = None) -> SwinUNetDenoiser:
     """Swin-UNet denoiser from a file or state dict. Without ``config`` the architecture comes from
-    the file's ``config`` metadata, else is inferred from the key names and shapes."""
-    return _load(_DENOISER, source, config, device, dtype)
+    the file's ``config`` metadata (for a state dict: ``metadata``), else is inferred from the key
+    names and shapes."""
+    return _load(_DENOISER, source, config, device, dtype, metadata)
 
 
 def load_autoencoder(source: Source, config: AutoencoderConfig | None = None,
-                     device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VQAutoencoder:
+                     device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                     metadata: Mapping[str, str] | None = None) -> VQAutoencoder:
     """VQ-f4 autoencoder from a file or state dict (architecture as in :func:`load_denoiser`)."""
-    return _load(_AUTOENCODER, source, config, device, dtype)
+    return _load(_AUTOENCODER, source, config, device, dtype, metadata)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from .checkpoint import load_autoencoder, load_denoiser
+from .checkpoint import CHECKPOINT_SUFFIXES, load_autoencoder, load_denoiser
 from .colorfix import COLOR_FIXES, color_fix_buffer
 from .download import ensure_weights
 from .imageio import Prepared, from_unit_float, prepare, resize_array
@@ -44,7 +44,6 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 VQ_TILE_FLOOR = 16
 BAND_ROWS = 256
-CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 Progress = Callable[[int, int], None]
 WeightsSpec = Union[str, os.PathLike]
 

@@ -39,7 +39,8 @@ import torch
 from ..colorfix import COLOR_FIXES
 from ..download import DownloadError, WeightsUnavailableError
 from ..imageio import SUPPORTED_EXTENSIONS, ImageInputError, read_image, write_image_atomic
-from ..model import (CHECKPOINT_SUFFIXES, DEFAULT_MODEL, DEFAULT_SEED, SCHEDULES, OneStepSR,
+from ..checkpoint import CHECKPOINT_SUFFIXES
+from ..model import (DEFAULT_MODEL, DEFAULT_SEED, SCHEDULES, OneStepSR,
                      OutOfMemoryError, load_model)
 from ..pipeline import NonFiniteError
 from ..registry import UnknownModelError

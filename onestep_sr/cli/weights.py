@@ -21,19 +21,17 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
 from .. import download, registry
-from ..checkpoint import CheckpointError, config_from_metadata, load_autoencoder, load_denoiser, read_checkpoint
-from ..models import AutoencoderConfig, DenoiserConfig
+from ..checkpoint import CHECKPOINT_SUFFIXES, CheckpointError, load_autoencoder, load_denoiser, read_checkpoint
 from ..registry import RegistryEntry, UnknownModelError
 from .common import EXIT_FAILED, EXIT_OK, UsageError
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt")
 NON_COMMERCIAL_NOTE = ("Note: these weights are licensed for non-commercial use only (see each licence "
                        "above); they come from the authors' releases and are not redistributed.")
 
@@ -234,13 +232,11 @@ def run_download(args: argparse.Namespace) -> int:
 class _Kind:
     label: str
     load: Callable[..., nn.Module]
-    config_cls: Any
-    marker: str  # a field only this kind's config has (as in onestep_sr.checkpoint)
 
 
 KINDS = {
-    "denoiser": _Kind("Swin-UNet denoiser", load_denoiser, DenoiserConfig, "model_channels"),
-    "autoencoder": _Kind("VQ autoencoder", load_autoencoder, AutoencoderConfig, "n_embed"),
+    "denoiser": _Kind("Swin-UNet denoiser", load_denoiser),
+    "autoencoder": _Kind("VQ autoencoder", load_autoencoder),
 }
 DTYPES = {"keep": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _BRIEF = 240
@@ -256,17 +252,6 @@ def check_convert_paths(src: Path, dst: Path, force: bool) -> None:
         raise UsageError(f"{dst} is a folder")
     if dst.exists() and not force:
         raise UsageError(f"{dst} already exists; use --force to overwrite it")
-
-
-def _load_as(kind: _Kind, state: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> nn.Module:
-    """Build and strictly load ``kind`` from the tensors, with the config stored in the metadata
-    when there is one of this kind (else the loader infers it from the shapes)."""
-    stored = config_from_metadata(metadata, kind.marker)
-    try:
-        config = kind.config_cls.from_dict(stored) if stored else None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"the config in the file's metadata is not usable ({exc})") from exc
-    return kind.load(state, config=config)
 
 
 def _reason(exc: Exception) -> str:
@@ -285,7 +270,8 @@ def identify(src: Path, kind_name: str, state: Mapping[str, torch.Tensor],
     reasons = []
     for name in names:
         try:
-            return name, _load_as(KINDS[name], state, metadata)
+            # the config stored in the metadata is used when it is of this kind, else inferred
+            return name, KINDS[name].load(state, metadata=metadata)
         except CheckpointError as exc:
             reasons.append((name, _reason(exc)))
     if len(reasons) == 1:
