@@ -16,9 +16,9 @@ import logging
 import os
 import secrets
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
@@ -28,8 +28,9 @@ from .colorfix import COLOR_FIXES, color_fix_buffer
 from .download import ensure_weights
 from .imageio import Prepared, from_unit_float, prepare, resize_array
 from .models import SwinUNetDenoiser, VQAutoencoder
-from .pipeline import (SCALE, NonFiniteError, Sampler, Tiling, model_to_unit, network_calls,
-                       super_resolve_rows, tile_counts, unit_to_model)
+from .pipeline import (SCALE, NonFiniteError, Sampler, Tiling, check_finite, decode_rows, encode_tiled,
+                       model_to_unit, network_calls, pad_bottom_right, run_sampler, super_resolve_rows,
+                       tile_counts, tiled_x0_predictor, unit_to_model)
 from .registry import RegistryEntry, get_entry
 from .schedule import SCHEDULE_T4, SCHEDULE_T15, ResShiftSchedule
 from .tiling import bicubic_crop
@@ -45,6 +46,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
 VQ_TILE_FLOOR = 16
 BAND_ROWS = 256
 Progress = Callable[[int, int], None]
+_T = TypeVar("_T")
 WeightsSpec = Union[str, os.PathLike]
 
 
@@ -146,6 +148,15 @@ class _Job:
     dtype: torch.dtype
 
 
+@dataclass(frozen=True)
+class SRLatent:
+    """A batch in the sampler's latent space (x4 with the f4 autoencoder: latent size = LR size)."""
+
+    samples: torch.Tensor  # B x C x H x W float32: z_y after encode, the sampled latent after sample
+    lq: torch.Tensor  # B x 3 x H x W float32 in [-1, 1]: the LR image padded to H x W (the condition)
+    size: tuple[int, int]  # (h, w) of the LR image before padding
+
+
 class OneStepSR:
     """Denoiser + VQ autoencoder + schedule + default sampler; :meth:`upscale` does the rest."""
 
@@ -199,6 +210,86 @@ class OneStepSR:
         results = [self._upscale_one(item, job, counter) for item in items]
         return restore(results)
 
+    # --- the three stages of upscale, for hosts that hand the latent on ---------------------
+
+    def encode(self, image: torch.Tensor, *, vq_tile: int | None = None, dtype: str | torch.dtype | None = None,
+               progress: Progress | None = None) -> SRLatent:
+        """Stage 1 of :meth:`upscale` for a batch ``image`` (B x 3 x h x w floats in [0, 1]): the
+        LR image padded to the denoiser's multiple, and its latent z_y = encode(bicubic x4)."""
+        job = self.plan(vq_tile=vq_tile, dtype=dtype)
+        if image.ndim != 4 or image.shape[1] != 3 or not image.is_floating_point():
+            raise ValueError(f"encode takes a float batch B x 3 x h x w, got {image.dtype} {tuple(image.shape)}")
+        h, w = image.shape[-2:]
+        lq = pad_bottom_right(unit_to_model(image.float().cpu().contiguous()), self.denoiser.config.latent_multiple)
+        counter = _Counter(progress, len(lq) * tile_counts(lq.shape, job.tiling, 1)[0])
+
+        def run(tiling: Tiling) -> torch.Tensor:
+            with torch.inference_mode():
+                return torch.cat([encode_tiled(self.autoencoder, lq[i:i + 1].to(self.device), tiling,
+                                               counter.tick).float().cpu() for i in range(len(lq))])
+
+        return SRLatent(self._robust(run, job, counter, f"a {w}x{h} image"), lq, (h, w))
+
+    def sample(self, latent: SRLatent, *, steps: int | None = None, stochastic: bool | None = None,
+               seed: int | None = DEFAULT_SEED, tile: int | None = None, overlap: int | None = None,
+               dtype: str | torch.dtype | None = None, progress: Progress | None = None) -> SRLatent:
+        """Stage 2: run the sampler from ``latent`` (made by :meth:`encode`); the result holds the
+        sampled, not yet quantised latent. Options as in :meth:`upscale`; every image of the batch
+        gets the noise of ``seed``, as :meth:`upscale` gives it."""
+        job = self.plan(steps=steps, stochastic=stochastic, seed=seed, tile=tile, overlap=overlap, dtype=dtype)
+        self._check_latent(latent)
+        seed = job.seed if job.seed is not None else secrets.randbits(63)
+        per_image = network_calls(job.sampler, self.schedule) * tile_counts(latent.lq.shape, job.tiling, 1)[1]
+        counter = _Counter(progress, len(latent.lq) * per_image)
+
+        def run(tiling: Tiling) -> torch.Tensor:
+            out = []
+            for i in range(len(latent.lq)):
+                lq = latent.lq[i:i + 1].to(self.device)
+                with torch.inference_mode():
+                    predict = tiled_x0_predictor(self.denoiser, self.schedule, lq, tiling, counter.tick)
+                    z = run_sampler(job.sampler, predict, latent.samples[i:i + 1].to(self.device), self.schedule,
+                                    torch.Generator().manual_seed(seed))
+                check_finite(z, "sampled latent")
+                out.append(z.float().cpu())
+            return torch.cat(out)
+
+        h, w = latent.size
+        return replace(latent, samples=self._robust(run, job, counter, f"a {w}x{h} image"))
+
+    def decode(self, latent: SRLatent, *, vq_tile: int | None = None, dtype: str | torch.dtype | None = None,
+               progress: Progress | None = None) -> torch.Tensor:
+        """Stage 3: quantise and decode a sampled ``latent``; B x 3 x 4h x 4w floats in [0, 1]."""
+        job = self.plan(vq_tile=vq_tile, dtype=dtype)
+        self._check_latent(latent)
+        h, w = latent.size
+        out = torch.empty((len(latent.lq), 3, SCALE * h, SCALE * w))
+        counter = _Counter(progress, len(out) * tile_counts(latent.lq.shape, job.tiling, 1)[0])
+
+        def run(tiling: Tiling) -> torch.Tensor:
+            for i in range(len(out)):
+                def emit(row0: int, rows: torch.Tensor) -> None:
+                    out[i, :, row0:row0 + rows.shape[1]] = torch.from_numpy(
+                        from_unit_float(model_to_unit(rows).cpu(), np.float32))
+
+                with torch.inference_mode():
+                    decode_rows(latent.samples[i:i + 1].to(self.device), self.autoencoder, (h, w), tiling, emit,
+                                counter.tick)
+            return out
+
+        return self._robust(run, job, counter, f"a {w}x{h} image")
+
+    def _check_latent(self, latent: SRLatent) -> None:
+        z, lq, (h, w) = latent.samples, latent.lq, latent.size
+        channels = self.autoencoder.config.embed_dim
+        if z.ndim != 4 or z.shape[1] != channels:
+            raise ValueError(f"this latent has shape {tuple(z.shape)}; the model's autoencoder needs "
+                             f"B x {channels} x H x W (a latent from another model, e.g. Stable Diffusion, "
+                             "cannot be used here)")
+        if lq.shape[0] != z.shape[0] or lq.shape[-2:] != z.shape[-2:] or not (h <= lq.shape[-2] and w <= lq.shape[-1]):
+            raise ValueError(f"the latent ({tuple(z.shape)}) does not match its LR image ({tuple(lq.shape)}, "
+                             f"size {w}x{h})")
+
     # --- checks ---------------------------------------------------------------------------
 
     def check_options(self, **options: Any) -> None:
@@ -243,32 +334,36 @@ class OneStepSR:
     # --- one image ----------------------------------------------------------------------------
 
     def _upscale_one(self, item: Prepared, job: _Job, counter: "_Counter") -> tuple[np.ndarray, np.ndarray | None]:
-        try:
-            with self._computing_in(job.dtype):
-                rgb = self._sr_with_tile_fallback(item, job, counter)
-        except NonFiniteError:
-            if job.dtype == torch.float32:
-                raise
-            log.warning("the %s result has NaN/Inf values; recomputing in fp32", str(job.dtype).replace("torch.", ""))
-            counter.restart()
-            with self._computing_in(torch.float32):
-                rgb = self._sr_with_tile_fallback(item, job, counter)
+        h, w = item.rgb.shape[-2:]
+        rgb = self._robust(lambda tiling: self._sr(item, job, tiling, counter), job, counter, f"a {w}x{h} image")
         alpha = None if item.alpha is None else upscale_alpha(item.alpha, item.out_dtype)
         color_fix_buffer(rgb, lambda r0, r1: bicubic_crop(item.rgb, SCALE, r0, r1, 0, rgb.shape[1]).clamp(0, 1),
                          job.color_fix, band_rows=BAND_ROWS)
         if job.scale != SCALE:
-            h, w = item.rgb.shape[-2:]
             size = (max(1, round(w * job.scale)), max(1, round(h * job.scale)))
             rgb = resize_array(rgb, size)
             alpha = None if alpha is None else resize_array(alpha, size)
         return rgb, alpha
 
-    def _sr_with_tile_fallback(self, item: Prepared, job: _Job, counter: "_Counter") -> np.ndarray:
-        tiling = job.tiling
+    def _robust(self, run: Callable[[Tiling], _T], job: _Job, counter: "_Counter", what: str) -> _T:
+        """``run(tiling)`` in the job's dtype, recomputed in fp32 if it gives NaN/Inf and with
+        halved tiles when out of memory."""
+        try:
+            with self._computing_in(job.dtype):
+                return self._with_tile_fallback(run, job.tiling, counter, what)
+        except NonFiniteError:
+            if job.dtype == torch.float32:
+                raise
+        log.warning("the %s result has NaN/Inf values; recomputing in fp32", str(job.dtype).replace("torch.", ""))
+        counter.restart()
+        with self._computing_in(torch.float32):
+            return self._with_tile_fallback(run, job.tiling, counter, what)
+
+    def _with_tile_fallback(self, run: Callable[[Tiling], _T], tiling: Tiling, counter: "_Counter", what: str) -> _T:
         while True:
             failure = None
             try:
-                return self._sr(item, job, tiling, counter)
+                return run(tiling)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
                 if not is_out_of_memory(exc):
                     raise
@@ -278,9 +373,8 @@ class OneStepSR:
                 torch.cuda.empty_cache()
             smaller = tiling.halved(self.denoiser.config.latent_multiple, VQ_TILE_FLOOR)
             if smaller is None:
-                h, w = item.rgb.shape[-2:]
                 raise OutOfMemoryError(
-                    f"out of memory upscaling a {w}x{h} image on {self.device} even with the smallest tiles "
+                    f"out of memory upscaling {what} on {self.device} even with the smallest tiles "
                     f"(tile {tiling.tile}, VQ tile {tiling.vq_tile}) in {str(self.dtype).replace('torch.', '')}: "
                     f"{failure}. Free memory (close other programs/models), use fp16, or run on another device."
                 )

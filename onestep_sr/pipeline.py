@@ -43,7 +43,7 @@ class NonFiniteError(FloatingPointError):
     """The sampled latent or the decoded image has NaN/Inf values (typically fp16 overflow)."""
 
 
-def _check_finite(x: torch.Tensor, what: str) -> None:
+def check_finite(x: torch.Tensor, what: str) -> None:
     if not torch.isfinite(x).all():
         raise NonFiniteError(f"the {what} has NaN/Inf values (dtype of the weights too narrow?)")
 
@@ -225,15 +225,22 @@ def super_resolve_rows(lq: torch.Tensor, denoiser: SwinUNetDenoiser, autoencoder
     predict = tiled_x0_predictor(denoiser, schedule, lq_padded, tiling, on_tile)
     z = run_sampler(sampler, predict, z_y, schedule, noise, step_noise, callback)
     del z_y, predict, lq_padded  # latent-size tensors: free them before decoding
-    _check_finite(z, "sampled latent")
+    decode_rows(z, autoencoder, (h, w), tiling, emit, on_tile)
+
+
+def decode_rows(z: torch.Tensor, autoencoder: VQAutoencoder, size: tuple[int, int], tiling: Tiling,
+                emit: EmitRows, on_tile: TileCallback | None = None) -> None:
+    """Quantise the sampled latent ``z`` (1 x C x H x W, padded) and decode it tile by tile; the
+    image cropped to the unpadded LR ``size`` x4 goes to ``emit`` in pieces of EMIT_ROWS rows."""
+    check_finite(z, "sampled latent")
     zq = autoencoder.quantize(z)  # pointwise: once on the whole latent, never per tile
-    del z
+    h, w = size
 
     def crop(row0: int, rows: torch.Tensor) -> None:
         rows = rows[:, : max(0, SCALE * h - row0), : SCALE * w]
         for r in range(0, rows.shape[1], EMIT_ROWS):  # small pieces: small conversion temporaries
             part = rows[:, r:r + EMIT_ROWS]
-            _check_finite(part, "decoded image")
+            check_finite(part, "decoded image")
             emit(row0 + r, part)
 
     decode_tiled(autoencoder, zq, tiling, crop, on_tile)

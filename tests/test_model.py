@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from onestep_sr import OneStepSR, OutOfMemoryError, load_model
+from onestep_sr import OneStepSR, OutOfMemoryError, SRLatent, load_model
 from onestep_sr.colorfix import color_fix
 from onestep_sr.download import WeightsUnavailableError
 from onestep_sr.imageio import resize_array
@@ -311,3 +311,32 @@ def test_to_moves_and_casts_both_networks(tiny):
     assert moved.dtype == torch.float16 and moved.autoencoder.dtype == torch.float16
     assert moved.to(dtype=torch.float32).upscale(_small(17, 8, 8)).shape == (32, 32, 3)
     assert moved.device == torch.device("cpu") and tiny.dtype == torch.float32
+
+
+@pytest.mark.parametrize("sampler, batch, width", [("one_step", 2, 66), ("stochastic", 1, 36)])
+def test_encode_sample_decode_equals_upscale(model, sampler, batch, width):
+    """The three stages a host exposes (LATENT in/out) compose to exactly upscale, tiles included."""
+    steps, stochastic = (1, None) if sampler == "one_step" else (model.schedule.steps, True)
+    images = np.stack([_small(3 + i, 70, width) for i in range(batch)])
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255  # channels-last strides, as from a host
+    tiles = dict(tile=64, overlap=16)
+    latent = model.encode(batch, vq_tile=32)
+    channels = model.autoencoder.config.embed_dim
+    padded = (len(batch), 128, 128 if width > 64 else 64)
+    assert latent.samples.shape == (padded[0], channels, *padded[1:]) and latent.lq.shape == (padded[0], 3, *padded[1:])
+    assert latent.size == (70, width)
+    sampled = model.sample(latent, steps=steps, stochastic=stochastic, seed=7, **tiles)
+    staged = model.decode(sampled, vq_tile=32)
+    direct = model.upscale(batch, steps=steps, stochastic=stochastic, seed=7, vq_tile=32, **tiles)
+    assert staged.shape == direct.shape == (len(batch), 3, 280, 4 * width)
+    assert torch.equal(staged, direct)
+
+
+def test_sample_refuses_a_latent_of_another_model(model):
+    latent = model.encode(torch.rand(1, 3, 16, 16))
+    channels = model.autoencoder.config.embed_dim
+    sd_like = SRLatent(torch.zeros(1, channels + 1, 64, 64), latent.lq, latent.size)
+    with pytest.raises(ValueError, match=rf"needs B x {channels} x H x W .*Stable Diffusion"):
+        model.sample(sd_like)
+    with pytest.raises(ValueError, match="does not match its LR image"):
+        model.decode(SRLatent(latent.samples[..., :32], latent.lq, latent.size))
