@@ -96,6 +96,24 @@ def color_fix(sr: torch.Tensor, ref: torch.Tensor, mode: str) -> torch.Tensor:
     return sr
 
 
+def color_fix_towards(images: torch.Tensor, reference: torch.Tensor, mode: str) -> torch.Tensor:
+    """Colour-fix a batch ``images`` (B x C x H x W) towards ``reference`` of any size (bicubic-
+    resized, antialiased when shrinking), one reference image for all or one per image."""
+    _check_mode(mode)
+    if images.ndim != 4 or reference.ndim != 4 or images.shape[1] != reference.shape[1]:
+        raise ValueError(f"colour fix needs B x C x H x W images and reference with the same channels, got "
+                         f"{tuple(images.shape)} and {tuple(reference.shape)}")
+    if reference.shape[0] not in (1, images.shape[0]):
+        raise ValueError(f"the reference batch has {reference.shape[0]} images; give 1 or {images.shape[0]} "
+                         "(one per image)")
+    ref = reference.to(images.dtype)
+    if ref.shape[-2:] != images.shape[-2:]:
+        shrinking = ref.shape[-2] > images.shape[-2] or ref.shape[-1] > images.shape[-1]
+        ref = F.interpolate(ref, size=images.shape[-2:], mode="bicubic", align_corners=False,
+                            antialias=shrinking).clamp_(0.0, 1.0)
+    return color_fix(images, ref.expand(images.shape[0], -1, -1, -1), mode)
+
+
 # ----------------------------------------------------------------------------- banded, in place
 
 
