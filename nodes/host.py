@@ -1,0 +1,95 @@
+"""ComfyUI's services as the nodes use them: the ``models/onestep_sr`` folder, progress bars
+that are also interruption points, and ComfyUI's choice of device and dtype."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+
+FOLDER = "onestep_sr"
+
+
+def register_model_folder() -> None:
+    """Register ``models/onestep_sr`` with the checkpoint extensions. An ``onestep_sr:`` entry of
+    ``extra_model_paths.yaml`` (read before custom nodes load) is kept and gets the extensions
+    too: a folder created by that yaml alone has an empty set, which would list every file."""
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    extensions = set(folder_paths.supported_pt_extensions)
+    if FOLDER in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(FOLDER, default)
+        folder_paths.folder_names_and_paths[FOLDER][1].update(extensions)
+    else:
+        folder_paths.folder_names_and_paths[FOLDER] = ([default], extensions)
+
+
+def model_files() -> list[str]:
+    """Checkpoint files in every ``onestep_sr`` folder (names relative to their folder)."""
+    return folder_paths.get_filename_list(FOLDER)
+
+
+def find_model_file(name: str) -> str | None:
+    return folder_paths.get_full_path(FOLDER, name)
+
+
+def download_folder() -> str:
+    """Where registry weights are downloaded: the first (default) ``onestep_sr`` folder."""
+    return folder_paths.get_folder_paths(FOLDER)[0]
+
+
+def devices(choice: str) -> tuple[torch.device, torch.device]:
+    """(load device, offload device) for the loader's ``device`` choice."""
+    if choice == "cpu":
+        return torch.device("cpu"), torch.device("cpu")
+    return mm.get_torch_device(), mm.unet_offload_device()
+
+
+def weights_dtype(choice: str, device: torch.device) -> str:
+    """The loader's ``dtype`` choice; ``auto`` asks ComfyUI whether fp16 suits the device."""
+    if choice != "auto":
+        return choice
+    return "fp16" if mm.should_use_fp16(device) else "fp32"
+
+
+def check_interrupted() -> None:
+    """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel."""
+    mm.throw_exception_if_processing_interrupted()
+
+
+def output_device() -> torch.device:
+    return mm.intermediate_device()
+
+
+class NodeProgress:
+    """The engine's ``progress(done, total)`` (called after every network call on a tile) as a
+    ComfyUI progress bar; every call is also an interruption point, so Cancel stops within a tile."""
+
+    def __init__(self) -> None:
+        self.bar: comfy.utils.ProgressBar | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        check_interrupted()
+        if self.bar is None:
+            self.bar = comfy.utils.ProgressBar(total)
+        self.bar.update_absolute(done, total)
+
+
+def managed(module: torch.nn.Module, load_device: torch.device, offload_device: torch.device):
+    """``module`` wrapped in a ComfyUI ModelPatcher, so ComfyUI's memory manager can load it to
+    ``load_device`` and move it back to ``offload_device`` when another model needs the memory."""
+    from comfy.model_patcher import ModelPatcher
+
+    return ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+
+
+def load_to_device(patcher) -> None:
+    """Ask ComfyUI to put the patcher's weights on its device, freeing other models if needed.
+    Fully: our plain torch layers cannot run partially offloaded (lowvram) like comfy.ops layers."""
+    mm.load_models_gpu([patcher], force_full_load=True)
+
+
+def model_folders() -> list[str]:
+    return list(folder_paths.get_folder_paths(FOLDER))

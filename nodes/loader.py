@@ -1,0 +1,113 @@
+"""Load OneStep SR Model: a registry model (downloaded into ``models/onestep_sr`` on first use)
+or a checkpoint file found in any ``onestep_sr`` model folder."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..onestep_sr.download import ensure_weights
+from ..onestep_sr.model import OneStepSR, load_model
+from ..onestep_sr.registry import RegistryEntry, get_entry, list_entries
+from . import host
+from .api import ONESTEP_SR_MODEL, io
+
+AUTO_DOWNLOAD = " (auto-download)"
+DEVICES = ["auto", "cpu"]
+DTYPES = ["auto", "fp32", "fp16", "bf16"]
+
+
+class _Networks(torch.nn.Module):
+    """Both networks as one module: one ModelPatcher moves them together."""
+
+    def __init__(self, sr: OneStepSR):
+        super().__init__()
+        self.denoiser, self.autoencoder = sr.denoiser, sr.autoencoder
+
+
+class OneStepModel:
+    """What the ONESTEP_SR_MODEL socket carries: the engine's model, and the ModelPatcher through
+    which ComfyUI loads it to the GPU and offloads it when it frees memory for other models."""
+
+    def __init__(self, sr: OneStepSR, load_device: torch.device, offload_device: torch.device):
+        self.sr = sr
+        self.patcher = host.managed(_Networks(sr), load_device, offload_device)
+
+    def ready(self) -> OneStepSR:
+        """The engine model, its weights on the load device."""
+        host.load_to_device(self.patcher)
+        return self.sr
+
+    def __repr__(self) -> str:
+        return f"OneStepModel({self.sr!r})"
+
+
+def model_choices() -> list[str]:
+    """Registry models (fetched when first used) then the checkpoint files found locally; the
+    autoencoder files are not models on their own and are left out."""
+    entries = list_entries()
+    autoencoder_files = {e.file for e in entries if e.kind == "autoencoder"}
+    files = [f for f in host.model_files() if os.path.basename(f) not in autoencoder_files]
+    return [e.name + AUTO_DOWNLOAD for e in entries if e.kind == "denoiser"] + files
+
+
+def _local_or_download(entry: RegistryEntry) -> str:
+    found = host.find_model_file(entry.file)
+    if found:
+        return found
+    progress = host.NodeProgress()
+    return str(ensure_weights(entry, models_dir=host.download_folder(),
+                              progress=lambda done, total: progress(done, total) if total else host.check_interrupted()))
+
+
+def _entry_for_file(name: str) -> RegistryEntry | None:
+    return next((e for e in list_entries() if e.kind == "denoiser" and e.file == os.path.basename(name)), None)
+
+
+def resolve_weights(choice: str) -> tuple[dict[str, str], RegistryEntry | None]:
+    """({"denoiser": path, "autoencoder": path}, the registry entry if the choice is one)."""
+    if choice.endswith(AUTO_DOWNLOAD):
+        entry = get_entry(choice[: -len(AUTO_DOWNLOAD)])
+        denoiser = _local_or_download(entry)
+    else:
+        denoiser = host.find_model_file(choice)
+        if denoiser is None:
+            raise FileNotFoundError(f"OneStep SR model file {choice!r} is not in any onestep_sr model folder "
+                                    f"({', '.join(host.model_folders())})")
+        entry = _entry_for_file(choice)  # a registry file placed by hand keeps its schedule and sampler
+    autoencoder = _local_or_download(get_entry(entry.autoencoder if entry and entry.autoencoder else "vq_f4"))
+    return {"denoiser": denoiser, "autoencoder": autoencoder}, entry
+
+
+class LoadOneStepModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OneStepSR_LoadModel",
+            display_name="Load OneStep SR Model",
+            category="image/upscaling/OneStep SR",
+            description="Load a SinSR / ResShift x4 super-resolution model with its VQ autoencoder. "
+                        "Models marked (auto-download) are fetched into models/onestep_sr on first use; "
+                        "files you put in models/onestep_sr (or an extra_model_paths.yaml onestep_sr entry) "
+                        "are listed by name.",
+            inputs=[
+                io.Combo.Input("model_name", options=model_choices(), tooltip="Registry model or local checkpoint."),
+                io.Combo.Input("dtype", options=DTYPES, default="auto",
+                               tooltip="Weights' dtype; auto = fp16 where ComfyUI finds it safe, else fp32. "
+                                       "A NaN/Inf result in fp16/bf16 is recomputed in fp32."),
+                io.Combo.Input("device", options=DEVICES, default="auto",
+                               tooltip="auto = ComfyUI's device (offloaded when ComfyUI needs the memory)."),
+            ],
+            outputs=[ONESTEP_SR_MODEL.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model_name: str, dtype: str = "auto", device: str = "auto") -> io.NodeOutput:
+        load_device, offload_device = host.devices(device)
+        paths, entry = resolve_weights(model_name)
+        sr = load_model(paths, device=offload_device, dtype=host.weights_dtype(dtype, load_device),
+                        schedule=entry.resshift_schedule() if entry else None,
+                        sampler=entry.sampler if entry else None)
+        if entry:
+            sr.name = entry.name
+        return io.NodeOutput(OneStepModel(sr, load_device, offload_device))
