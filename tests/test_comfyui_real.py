@@ -1,0 +1,520 @@
+"""The node pack inside a real ComfyUI (opt-in): set ``COMFYUI_DIR`` to a ComfyUI checkout, and
+``COMFYUI_PYTHON`` to the interpreter of its environment (default: this one).
+
+    COMFYUI_DIR=~/ComfyUI COMFYUI_PYTHON=~/ComfyUI/venv/bin/python python -m pytest -s tests/test_comfyui_real.py
+
+A throw-away base directory (``--base-directory``) holds the pack under ``custom_nodes/``, small
+random models generated from fixed seeds (OneStep SR models under the registry's file names, so
+"sinsr_v1 (auto-download)" resolves locally and nothing is downloaded; a synthetic SD1.5-format
+checkpoint for the txt2img example) and a tiny input image; the user's checkout is not modified.
+ComfyUI runs headless on a free loopback port. Every workflow in ``example_workflows/`` is
+converted from the UI format to the API format with ``/object_info``, made cheap for a CPU, queued
+with ``POST /prompt`` and its outputs checked. Without ``COMFYUI_DIR`` the whole module is skipped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "").strip()
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON", "").strip() or sys.executable
+
+pytestmark = pytest.mark.skipif(
+    not COMFYUI_DIR,
+    reason="real-ComfyUI tests are opt-in: set COMFYUI_DIR to a ComfyUI checkout "
+           "(and COMFYUI_PYTHON to its interpreter) to run them")
+
+PACK_FOLDER = "comfyui-onestep-sr"  # as a git clone of the pack would be named
+INPUT_IMAGE = "onestep_test_input.png"
+INPUT_SIZE = (32, 24)  # width, height
+LATENT_SIZE = 64  # EmptyLatentImage width/height for the txt2img example
+SD_CHECKPOINT = "synthetic_sd15.safetensors"
+MODEL_CHOICE = "sinsr_v1 (auto-download)"
+OUR_NODES = {"OneStepSR_LoadModel", "OneStepSR_Upscale", "OneStepSR_Encode", "OneStepSR_ResShiftSampler",
+             "OneStepSR_Decode", "OneStepSR_ColorFix"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}  # never sent to the server
+START_TIMEOUT = 240
+PROMPT_TIMEOUT = 900
+
+# Run by COMFYUI_PYTHON inside the ComfyUI checkout: an SD1.5-format checkpoint built from
+# ComfyUI's own classes (shapes are what ComfyUI detects the model type from). UNet: 320
+# channels, one level, one transformer block (~26 M parameters); the full SD VAE and CLIP-L
+# (their configs are fixed). 1-D weights (norm scales) are 1, biases 0, other weights random
+# with a 1/sqrt(fan_in) scale so activations stay finite; stored as fp16.
+SD_GENERATOR = r'''
+import json, math, os, sys
+sys.path.insert(0, os.getcwd())
+import torch
+from safetensors.torch import save_file
+from comfy.cli_args import args
+args.cpu = True  # before comfy.model_management is imported
+import comfy.ops
+from comfy.clip_model import CLIPTextModel
+from comfy.ldm.models.autoencoder import AutoencoderKL
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+meta, ops = torch.device("meta"), comfy.ops.disable_weight_init
+unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1],
+                 channel_mult=[1], transformer_depth=[1], transformer_depth_output=[1, 1],
+                 transformer_depth_middle=1, context_dim=768, num_heads=8, use_spatial_transformer=True,
+                 legacy=False, device=meta, operations=ops)
+with meta:
+    vae = AutoencoderKL(ddconfig={"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3,
+                                  "out_ch": 3, "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+                                  "attn_resolutions": [], "dropout": 0.0}, embed_dim=4)
+with open(os.path.join("comfy", "sd1_clip_config.json")) as f:
+    clip = CLIPTextModel(json.load(f), torch.float32, meta, ops)
+generator = torch.Generator().manual_seed(int(sys.argv[2]))
+state = {}
+for prefix, module in (("model.diffusion_model.", unet), ("first_stage_model.", vae),
+                       ("cond_stage_model.transformer.", clip)):
+    for key, value in module.state_dict().items():
+        if key.endswith("bias"):
+            tensor = torch.zeros(value.shape)
+        elif value.dim() == 1:
+            tensor = torch.ones(value.shape)
+        elif "embedding" in key:
+            tensor = torch.randn(value.shape, generator=generator) * 0.02
+        else:
+            tensor = torch.randn(value.shape, generator=generator) / math.sqrt(math.prod(value.shape[1:]))
+        state[prefix + key] = tensor.half()
+save_file(state, sys.argv[1])
+print(len(state), "tensors,", sum(t.numel() for t in state.values()), "parameters")
+'''
+
+
+# --- fixtures: the synthetic files, the base directory, the server --------------------------------
+
+
+def _log_tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@pytest.fixture(scope="session")
+def comfyui() -> tuple[Path, str, set[str]]:
+    """(checkout, interpreter, the command-line flags this ComfyUI version has)."""
+    checkout = Path(COMFYUI_DIR).expanduser().resolve()
+    if not (checkout / "main.py").is_file() or not (checkout / "comfy" / "cli_args.py").is_file():
+        pytest.fail(f"COMFYUI_DIR={COMFYUI_DIR!r} is not a ComfyUI checkout (no main.py / comfy/cli_args.py)")
+    if not shutil.which(COMFYUI_PYTHON) and not Path(COMFYUI_PYTHON).is_file():
+        pytest.fail(f"COMFYUI_PYTHON={COMFYUI_PYTHON!r} is not an interpreter")
+    source = (checkout / "comfy" / "cli_args.py").read_text()
+    flags = {flag for flag in ("--base-directory", "--database-url", "--whitelist-custom-nodes",
+                               "--disable-all-custom-nodes", "--disable-api-nodes", "--input-directory",
+                               "--output-directory", "--temp-directory", "--user-directory")
+             if f'"{flag}"' in source}
+    return checkout, COMFYUI_PYTHON, flags
+
+
+@pytest.fixture(scope="session")
+def sd_checkpoint(comfyui, tmp_path_factory) -> Path:
+    """The synthetic SD1.5 checkpoint, made once per session with ComfyUI's classes."""
+    checkout, python, _ = comfyui
+    folder = tmp_path_factory.mktemp("sd15_cache")
+    script, target = folder / "make_sd15.py", folder / SD_CHECKPOINT
+    script.write_text(SD_GENERATOR)
+    started = time.perf_counter()
+    done = subprocess.run([python, str(script), str(target), "20240601"], cwd=checkout, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert done.returncode == 0 and target.is_file(), f"SD1.5 fixture failed:\n{done.stdout}\n{done.stderr[-4000:]}"
+    print(f"\n[real ComfyUI] synthetic SD1.5 checkpoint: {target.stat().st_size / 2**20:.0f} MiB "
+          f"in {time.perf_counter() - started:.1f} s ({done.stdout.strip()})")
+    return target
+
+
+def _onestep_models(folder: Path) -> None:
+    """Tiny random OneStep SR networks in the official layout (plain state dicts saved with
+    torch.save) under the registry's file names, from fixed seeds."""
+    try:
+        import onestep_sr  # noqa: F401
+    except ImportError:  # pytest not started from the checkout and the package not installed
+        sys.path.insert(0, str(ROOT))
+    import torch
+
+    from onestep_sr.models import AutoencoderConfig, DenoiserConfig, build_autoencoder, build_denoiser
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(1234)
+    denoiser = build_denoiser(DenoiserConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1),
+                                             attention_resolutions=(64,), swin_embed_dim=32, num_head_channels=16))
+    torch.save(denoiser.state_dict(), folder / "SinSR_v1.pth")
+    torch.manual_seed(4321)
+    autoencoder = build_autoencoder(AutoencoderConfig(ch=32, ch_mult=(1, 2, 1), n_embed=64))
+    torch.save(autoencoder.state_dict(), folder / "autoencoder_vq_f4.pth")
+
+
+def _input_image(path: Path, size: tuple[int, int] = INPUT_SIZE) -> None:
+    """A small RGB image with structure (gradients plus noise), not a flat colour."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(7)
+    rgb = np.stack([x * 255 / (w - 1), y * 255 / (h - 1), 128 + 100 * np.sin(x / 3.0) * np.cos(y / 2.0)], -1)
+    rgb = np.clip(rgb + rng.normal(0, 12, rgb.shape), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb, "RGB").save(path)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.symlink_to(source, target_is_directory=source.is_dir())
+    except OSError:  # no symlinks (e.g. Windows without developer mode)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, target)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """The running ComfyUI: HTTP helpers and where its files are."""
+
+    def __init__(self, url: str, process: subprocess.Popen, log: Path, output: Path, pack_folder: str):
+        self.url, self.process, self.log, self.output = url, process, log, output
+        self.pack_folder = pack_folder  # the pack's folder name under custom_nodes
+
+    def request(self, path: str, payload: Any = None, timeout: float = 60) -> Any:
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def view(self, image: dict[str, str]) -> bytes:
+        query = urllib.parse.urlencode({k: image.get(k, "") for k in ("filename", "subfolder", "type")})
+        with urllib.request.urlopen(f"{self.url}/view?{query}", timeout=60) as response:
+            return response.read()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self) -> str:
+        return _log_tail(self.log)
+
+    def queue(self, prompt: dict[str, Any]) -> str:
+        try:
+            answer = self.request("/prompt", {"prompt": prompt, "client_id": "onestep-sr-tests"})
+        except urllib.error.HTTPError as error:
+            raise AssertionError(f"POST /prompt refused the graph (HTTP {error.code}): "
+                                 f"{error.read().decode(errors='replace')}") from None
+        assert not answer.get("node_errors"), answer
+        return answer["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = PROMPT_TIMEOUT) -> dict[str, Any]:
+        """The history entry of a finished prompt."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.alive(), f"ComfyUI exited (code {self.process.returncode}):\n{self.log_tail()}"
+            entry = self.request(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None and (
+                    entry["status"].get("status_str") in ("success", "error")):
+                return entry
+            time.sleep(0.5)
+        raise AssertionError(f"prompt {prompt_id} not finished after {timeout} s:\n{self.log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def base_dir(comfyui, sd_checkpoint, tmp_path_factory) -> Path:
+    """ComfyUI's throw-away base directory: the pack, the models and the input image."""
+    base = tmp_path_factory.mktemp("comfyui_base")
+    _link_or_copy(ROOT, base / "custom_nodes" / PACK_FOLDER)
+    _onestep_models(base / "models" / "onestep_sr")
+    _link_or_copy(sd_checkpoint, base / "models" / "checkpoints" / SD_CHECKPOINT)
+    _input_image(base / "input" / INPUT_IMAGE)
+    for name in ("output", "temp", "user"):
+        (base / name).mkdir(exist_ok=True)
+    return base
+
+
+@pytest.fixture(scope="session")
+def server(comfyui, base_dir) -> Server:
+    checkout, python, flags = comfyui
+    port = _free_port()
+    command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"]
+    if "--database-url" in flags:
+        command += ["--database-url", "sqlite:///:memory:"]
+    if "--disable-api-nodes" in flags:
+        command += ["--disable-api-nodes"]
+    installed = None  # the pack's link in the user's checkout (only without --base-directory)
+    if "--base-directory" in flags:
+        command += ["--base-directory", str(base_dir)]
+        pack_folder = PACK_FOLDER
+    else:  # an older ComfyUI: link the pack into its custom_nodes for this run only
+        pack_folder = f"{PACK_FOLDER}-test-{uuid.uuid4().hex[:8]}"
+        installed = checkout / "custom_nodes" / pack_folder
+        _link_or_copy(ROOT, installed)
+        yaml = base_dir / "extra_model_paths.yaml"
+        yaml.write_text(f"onestep_sr_tests:\n    base_path: {base_dir / 'models'}\n"
+                        f"    checkpoints: checkpoints\n    onestep_sr: onestep_sr\n")
+        command += ["--extra-model-paths-config", str(yaml)]
+        for name in ("input", "output", "temp", "user"):
+            if f"--{name}-directory" in flags:
+                command += [f"--{name}-directory", str(base_dir / name)]
+    if {"--disable-all-custom-nodes", "--whitelist-custom-nodes"} <= flags:
+        command += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", pack_folder]
+    env = {k: v for k, v in os.environ.items() if k not in ("ONESTEP_SR_MODELS", "HF_HUB_OFFLINE")}
+    env.update(ONESTEP_SR_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+    log = base_dir / "comfyui.log"
+    started = time.perf_counter()
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(command, cwd=checkout, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    srv = Server(f"http://127.0.0.1:{port}", process, log, base_dir / "output", pack_folder)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert srv.alive(), f"ComfyUI exited during start-up (code {process.returncode}):\n{srv.log_tail()}"
+            try:
+                srv.request("/system_stats", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                assert time.monotonic() < deadline, f"ComfyUI not ready after {START_TIMEOUT} s:\n{srv.log_tail()}"
+                time.sleep(0.5)
+        print(f"\n[real ComfyUI] started in {time.perf_counter() - started:.1f} s on port {port} ({checkout})")
+        yield srv
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+        if installed is not None and (installed.is_symlink() or installed.exists()):
+            installed.unlink() if installed.is_symlink() else shutil.rmtree(installed)
+
+
+@pytest.fixture(scope="session")
+def object_info(server) -> dict[str, Any]:
+    return server.request("/object_info")
+
+
+# --- the UI -> API conversion (what the frontend's "queue prompt" does) ----------------------------
+
+
+def _is_widget(spec: list) -> bool:
+    kind = spec[0]
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def _options(spec: list) -> list:
+    """A combo's choices (V1: a list as the type; V3: "COMBO" with an options list)."""
+    return spec[0] if isinstance(spec[0], list) else spec[1].get("options", [])
+
+
+def to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
+    """A UI-format workflow as an API-format prompt: widget values are matched to the node's
+    widget inputs in /object_info order (required, then optional), skipping the extra
+    control_after_generate value that follows a seed; links become [source id, output slot]."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) in (2, 4):  # notes, muted, bypassed
+            continue
+        assert node["type"] in object_info, f"node type {node['type']!r} is not registered in ComfyUI"
+        info = object_info[node["type"]]["input"]
+        order = object_info[node["type"]].get("input_order") or {k: list(info.get(k, {})) for k in ("required", "optional")}
+        specs = {**info.get("required", {}), **info.get("optional", {})}
+        linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = list(node.get("widgets_values") or [])
+        inputs: dict[str, Any] = {}
+        upload = False
+        for name in order.get("required", []) + order.get("optional", []):
+            spec = specs[name]
+            if _is_widget(spec):
+                assert values, f"node {node['id']} ({node['type']}): no widget value for {name!r}"
+                value = values.pop(0)
+                if spec[1].get("control_after_generate"):
+                    assert values and values.pop(0) in ("fixed", "increment", "decrement", "randomize"), \
+                        f"node {node['id']} ({node['type']}): {name!r} needs a control_after_generate value"
+                upload = upload or bool(spec[1].get("image_upload"))
+                if name not in linked:
+                    inputs[name] = value
+            if name in linked:
+                link = links[linked[name]]
+                inputs[name] = [str(link[1]), link[2]]
+        assert len(values) <= int(upload), f"node {node['id']} ({node['type']}): extra widget values {values}"
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
+                                   "_meta": {"title": node.get("title") or node["type"]}}
+    return prompt
+
+
+def make_cheap(prompt: dict[str, Any]) -> dict[str, Any]:
+    """The example made quick on a CPU: the tiny test image, a 64x64 latent, one sampler step,
+    the synthetic checkpoint. Everything else (our nodes' settings included) is as shipped."""
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "LoadImage":
+            inputs["image"] = INPUT_IMAGE
+        elif node["class_type"] == "EmptyLatentImage":
+            inputs.update(width=LATENT_SIZE, height=LATENT_SIZE, batch_size=1)
+        elif node["class_type"] == "KSampler":
+            inputs.update(steps=1, seed=1)
+        elif node["class_type"] == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = SD_CHECKPOINT
+    return prompt
+
+
+def _input_size(prompt: dict[str, Any]) -> tuple[int, int]:
+    """(width, height) of the image the graph upscales: the test image or the txt2img latent's."""
+    if any(n["class_type"] == "EmptyLatentImage" for n in prompt.values()):
+        return LATENT_SIZE, LATENT_SIZE
+    return INPUT_SIZE
+
+
+def _outputs(server: Server, prompt: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """{SaveImage filename_prefix: the output as a uint8 array} of a finished prompt."""
+    import numpy as np
+    from PIL import Image
+
+    found = {}
+    for node_id, output in entry["outputs"].items():
+        for image in output.get("images", []):
+            if image.get("type") != "output":
+                continue
+            data = server.view(image)
+            on_disk = server.output / image.get("subfolder", "") / image["filename"]
+            assert on_disk.is_file() and on_disk.read_bytes() == data, f"/view differs from {on_disk}"
+            found[prompt[node_id]["inputs"]["filename_prefix"]] = np.asarray(Image.open(BytesIO(data)).convert("RGB"))
+    return found
+
+
+def _failure(entry: dict[str, Any]) -> str:
+    return json.dumps(entry.get("status", {}).get("messages", []), indent=1)[-6000:]
+
+
+def run_workflow(server: Server, prompt: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    started = time.perf_counter()
+    entry = server.wait(server.queue(prompt))
+    seconds = time.perf_counter() - started
+    assert entry["status"]["status_str"] == "success", f"prompt failed:\n{_failure(entry)}\n{server.log_tail(40)}"
+    return _outputs(server, prompt, entry), seconds
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+
+def test_the_nodes_are_registered_with_the_registry_models(object_info):
+    assert OUR_NODES <= set(object_info), sorted(OUR_NODES - set(object_info))
+    for node_id in OUR_NODES:
+        assert object_info[node_id]["python_module"].startswith("custom_nodes."), object_info[node_id]
+    choices = _options(object_info["OneStepSR_LoadModel"]["input"]["required"]["model_name"])
+    assert MODEL_CHOICE in choices, choices
+    # the models folder is listed too; the autoencoder file is not a model on its own
+    assert "SinSR_v1.pth" in choices and "autoencoder_vq_f4.pth" not in choices, choices
+
+
+def test_the_example_workflows_are_served_as_templates(server):
+    """ComfyUI's template browser lists example_workflows/ and serves the files unchanged."""
+    assert len(WORKFLOWS) >= 4, [p.name for p in WORKFLOWS]
+    listed = server.request("/workflow_templates").get(server.pack_folder, [])
+    assert sorted(listed) == [p.stem for p in WORKFLOWS], listed
+    for path in WORKFLOWS:
+        served = server.request(f"/api/workflow_templates/{urllib.parse.quote(server.pack_folder)}/{path.name}")
+        assert served == json.loads(path.read_text()), path.name
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_example_workflow_runs(server, object_info, path):
+    import numpy as np
+
+    prompt = make_cheap(to_api(json.loads(path.read_text()), object_info))
+    saves = [n["inputs"]["filename_prefix"] for n in prompt.values() if n["class_type"] == "SaveImage"]
+    assert saves and len(set(saves)) == len(saves), f"{path.name}: SaveImage prefixes must be distinct: {saves}"
+    assert any(n["class_type"] == "OneStepSR_LoadModel" and n["inputs"]["model_name"] == MODEL_CHOICE
+               for n in prompt.values()), path.name
+    outputs, seconds = run_workflow(server, prompt)
+    w, h = _input_size(prompt)
+    sizes = {prefix: f"{a.shape[1]}x{a.shape[0]}" for prefix, a in outputs.items()}
+    print(f"\n[real ComfyUI] {path.name}: {seconds:.1f} s, input {w}x{h}, outputs {sizes}")
+    assert set(outputs) == set(saves), (sorted(outputs), saves)
+    for prefix, image in outputs.items():
+        assert image.shape == (4 * h, 4 * w, 3), (prefix, image.shape)
+        assert image.std() > 1.0 and len(np.unique(image.reshape(-1, 3), axis=0)) > 16, f"{prefix}: a flat image"
+    if path.stem == "onestep_vs_15_steps":
+        one = next(a for p, a in outputs.items() if "1_step" in p)
+        fifteen = next(a for p, a in outputs.items() if "15_steps" in p)
+        assert not np.array_equal(one, fifteen), "1 step and 15 steps gave the same image"
+    if path.stem == "latent_path_resshift_sampler":
+        # Encode -> ResShift Sampler -> Decode equals OneStep Upscale with the same settings
+        assert np.array_equal(outputs["OneStepSR_latent_path"], outputs["OneStepSR_upscale_node"])
+
+
+def test_an_engine_error_is_readable_and_comfyui_keeps_running(server, object_info):
+    import numpy as np
+
+    workflow = json.loads((ROOT / "example_workflows" / "onestep_upscale.json").read_text())
+    prompt = make_cheap(to_api(workflow, object_info))
+    upscale = next(n for n in prompt.values() if n["class_type"] == "OneStepSR_Upscale")
+    upscale["inputs"]["steps"] = 7  # inside the widget's range, refused by the engine
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "error", entry["status"]
+    errors = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
+    assert errors and errors[0]["node_type"] == "OneStepSR_Upscale", _failure(entry)
+    message = errors[0]["exception_message"]
+    assert "steps must be 1" in message and "got 7" in message, message
+    print(f"\n[real ComfyUI] steps=7 refused: {errors[0]['exception_type']}: {message.strip()}")
+
+    upscale["inputs"].update(steps=1, seed=777)  # a new seed: really executed, not served from the cache
+    outputs, seconds = run_workflow(server, prompt)
+    (image,) = outputs.values()
+    assert image.shape == (4 * INPUT_SIZE[1], 4 * INPUT_SIZE[0], 3) and image.std() > 1.0
+    assert server.alive()
+    print(f"[real ComfyUI] next prompt after the error: success in {seconds:.1f} s")
+
+
+def test_cancel_stops_a_long_upscale(server, object_info, base_dir):
+    """POST /interrupt (ComfyUI's Cancel) while OneStep Upscale runs many tiles x 15 steps: the
+    prompt ends as interrupted, not as a success, and ComfyUI takes the next prompt."""
+    _input_image(base_dir / "input" / "onestep_test_big.png", size=(384, 256))
+    workflow = json.loads((ROOT / "example_workflows" / "onestep_upscale.json").read_text())
+    prompt = make_cheap(to_api(workflow, object_info))
+    next(n for n in prompt.values() if n["class_type"] == "LoadImage")["inputs"]["image"] = "onestep_test_big.png"
+    upscale = next(n for n in prompt.values() if n["class_type"] == "OneStepSR_Upscale")
+    upscale["inputs"].update(steps=15, tile=64, overlap=16, seed=4242)
+    prompt_id = server.queue(prompt)
+    deadline = time.monotonic() + 120
+    while not server.request("/queue")["queue_running"]:
+        assert time.monotonic() < deadline, "the prompt never started"
+        time.sleep(0.2)
+    time.sleep(8.0)  # inside the 15 denoiser passes (the whole run takes ~100 s on 2 CPU cores)
+    interrupted_at = time.perf_counter()
+    server.request("/interrupt", {})
+    entry = server.wait(prompt_id)
+    seconds = time.perf_counter() - interrupted_at
+    kinds = [kind for kind, _ in entry["status"]["messages"]]
+    assert entry["status"]["status_str"] == "error" and "execution_interrupted" in kinds, _failure(entry)
+    assert not entry["outputs"]
+    print(f"\n[real ComfyUI] cancel during a 384x256 x4 15-step upscale: ended {seconds:.2f} s after POST /interrupt")
+    upscale["inputs"].update(steps=1, seed=4243)
+    next(n for n in prompt.values() if n["class_type"] == "LoadImage")["inputs"]["image"] = INPUT_IMAGE
+    run_workflow(server, prompt)
