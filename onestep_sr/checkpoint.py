@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Union
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from .models import (AutoencoderConfig, DenoiserConfig, SwinUNetDenoiser, VQAutoencoder, build_autoencoder,
@@ -198,3 +200,18 @@ def load_autoencoder(source: Source, config: AutoencoderConfig | None = None,
                      metadata: Mapping[str, str] | None = None) -> VQAutoencoder:
     """VQ-f4 autoencoder from a file or state dict (architecture as in :func:`load_denoiser`)."""
     return _load(_AUTOENCODER, source, config, device, dtype, metadata)
+
+
+def write_safetensors_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], dst: Path) -> None:
+    """Write to a temporary file in ``dst``'s folder, then rename: no partial file on failure."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:12]}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # usual permissions (umask)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -27,17 +27,20 @@ from .checkpoint import CHECKPOINT_SUFFIXES, load_autoencoder, load_denoiser
 from .colorfix import COLOR_FIXES, color_fix_buffer
 from .download import ensure_weights
 from .imageio import Prepared, from_unit_float, prepare, resize_array
-from .models import SwinUNetDenoiser, VQAutoencoder
+from .models import PIXEL_AUTOENCODER, PixelSpaceAutoencoder, PixelSpaceConfig, SwinUNetDenoiser, VQAutoencoder
 from .pipeline import (SCALE, NonFiniteError, Sampler, Tiling, check_finite, decode_rows, encode_tiled,
                        model_to_unit, network_calls, pad_bottom_right, run_sampler, super_resolve_rows,
                        tile_counts, tiled_x0_predictor, unit_to_model)
-from .registry import RegistryEntry, get_entry
+from .model_info import read_model_info
+from .registry import REGISTRY_FILE, RegistryEntry, get_entry
 from .schedule import SCHEDULE_T4, SCHEDULE_T15, ResShiftSchedule
 from .tiling import bicubic_crop
 
 log = logging.getLogger("onestep_sr")
 
-DEFAULT_MODEL = "sinsr_v1"
+# the small one-step model trained with training/ and committed in weights/: works offline
+BUNDLED_MODELS = {"onestep_default": REGISTRY_FILE.parent / "onestep_default_x4.safetensors"}
+DEFAULT_MODEL = "onestep_default"
 DEFAULT_AUTOENCODER = "vq_f4"
 DEFAULT_SEED = 12345  # the official inference scripts' seed
 SCHEDULES = {"T15": SCHEDULE_T15, "T4": SCHEDULE_T4}
@@ -79,7 +82,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def _weights_path(spec: WeightsSpec, kind: str, models_dir, offline, progress) -> tuple[Path, RegistryEntry | None]:
-    """A checkpoint path, or a registry name fetched into the models folder."""
+    """A checkpoint path, a bundled model's name, or a registry name fetched into the models folder."""
+    if kind == "denoiser" and str(spec) in BUNDLED_MODELS:
+        return BUNDLED_MODELS[str(spec)], None
     path = Path(spec)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES or path.exists():
         return path, None
@@ -89,6 +94,13 @@ def _weights_path(spec: WeightsSpec, kind: str, models_dir, offline, progress) -
     return ensure_weights(entry, models_dir=models_dir, offline=offline, progress=progress), entry
 
 
+def autoencoder_for(denoiser_path: str | os.PathLike) -> str:
+    """The autoencoder a denoiser checkpoint goes with: what its model info names (``"pixel"`` or
+    a registry name), else ``vq_f4`` (official checkpoints)."""
+    info = read_model_info(denoiser_path)
+    return info.autoencoder if info else DEFAULT_AUTOENCODER
+
+
 def load_model(name_or_paths: WeightsSpec | Sequence[WeightsSpec] | Mapping[str, WeightsSpec] = DEFAULT_MODEL,
                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, *,
                schedule: str | ResShiftSchedule | None = None, sampler: Sampler | None = None,
@@ -96,9 +108,12 @@ def load_model(name_or_paths: WeightsSpec | Sequence[WeightsSpec] | Mapping[str,
                download_progress: Callable[[int, int | None], None] | None = None) -> "OneStepSR":
     """A ready-to-use x4 model.
 
-    ``name_or_paths``: a registry name (``sinsr_v1``, ``resshift_v3``, ...: its autoencoder,
-    schedule and sampler come from the registry), a denoiser checkpoint path (autoencoder
-    ``vq_f4``), or a pair / ``{"denoiser": ..., "autoencoder": ...}`` of names or paths.
+    ``name_or_paths``: ``onestep_default`` (the default: the small model bundled in weights/,
+    offline), a registry name (``sinsr_v1``, ``resshift_v3``, ...: its autoencoder, schedule and
+    sampler come from the registry), a denoiser checkpoint path (a model exported by training/
+    names its own autoencoder, schedule and sampler; an official one gets ``vq_f4``), or a pair /
+    ``{"denoiser": ..., "autoencoder": ...}`` of names or paths (autoencoder ``"pixel"``: the
+    identity autoencoder of pixel-space models).
     Registry weights are downloaded on first use (see :func:`onestep_sr.download.ensure_weights`).
     ``device``: default CUDA when available, else CPU. ``dtype``: weights' dtype, default fp16
     on CUDA and fp32 on CPU (norms and attention always run in fp32).
@@ -119,17 +134,25 @@ def load_model(name_or_paths: WeightsSpec | Sequence[WeightsSpec] | Mapping[str,
     dtype = resolve_dtype(dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     fetch = dict(models_dir=models_dir, offline=offline, progress=download_progress)
     den_path, entry = _weights_path(den_spec, "denoiser", **fetch)
-    ae_spec = ae_spec or (entry.autoencoder if entry and entry.autoencoder else DEFAULT_AUTOENCODER)
-    ae_path, _ = _weights_path(ae_spec, "autoencoder", **fetch)
+    info = None if entry else read_model_info(den_path)  # a model we trained names what it needs
+    if info and info.scale != SCALE:
+        raise ValueError(f"{den_path} is a x{info.scale} model; this version runs x{SCALE} models")
+    ae_spec = ae_spec or (info.autoencoder if info else None) or (
+        entry.autoencoder if entry and entry.autoencoder else DEFAULT_AUTOENCODER)
     if isinstance(schedule, str):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
         schedule = SCHEDULES[schedule]
-    schedule = schedule or (entry.resshift_schedule() if entry else SCHEDULE_T15)
-    sampler = sampler or (entry.sampler if entry and entry.sampler else "one_step")
+    schedule = schedule or (entry.resshift_schedule() if entry else info.resshift_schedule() if info else SCHEDULE_T15)
+    sampler = sampler or (entry.sampler if entry and entry.sampler else info.sampler if info else "one_step")
     denoiser = load_denoiser(den_path, device=device, dtype=dtype)
-    autoencoder = load_autoencoder(ae_path, device=device, dtype=dtype)
-    return OneStepSR(denoiser, autoencoder, schedule, sampler, name=entry.name if entry else den_path.name)
+    if str(ae_spec) == PIXEL_AUTOENCODER:
+        autoencoder = PixelSpaceAutoencoder(PixelSpaceConfig(scale=SCALE)).to(device)
+    else:
+        ae_path, _ = _weights_path(ae_spec, "autoencoder", **fetch)
+        autoencoder = load_autoencoder(ae_path, device=device, dtype=dtype)
+    name = entry.name if entry else next((k for k, v in BUNDLED_MODELS.items() if v == den_path), den_path.name)
+    return OneStepSR(denoiser, autoencoder, schedule, sampler, name=name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +427,7 @@ class OneStepSR:
         temporary copies, so the stored weights never lose precision. Each network gets its own
         dtype back afterwards."""
         kept = (self.denoiser, self.autoencoder)
-        dtypes = [next(m.parameters()).dtype for m in kept]
+        dtypes = [next(m.parameters(), torch.empty(0, dtype=dtype)).dtype for m in kept]  # parameterless: any
         if all(d == dtype for d in dtypes):
             yield
             return

@@ -18,17 +18,16 @@ import argparse
 import json
 import os
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from .. import download, registry
-from ..checkpoint import CHECKPOINT_SUFFIXES, CheckpointError, load_autoencoder, load_denoiser, read_checkpoint
+from ..checkpoint import (CHECKPOINT_SUFFIXES, CheckpointError, load_autoencoder, load_denoiser, read_checkpoint,
+                          write_safetensors_atomic)
 from ..registry import RegistryEntry, UnknownModelError
 from .common import EXIT_FAILED, EXIT_OK, UsageError
 
@@ -301,21 +300,6 @@ def output_tensors(model: nn.Module, source: Mapping[str, torch.Tensor],
         storages.add(pointer)
         out[key] = tensor
     return out
-
-
-def write_safetensors_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], dst: Path) -> None:
-    """Write to a temporary file in ``dst``'s folder, then rename: no partial file on failure."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:12]}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # usual permissions (umask)
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Networks: the Swin-UNet denoiser and the VQ-f4 autoencoder."""
+"""Networks: the Swin-UNet denoiser, the VQ-f4 autoencoder and the pixel-space (identity) one."""
 from __future__ import annotations
 
 import torch
@@ -6,6 +6,7 @@ import torch
 from .autoencoder import VQAutoencoder
 from .configs import OFFICIAL_AUTOENCODER, OFFICIAL_DENOISER, AutoencoderConfig, DenoiserConfig
 from .denoiser import SwinUNetDenoiser
+from .pixel import PIXEL_AUTOENCODER, PixelSpaceAutoencoder, PixelSpaceConfig
 
 
 def build_denoiser(config: DenoiserConfig, device: str | torch.device | None = None) -> SwinUNetDenoiser:
@@ -29,7 +30,7 @@ def build_official_autoencoder(device: str | torch.device | None = None) -> VQAu
 
 
 __all__ = [
-    "AutoencoderConfig", "DenoiserConfig", "OFFICIAL_AUTOENCODER", "OFFICIAL_DENOISER",
-    "SwinUNetDenoiser", "VQAutoencoder", "build_autoencoder", "build_denoiser",
+    "AutoencoderConfig", "DenoiserConfig", "OFFICIAL_AUTOENCODER", "OFFICIAL_DENOISER", "PIXEL_AUTOENCODER",
+    "PixelSpaceAutoencoder", "PixelSpaceConfig", "SwinUNetDenoiser", "VQAutoencoder", "build_autoencoder", "build_denoiser",
     "build_official_autoencoder", "build_official_denoiser",
 ]

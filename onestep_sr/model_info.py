@@ -1,0 +1,91 @@
+"""What a denoiser we trained needs besides its weights: its autoencoder, scale, schedule and
+default sampler. Exports carry it in the safetensors header (``onestep_sr``, JSON, next to the
+architecture ``config``) and in a JSON file of the same name beside it, so ``load_model(path)``
+and the ComfyUI loader need nothing else."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError, write_safetensors_atomic
+from .models import PIXEL_AUTOENCODER, SwinUNetDenoiser
+from .schedule import SCHEDULE_T15, ResShiftSchedule
+
+INFO_KEY = "onestep_sr"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """``autoencoder``: ``"pixel"`` (the identity autoencoder of pixel-space models) or a
+    registry name (``"vq_f4"``). ``schedule``: the ResShiftSchedule fields."""
+
+    autoencoder: str = PIXEL_AUTOENCODER
+    scale: int = 4
+    schedule: dict[str, Any] = field(default_factory=lambda: asdict(SCHEDULE_T15))
+    sampler: str = "one_step"
+    description: str = ""
+
+    def resshift_schedule(self) -> ResShiftSchedule:
+        return ResShiftSchedule(**self.schedule)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model info") -> "ModelInfo":
+        try:
+            data = json.loads(text)
+            data.pop("format", None)
+            data.pop("denoiser", None)
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise CheckpointError(f"{source}: invalid OneStep SR model info ({exc})") from exc
+
+
+def sidecar_json(path: str | os.PathLike) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
+    """The model info of a checkpoint: its safetensors header, else a JSON file beside it, else
+    None (an official checkpoint). Reads no tensors."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                text = (f.metadata() or {}).get(INFO_KEY)
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+        if text:
+            return ModelInfo.from_json(text, str(path))
+    sidecar = sidecar_json(path)
+    if sidecar.is_file() and sidecar != path:
+        return ModelInfo.from_json(sidecar.read_text(), str(sidecar))
+    return None
+
+
+def save_model(path: str | os.PathLike, denoiser: SwinUNetDenoiser, info: ModelInfo,
+               dtype: torch.dtype = torch.float32) -> tuple[Path, Path]:
+    """Write ``path`` (.safetensors: weights, architecture and model info) and its JSON file,
+    each atomically. Returns both paths."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"export to a .safetensors file, got {path.name}")
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous().clone()
+               for k, v in denoiser.state_dict().items()}
+    config = denoiser.config.to_dict()
+    write_safetensors_atomic(tensors, {"config": json.dumps(config), INFO_KEY: info.to_json(), "format": "pt"}, path)
+    sidecar = sidecar_json(path)
+    text = json.dumps({"format": FORMAT, **asdict(info), "denoiser": config}, indent=1, sort_keys=True) + "\n"
+    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, sidecar)
+    return path, sidecar
