@@ -1,4 +1,5 @@
-"""``onestep-sr`` command line: ``upscale`` (x4 SR of images), ``models``, ``download`` and ``convert``.
+"""``onestep-sr`` command line: ``upscale`` (x4 SR of images), ``models``, ``download``, ``convert`` and
+``train`` (the training package).
 
 Every subcommand module has ``register(subparsers)`` which adds its parser and sets ``run``.
 Errors the user can fix are one line on stderr and exit code 2; nothing partial is left behind.
@@ -10,10 +11,10 @@ import os
 import sys
 
 from ..checkpoint import CheckpointError
-from . import upscale, weights
+from . import train, upscale, weights
 from .common import EXIT_FAILED, EXIT_USAGE, UsageError
 
-SUBCOMMANDS = [upscale, weights]
+SUBCOMMANDS = [upscale, weights, train]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,19 @@
+"""``onestep-sr train ...``: the ``training`` package's command line (``python -m training``)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("train", add_help=False, help="train a teacher, distil a one-step student, evaluate "
+                                                          "(see onestep-sr train --help)")
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from training.cli import main
+    except ImportError as exc:  # installed without the training extra
+        raise SystemExit(f"onestep-sr train needs the training extra: pip install 'onestep-sr[train]' ({exc})")
+    return main(args.rest, prog="onestep-sr train")

@@ -1,0 +1,180 @@
+"""training/: the losses against hand computations with the spec's numbers, a short real training
+run (loss decreases, checkpoint loads, resume continues exactly), distillation, export, CLI."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from onestep_sr import load_model
+from onestep_sr.model_info import read_model_info
+from onestep_sr.schedule import SCHEDULE_T15
+from training.cli import main as train_main
+from training.data import PairDataset
+from training.losses import q_sample, resshift_loss, sinsr_losses
+from training.trainer import Run, TrainConfig
+
+# spec section 5, T = 15: sqrt(eta_t) and the network input divisors sqrt(1 + kappa^2 eta_t)
+SQRT_ETA = [0.02, 0.117165, 0.176305, 0.233629, 0.291574, 0.351009, 0.412356, 0.475858, 0.541672, 0.60991,
+            0.680658, 0.753985, 0.829951, 0.908606, 0.99]
+DIVISOR = [1.0008, 1.027088, 1.060346, 1.10378, 1.15761, 1.221814, 1.296206, 1.380494, 1.474325, 1.577327,
+           1.689136, 1.809413, 1.937853, 2.07419, 2.218197]
+K = [1, 0.831244, 0.342368, 0.255472, 0.21227, 0.186656, 0.170305, 0.159632, 0.15282, 0.148845, 0.147091,
+     0.147164, 0.148807, 0.151848, 0.156171]
+M = [0, 0.170699, 0.664561, 0.754635, 0.801268, 0.830674, 0.851228, 0.866553, 0.878498, 0.888117, 0.896059,
+     0.902747, 0.90847, 0.913433, 0.917784]
+J = [0, -0.001943, -0.006929, -0.010107, -0.013538, -0.01733, -0.021533, -0.026185, -0.031318, -0.036963,
+     -0.04315, -0.049911, -0.057277, -0.06528, -0.073955]
+KAPPA = 2.0
+
+
+class Linear(torch.nn.Module):
+    """A stand-in denoiser whose output is easy to compute by hand: a_t * x + b * mean(lq)."""
+
+    def __init__(self, a: float, b: float):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a))
+        self.b = b
+
+    def forward(self, x, t, lq):
+        a_t = self.a * (1 + 0.1 * t.float().view(-1, 1, 1, 1))
+        return a_t * x + self.b * lq.mean(dim=1, keepdim=True)
+
+
+def _batch(seed: int = 0, channels: int = 2, size: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    x0, y, noise = (torch.randn(3, channels, size, size, generator=g) for _ in range(3))
+    lq = torch.randn(3, 3, size, size, generator=g)
+    return x0, y, lq, noise
+
+
+def test_q_sample_and_the_teacher_loss_equal_the_spec_formula():
+    x0, y, lq, noise = _batch()
+    t = torch.tensor([0, 7, 14])
+    net = Linear(0.8, 0.3)
+    loss = resshift_loss(net, SCHEDULE_T15, x0, y, lq, t, noise)
+    for i, step in enumerate(t.tolist()):
+        eta = SQRT_ETA[step] ** 2
+        x_t = x0[i] + eta * (y[i] - x0[i]) + KAPPA * SQRT_ETA[step] * noise[i]
+        assert torch.allclose(q_sample(SCHEDULE_T15, x0, y, t, noise)[i], x_t, atol=1e-5)
+        pred = 0.8 * (1 + 0.1 * step) * x_t / DIVISOR[step] + 0.3 * lq[i].mean(dim=0, keepdim=True)
+        assert loss[i].item() == pytest.approx(((pred - x0[i]) ** 2).mean().item(), rel=1e-4)
+
+
+def test_sinsr_losses_equal_a_hand_computation():
+    x0, y, lq, noise = _batch(1)
+    student, teacher = Linear(0.7, 0.2), Linear(0.9, -0.1)
+    losses = sinsr_losses(student, teacher, SCHEDULE_T15, x0, y, lq, noise)
+
+    def net(model, x, t, divisor_index=None):
+        d = DIVISOR[t if divisor_index is None else divisor_index]
+        return model.a.item() * (1 + 0.1 * t) * x / d + model.b * lq.mean(dim=1, keepdim=True)
+
+    x_T = y + KAPPA * SQRT_ETA[14] * noise
+    x = x_T
+    for t in reversed(range(15)):  # the deterministic sampler with the spec's k, m, j
+        x = K[t] * net(teacher, x, t) + M[t] * x + J[t] * y
+    distill = ((net(student, x_T, 14) - x) ** 2).flatten(1).mean(1)
+    inverse = ((net(student, x, 0, 14) - x_T) ** 2).flatten(1).mean(1)
+    gt = ((net(student, net(student, x0, 0, 14), 14) - x0) ** 2).flatten(1).mean(1)
+    for name, expected in (("distill", distill), ("inverse", inverse), ("gt", gt), ("total", distill + inverse + gt)):
+        assert torch.allclose(losses[name], expected, rtol=2e-4, atol=1e-6), name
+    losses["total"].mean().backward()  # gradients reach the student only
+    assert student.a.grad is not None and teacher.a.grad is None
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def _image_folder(folder: Path, count: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:48, 0:56]
+    for i in range(count):
+        base = np.stack([np.sin(x / (3 + i)) , np.cos(y / (4 + i)), np.sin((x + y) / 5)], -1) * 90 + 128
+        Image.fromarray(np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_pairs_are_reproducible_and_shaped(tmp_path):
+    data = PairDataset(_image_folder(tmp_path / "hr"), gt_size=32, degradation="bicubic", seed=3)
+    lq, gt = data[5]
+    assert lq.shape == (3, 8, 8) and gt.shape == (3, 32, 32) and 0 <= lq.min() and gt.max() <= 1
+    again = PairDataset(tmp_path / "hr", gt_size=32, degradation="bicubic", seed=3)[5]
+    assert torch.equal(again[0], lq) and torch.equal(again[1], gt)
+    assert not torch.equal(data[6][1], gt)
+    with pytest.raises(ValueError, match="multiple of the scale"):
+        PairDataset(tmp_path / "hr", gt_size=30)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images in .*empty"):
+        PairDataset(tmp_path / "empty", gt_size=32)
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        PairDataset(tmp_path / "missing", gt_size=32)
+
+
+# --- a real (tiny) run ------------------------------------------------------------------------------
+
+
+def _config(tmp_path: Path, out: str, **overrides) -> TrainConfig:
+    options = dict(mode="resshift", data=str(_image_folder(tmp_path / "hr")), out=str(tmp_path / out), steps=20,
+                   batch_size=2, gt_size=64, degradation="bicubic", lr=2e-3, log_every=5, save_every=10, seed=1,
+                   arch="tiny")
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def _log(run_dir: Path) -> list[dict]:
+    with open(run_dir / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_twenty_steps_decrease_the_loss_and_export_a_loadable_model(tmp_path):
+    path = Run(_config(tmp_path, "teacher")).train(progress=False)
+    rows = _log(tmp_path / "teacher")
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
+    assert float(rows[-1]["loss_total"]) < 0.7 * float(rows[0]["loss_total"])
+    info = read_model_info(path)
+    assert info.autoencoder == "pixel" and info.sampler == "stochastic" and info.schedule["steps"] == 15
+    assert json.loads(path.with_suffix(".json").read_text())["denoiser"]["out_channels"] == 48
+    model = load_model(path, device="cpu")
+    out = model.upscale(torch.rand(1, 3, 12, 20), steps=1)
+    assert out.shape == (1, 3, 48, 80) and torch.isfinite(out).all()
+
+
+def test_resume_continues_from_the_same_step_exactly(tmp_path):
+    straight = Run(_config(tmp_path, "straight"))
+    straight.train(progress=False)
+    first = Run(_config(tmp_path, "resumed", steps=10))
+    first.train(progress=False)
+    resumed = Run(_config(tmp_path, "resumed"))  # same folder, more steps: picks up step-10
+    assert resumed.step == 10
+    resumed.train(progress=False)
+    assert [int(r["step"]) for r in _log(tmp_path / "resumed")] == [5, 10, 15, 20]
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_distillation_from_a_teacher_through_the_cli(tmp_path, capsys):
+    teacher = Run(_config(tmp_path, "teacher", steps=4)).train(progress=False)
+    code = train_main(["sinsr", "--teacher", str(teacher), "--data", str(tmp_path / "hr"), "--out",
+                       str(tmp_path / "student"), "--steps", "3", "--batch-size", "1", "--gt-size", "64",
+                       "--degradation", "bicubic", "--log-every", "1", "--no-progress"])
+    assert code == 0 and "exported" in capsys.readouterr().out
+    rows = _log(tmp_path / "student")
+    assert {"loss_distill", "loss_inverse", "loss_gt", "loss_total"} <= set(rows[0])
+    for r in rows:
+        parts = float(r["loss_distill"]) + float(r["loss_inverse"]) + float(r["loss_gt"])
+        assert math.isclose(parts, float(r["loss_total"]), rel_tol=1e-5)
+    student = tmp_path / "student" / "model.safetensors"
+    assert read_model_info(student).sampler == "one_step"
+    assert load_model(student, device="cpu").upscale(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
+    with pytest.raises(SystemExit):  # --teacher is required
+        train_main(["sinsr", "--data", str(tmp_path / "hr"), "--out", str(tmp_path / "x")])

@@ -1,0 +1,91 @@
+"""``python -m training`` / ``onestep-sr train``: ``resshift`` (teacher), ``sinsr`` (one-step
+distillation) and ``eval`` (PSNR/SSIM on Y against GT and against bicubic).
+
+    python -m training resshift --data HR_FOLDER --out runs/teacher --steps 20000
+    python -m training sinsr --teacher runs/teacher/model.safetensors --data HR_FOLDER --out runs/student
+    python -m training eval --model runs/student/model.safetensors --data VAL_FOLDER
+    accelerate launch -m training sinsr ...      # several GPUs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .trainer import ARCHS, TrainConfig
+
+_HELP = {
+    "data": "folder of HR images (searched recursively)", "out": "run folder (resumed if it has checkpoints)",
+    "steps": "optimiser steps", "batch_size": "images per micro-batch", "grad_accum": "micro-batches per step",
+    "lr": "AdamW learning rate", "warmup": "linear warm-up steps", "ema": "EMA decay of the exported weights",
+    "gt_size": "HR crop size (the LR is gt_size / 4)", "degradation": "realesrgan (second order) or bicubic",
+    "autoencoder": "'pixel' (identity, pixel space) or a VQ-f4 checkpoint / registry name (latent space)",
+    "arch": f"denoiser size: {', '.join(ARCHS)} or a JSON file of DenoiserConfig fields",
+    "schedule": "T15 or T4", "teacher": "sinsr: teacher checkpoint (the student starts from it)",
+    "init": "resshift: start from these weights", "mixed_precision": "no, fp16 or bf16 (GPU)",
+    "seed": "seed of the pairs, timesteps and noise", "log_every": "steps between log.csv rows",
+    "save_every": "steps between checkpoints", "keep": "checkpoints kept",
+}
+
+
+def _add_train_options(parser: argparse.ArgumentParser, mode: str) -> None:
+    for f in fields(TrainConfig):
+        if f.name in ("mode", "extra") or (f.name == "teacher" and mode != "sinsr") or (f.name == "init" and mode == "sinsr"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        required = f.name in ("data", "out") or f.name == "teacher"
+        kind = {int: int, float: float}.get(type(f.default), str)
+        parser.add_argument(flag, dest=f.name, type=kind, required=required,
+                            default=None if required else f.default, help=_HELP.get(f.name))
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_options(sub.add_parser("resshift", help="train a ResShift teacher (MSE on x0)"), "resshift")
+    _add_train_options(sub.add_parser("sinsr", help="distil a one-step SinSR student from a teacher"), "sinsr")
+    ev = sub.add_parser("eval", help="PSNR/SSIM (Y) of a model vs GT and vs bicubic on a folder")
+    ev.add_argument("--model", required=True, help="checkpoint path or model name (as load_model takes)")
+    ev.add_argument("--data", required=True, help="folder of HR images; the LR is their bicubic x1/4")
+    ev.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    ev.add_argument("--seed", type=int, default=12345)
+    ev.add_argument("--json", help="also write the rows and summary to this JSON file")
+    return parser
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from onestep_sr import load_model
+
+    from .evaluate import evaluate_folder, format_table, summarise
+
+    model = load_model(args.model, device="cpu")
+
+    def upscale(lr):
+        return model.upscale(lr, steps=args.steps, seed=args.seed).clamp(0, 1)
+
+    rows = evaluate_folder(upscale, args.data)
+    summary = summarise(rows)
+    print(format_table(rows, summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": str(args.model), "rows": rows, "summary": summary}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m training") -> int:
+    args = build_parser(prog).parse_args(argv)
+    if args.command == "eval":
+        return run_eval(args)
+    from .trainer import Run
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "no_progress")}
+    try:
+        config = TrainConfig(mode=args.command, **options)
+        path = Run(config).train(progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {path} (+ {path.with_suffix('.json').name}); load it with onestep_sr.load_model({str(path)!r})")
+    return 0

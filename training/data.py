@@ -1,0 +1,81 @@
+"""Training pairs from a folder of HR images: a random GT crop (flipped at random) and its LR,
+synthesised on the fly (Real-ESRGAN second-order degradation, or bicubic only).
+
+Pair ``i`` depends only on (seed, i): a run is reproducible and a resumed run sees the same
+pairs it would have seen without the interruption."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .degradations import DegradationConfig, bicubic_degrade, degrade
+
+DEGRADATIONS = ("realesrgan", "bicubic")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def list_images(folder, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (extensions in IMAGE_EXTENSIONS, any case), sorted; with
+    ``recursive`` in its subfolders too."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a folder: {folder}")
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted((p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                  key=lambda p: p.relative_to(folder).as_posix())
+
+
+def load_rgb(path, scale: int = 1) -> torch.Tensor:
+    """Image file -> float32 (3, H, W) in [0, 1], cropped (top-left kept) to multiples of ``scale``."""
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"))
+    h, w = arr.shape[0] - arr.shape[0] % scale, arr.shape[1] - arr.shape[1] % scale
+    if h == 0 or w == 0:
+        raise ValueError(f"{path}: {arr.shape[1]}x{arr.shape[0]} is smaller than scale {scale}")
+    arr = np.array(arr[:h, :w])  # a writable copy (PIL arrays are read-only)
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """``length`` pairs (lq (3, gt/scale, gt/scale), gt (3, gt, gt)), both float32 in [0, 1]."""
+
+    def __init__(self, folder: str | os.PathLike, gt_size: int, scale: int = 4, degradation: str = "realesrgan",
+                 seed: int = 0, length: int = 10**9, config: DegradationConfig | None = None):
+        if degradation not in DEGRADATIONS:
+            raise ValueError(f"unknown degradation {degradation!r}; use one of {', '.join(DEGRADATIONS)}")
+        if gt_size % scale:
+            raise ValueError(f"the GT crop ({gt_size}) must be a multiple of the scale ({scale})")
+        files = list_images(folder, recursive=True)
+        if not files:
+            raise FileNotFoundError(f"no images in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        self.images = [load_rgb(p) for p in files]
+        self.gt_size, self.scale, self.degradation, self.seed, self.length = gt_size, scale, degradation, seed, length
+        self.config = config or DegradationConfig()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def crop(self, rng: np.random.Generator) -> torch.Tensor:
+        image = self.images[int(rng.integers(len(self.images)))]
+        size = self.gt_size
+        _, h, w = image.shape
+        if h < size or w < size:  # reflect-pad small images up to the crop size
+            image = F.pad(image[None], (0, max(0, size - w), 0, max(0, size - h)), mode="reflect")[0]
+            _, h, w = image.shape
+        y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+        crop = image[:, y:y + size, x:x + size]
+        return crop.flip(-1) if rng.random() < 0.5 else crop
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(index)])
+        gt = self.crop(rng).contiguous()
+        if self.degradation == "bicubic":
+            lq = bicubic_degrade(gt, self.scale)
+        else:
+            lq = degrade(gt, self.scale, rng, self.config)
+        return lq.float(), gt.float()

@@ -1,0 +1,81 @@
+"""Training losses (spec section 8), per sample: each returns a (B,) tensor, the mean over C, H, W.
+
+ResShift teacher: x_t = x0 + eta_t (y - x0) + kappa sqrt(eta_t) eps with t uniform in [0, T-1];
+loss = MSE(denoiser(x_t / sqrt(1 + kappa^2 eta_t), t, lq), x0).
+
+SinSR distillation (student initialised from the teacher), with x_T = y + kappa sqrt(eta_T) eps,
+s_T = sqrt(1 + kappa^2 eta_T) and T' = T - 1:
+- L_distill = MSE(student(x_T / s_T, T', lq), teacher's deterministic T-step output from x_T);
+- L_inverse = MSE(student(that output / s_T, 0, lq), x_T): at t = 0 the student maps a clean
+  latent back to its x_T;
+- L_gt = MSE(student(sg[student(x0 / s_T, 0, lq)] / s_T, T', lq), x0): the x_T the student
+  assigns to the ground truth must map back onto it.
+Total = L_distill + L_inverse + L_gt (equal weights, as released).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from onestep_sr.samplers import prior_sample, sample_deterministic, x0_predictor
+from onestep_sr.schedule import ResShiftSchedule
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
+
+
+def _column(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """values[t] shaped (B, 1, 1, 1) in ``like``'s dtype and device."""
+    return values.to(like.device)[t].to(like.dtype).view(-1, 1, 1, 1)
+
+
+def _steps(t: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        return t.to(device=device, dtype=torch.long)
+    return torch.full((batch,), t, dtype=torch.long, device=device)
+
+
+def q_sample(schedule: ResShiftSchedule, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
+             noise: torch.Tensor) -> torch.Tensor:
+    """x_t ~ q(x_t | x0, y): x0 + eta_t (y - x0) + kappa sqrt(eta_t) eps, t per sample."""
+    eta = _column(schedule.etas, t, x0)
+    return x0 + eta * (y - x0) + schedule.kappa * eta.sqrt() * noise
+
+
+def call(denoiser: Denoiser, schedule: ResShiftSchedule, x: torch.Tensor, t: int | torch.Tensor,
+         lq: torch.Tensor, divisor_step: int | torch.Tensor | None = None) -> torch.Tensor:
+    """denoiser(x / sqrt(1 + kappa^2 eta), t, lq); eta at ``divisor_step`` (default: t)."""
+    steps = _steps(t, x.shape[0], x.device)
+    scale_at = steps if divisor_step is None else _steps(divisor_step, x.shape[0], x.device)
+    return denoiser(x / _column(schedule.input_divisor, scale_at, x), steps, lq)
+
+
+def resshift_loss(denoiser: Denoiser, schedule: ResShiftSchedule, x0: torch.Tensor, y: torch.Tensor,
+                  lq: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Teacher training: MSE of the x0 prediction at a random step ``t`` (per sample)."""
+    return per_sample_mse(call(denoiser, schedule, q_sample(schedule, x0, y, t, noise), t, lq), x0)
+
+
+@torch.no_grad()
+def teacher_target(teacher: Denoiser, schedule: ResShiftSchedule, y: torch.Tensor, lq: torch.Tensor,
+                   noise: torch.Tensor) -> torch.Tensor:
+    """The teacher's deterministic T-step sample from x_T = y + kappa sqrt(eta_T) ``noise``."""
+    return sample_deterministic(x0_predictor(teacher, schedule, lq), y, schedule, noise)
+
+
+def sinsr_losses(student: Denoiser, teacher: Denoiser, schedule: ResShiftSchedule, x0: torch.Tensor,
+                 y: torch.Tensor, lq: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    """SinSR's three terms and their sum, each per sample."""
+    last = schedule.steps - 1
+    x_T = prior_sample(y, schedule, noise)
+    target = teacher_target(teacher, schedule, y, lq, noise)
+    distill = per_sample_mse(call(student, schedule, x_T, last, lq), target)
+    inverse = per_sample_mse(call(student, schedule, target, 0, lq, divisor_step=last), x_T)
+    with torch.no_grad():
+        x_T_of_gt = call(student, schedule, x0, 0, lq, divisor_step=last)
+    gt = per_sample_mse(call(student, schedule, x_T_of_gt, last, lq), x0)
+    return {"distill": distill, "inverse": inverse, "gt": gt, "total": distill + inverse + gt}

@@ -1,0 +1,280 @@
+"""One training loop for the ResShift teacher and the SinSR student, on accelerate.
+
+A run folder holds ``config.json``, ``log.csv`` (one row per logged step), ``checkpoints/step-N/``
+(weights, EMA, optimiser; resumable) and the export ``model.safetensors`` + ``model.json`` that
+``onestep_sr.load_model`` and the ComfyUI loader take directly.
+
+Everything random is a function of (seed, step): the pairs (see ``data``), the timesteps and the
+noise. A resumed run therefore continues exactly where the interrupted one stopped.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from onestep_sr.checkpoint import load_denoiser, write_safetensors_atomic
+from onestep_sr.model import SCHEDULES
+from onestep_sr.model_info import ModelInfo, read_model_info, save_model
+from onestep_sr.models import (PIXEL_AUTOENCODER, DenoiserConfig, PixelSpaceAutoencoder, PixelSpaceConfig,
+                               build_denoiser)
+from onestep_sr.pipeline import SCALE, bicubic_upscale
+
+from .data import PairDataset
+from .losses import resshift_loss, sinsr_losses
+
+MODES = ("resshift", "sinsr")
+ARCHS = {
+    # CI-sized: seconds per hundred steps on a CPU
+    "tiny": dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), attention_resolutions=(32,),
+                 swin_embed_dim=32, num_head_channels=16, image_size=64),
+    # the bundled default model: a few MB
+    "small": dict(model_channels=64, channel_mult=(1, 2), num_res_blocks=(2, 2), attention_resolutions=(32,),
+                  swin_embed_dim=64, num_head_channels=32, image_size=64),
+    "official": {},
+}
+
+
+@dataclass
+class TrainConfig:
+    mode: str  # "resshift" (teacher) or "sinsr" (one-step student)
+    data: str  # folder of HR images
+    out: str  # run folder
+    steps: int = 1000  # optimiser steps
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-5
+    warmup: int = 0
+    ema: float = 0.999
+    gt_size: int = 256
+    degradation: str = "realesrgan"
+    autoencoder: str = PIXEL_AUTOENCODER  # "pixel" or a VQ-f4 checkpoint path / registry name
+    arch: str = "tiny"  # a name of ARCHS or a JSON file of DenoiserConfig fields
+    schedule: str = "T15"
+    teacher: str | None = None  # sinsr: the teacher checkpoint (the student starts from it)
+    init: str | None = None  # resshift: start from these weights
+    mixed_precision: str = "no"  # "no", "fp16", "bf16" (GPU)
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 500
+    keep: int = 2  # checkpoints kept
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.mode == "sinsr" and not self.teacher:
+            raise ValueError("SinSR distillation needs --teacher (a trained ResShift checkpoint)")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if min(self.steps, self.batch_size, self.grad_accum) < 1:
+            raise ValueError("steps, batch size and gradient accumulation must be at least 1")
+
+
+# --- networks ----------------------------------------------------------------------------------
+
+
+def build_autoencoder(spec: str, device: torch.device) -> torch.nn.Module:
+    if spec == PIXEL_AUTOENCODER:
+        return PixelSpaceAutoencoder(PixelSpaceConfig(scale=SCALE))
+    from onestep_sr.checkpoint import load_autoencoder
+    from onestep_sr.model import _weights_path
+
+    path, _ = _weights_path(spec, "autoencoder", models_dir=None, offline=None, progress=None)
+    return load_autoencoder(path, device=device).requires_grad_(False)
+
+
+def denoiser_config(arch: str, autoencoder: torch.nn.Module) -> DenoiserConfig:
+    if arch in ARCHS:
+        fields = dict(ARCHS[arch])
+    else:
+        fields = json.loads(Path(arch).read_text())
+    channels = autoencoder.config.embed_dim
+    return DenoiserConfig(**{**fields, "in_channels": channels + 3, "out_channels": channels})
+
+
+def load_start(path: str) -> tuple[torch.nn.Module, ModelInfo | None]:
+    return load_denoiser(path), read_model_info(path)
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+class Run:
+    """State of one training run; :meth:`train` does the work."""
+
+    def __init__(self, config: TrainConfig):
+        from accelerate import Accelerator
+
+        self.config = c = config
+        self.out = Path(c.out)
+        self.accelerator = Accelerator(gradient_accumulation_steps=c.grad_accum, mixed_precision=c.mixed_precision)
+        device = self.accelerator.device
+        self.autoencoder = build_autoencoder(c.autoencoder, device).to(device)
+        self.schedule = SCHEDULES[c.schedule]
+        self.teacher = None
+        if c.mode == "sinsr":
+            teacher, info = load_start(c.teacher)
+            if info and info.autoencoder != c.autoencoder:
+                raise ValueError(f"the teacher works with the {info.autoencoder!r} autoencoder, not {c.autoencoder!r}")
+            self.teacher = teacher.to(device).eval().requires_grad_(False)
+            model = load_denoiser(c.teacher)  # the student starts as the teacher
+        elif c.init:
+            model = load_denoiser(c.init)
+        else:
+            torch.manual_seed(c.seed)
+            model = build_denoiser(denoiser_config(c.arch, self.autoencoder))
+        self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0)
+        warmup = max(1, c.warmup)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.step = 0
+        self._resume(model)
+        data = PairDataset(c.data, c.gt_size, SCALE, c.degradation, seed=c.seed)
+        self.loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(data, range(self.step * c.batch_size * c.grad_accum,
+                                                c.steps * c.batch_size * c.grad_accum)),
+            batch_size=c.batch_size, shuffle=False, num_workers=int(c.extra.get("workers", 0)))
+        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+            model, self.optimizer, self.loader, self.scheduler)
+
+    # --- checkpoints ---
+
+    def _checkpoint_dirs(self) -> list[Path]:
+        folder = self.out / "checkpoints"
+        found = [p for p in folder.glob("step-*") if (p / "state.json").is_file()] if folder.is_dir() else []
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    def _resume(self, model: torch.nn.Module) -> None:
+        saved = self._checkpoint_dirs()
+        if not saved:
+            return
+        latest = saved[-1]
+        state = json.loads((latest / "state.json").read_text())
+        model.load_state_dict(load_file(latest / "model.safetensors"))
+        self.ema = load_file(latest / "ema.safetensors")
+        self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location="cpu", weights_only=True))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+
+    def save_checkpoint(self) -> Path:
+        """``checkpoints/step-N/``, written to a temporary folder first, then renamed."""
+        final = self.out / "checkpoints" / f"step-{self.step}"
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model = self.accelerator.unwrap_model(self.model)
+        write_safetensors_atomic({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                                 {"config": json.dumps(model.config.to_dict())}, tmp / "model.safetensors")
+        write_safetensors_atomic({k: v.cpu().contiguous() for k, v in self.ema.items()}, {}, tmp / "ema.safetensors")
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": self.step, "scheduler": self.scheduler.state_dict(),
+                                                    "config": asdict(self.config)}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in self._checkpoint_dirs()[:-max(1, self.config.keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def export(self, use_ema: bool = True) -> Path:
+        """``model.safetensors`` + ``model.json``: the (EMA) weights with their model info."""
+        model = self.accelerator.unwrap_model(self.model)
+        net = build_denoiser(model.config)
+        net.load_state_dict(self.ema if use_ema else {k: v.cpu() for k, v in model.state_dict().items()})
+        sampler = "one_step" if self.config.mode == "sinsr" else "stochastic"
+        info = ModelInfo(autoencoder=self.config.autoencoder, scale=SCALE, schedule=asdict(self.schedule),
+                         sampler=sampler, description=f"{self.config.mode} model trained with onestep-sr train")
+        path, _ = save_model(self.out / "model.safetensors", net, info)
+        return path
+
+    # --- steps ---
+
+    def _latents(self, lq: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0 = Enc(gt), y = Enc(bicubic x4 of lq), lq) in the model's [-1, 1] domain."""
+        lq, gt = lq * 2 - 1, gt * 2 - 1
+        with torch.no_grad():
+            return self.autoencoder.encode(gt), self.autoencoder.encode(bicubic_upscale(lq)), lq
+
+    def losses(self, lq: torch.Tensor, gt: torch.Tensor, micro: int) -> dict[str, torch.Tensor]:
+        x0, y, lq = self._latents(lq, gt)
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + micro)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        if self.config.mode == "resshift":
+            t = torch.randint(0, self.schedule.steps, (x0.shape[0],), generator=generator).to(x0.device)
+            return {"total": resshift_loss(self.model, self.schedule, x0, y, lq, t, noise)}
+        return sinsr_losses(self.model, self.teacher, self.schedule, x0, y, lq, noise)
+
+    def _update_ema(self) -> None:
+        decay = self.config.ema
+        with torch.no_grad():
+            for k, v in self.accelerator.unwrap_model(self.model).state_dict().items():
+                if v.is_floating_point() and not k.endswith("relative_position_index"):
+                    self.ema[k].mul_(decay).add_(v.detach().float().cpu(), alpha=1 - decay)
+                else:
+                    self.ema[k] = v.detach().cpu().clone()
+
+    def train(self, progress: bool = True) -> Path:
+        """Train to ``config.steps``; returns the export path."""
+        c = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(asdict(c), indent=1) + "\n")
+        log_path = self.out / "log.csv"
+        new_log = not log_path.exists()
+        bar = None
+        if progress and self.accelerator.is_local_main_process:
+            from tqdm import tqdm
+            bar = tqdm(total=c.steps, initial=self.step, desc=c.mode, dynamic_ncols=True)
+        started, sums, count = time.perf_counter(), {}, 0
+        micro = self.step * c.grad_accum
+        self.model.train()
+        with open(log_path, "a", newline="") as log_file:
+            writer = None
+            for lq, gt in self.loader:
+                with self.accelerator.accumulate(self.model):
+                    parts = self.losses(lq, gt, micro)
+                    loss = parts["total"].mean()
+                    if not math.isfinite(loss.item()):
+                        raise FloatingPointError(f"the loss is {loss.item()} at step {self.step}; lower --lr "
+                                                 "or use fp32 (--mixed-precision no)")
+                    self.accelerator.backward(loss)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad()
+                micro += 1
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach().mean())
+                count += 1
+                if not self.accelerator.sync_gradients:
+                    continue
+                self.step += 1
+                self._update_ema()
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sums['total'] / count:.4g}")
+                if self.step % c.log_every == 0 or self.step == c.steps:
+                    row = {"step": self.step, **{f"loss_{k}": v / count for k, v in sums.items()},
+                           "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started}
+                    if writer is None:
+                        writer = csv.DictWriter(log_file, fieldnames=list(row))
+                        if new_log:
+                            writer.writeheader()
+                    writer.writerow(row)
+                    log_file.flush()
+                    sums, count = {}, 0
+                if self.step % c.save_every == 0 or self.step == c.steps:
+                    self.accelerator.wait_for_everyone()
+                    if self.accelerator.is_main_process:
+                        self.save_checkpoint()
+        if bar:
+            bar.close()
+        self.model.eval()
+        return self.export() if self.accelerator.is_main_process else self.out / "model.safetensors"
