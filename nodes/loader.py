@@ -7,12 +7,14 @@ import os
 import torch
 
 from ..onestep_sr.download import ensure_weights
-from ..onestep_sr.model import OneStepSR, load_model
+from ..onestep_sr.model import BUNDLED_MODELS, OneStepSR, autoencoder_for, load_model
+from ..onestep_sr.models import PIXEL_AUTOENCODER
 from ..onestep_sr.registry import RegistryEntry, get_entry, list_entries
 from . import host
 from .api import ONESTEP_SR_MODEL, io
 
 AUTO_DOWNLOAD = " (auto-download)"
+BUNDLED = " (bundled)"
 DEVICES = ["auto", "cpu"]
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
 
@@ -43,12 +45,13 @@ class OneStepModel:
 
 
 def model_choices() -> list[str]:
-    """Registry models (fetched when first used) then the checkpoint files found locally; the
-    autoencoder files are not models on their own and are left out."""
+    """The bundled default model, registry models (fetched when first used), then the checkpoint
+    files found locally; the autoencoder files are not models on their own and are left out."""
     entries = list_entries()
     autoencoder_files = {e.file for e in entries if e.kind == "autoencoder"}
     files = [f for f in host.model_files() if os.path.basename(f) not in autoencoder_files]
-    return [e.name + AUTO_DOWNLOAD for e in entries if e.kind == "denoiser"] + files
+    bundled = [name + BUNDLED for name, path in BUNDLED_MODELS.items() if path.is_file()]
+    return bundled + [e.name + AUTO_DOWNLOAD for e in entries if e.kind == "denoiser"] + files
 
 
 def _local_or_download(entry: RegistryEntry) -> str:
@@ -66,7 +69,9 @@ def _entry_for_file(name: str) -> RegistryEntry | None:
 
 def resolve_weights(choice: str) -> tuple[dict[str, str], RegistryEntry | None]:
     """({"denoiser": path, "autoencoder": path}, the registry entry if the choice is one)."""
-    if choice.endswith(AUTO_DOWNLOAD):
+    if choice.endswith(BUNDLED) and choice[: -len(BUNDLED)] in BUNDLED_MODELS:
+        entry, denoiser = None, str(BUNDLED_MODELS[choice[: -len(BUNDLED)]])
+    elif choice.endswith(AUTO_DOWNLOAD):
         entry = get_entry(choice[: -len(AUTO_DOWNLOAD)])
         denoiser = _local_or_download(entry)
     else:
@@ -75,7 +80,8 @@ def resolve_weights(choice: str) -> tuple[dict[str, str], RegistryEntry | None]:
             raise FileNotFoundError(f"OneStep SR model file {choice!r} is not in any onestep_sr model folder "
                                     f"({', '.join(host.model_folders())})")
         entry = _entry_for_file(choice)  # a registry file placed by hand keeps its schedule and sampler
-    autoencoder = _local_or_download(get_entry(entry.autoencoder if entry and entry.autoencoder else "vq_f4"))
+    name = (entry.autoencoder or "vq_f4") if entry else autoencoder_for(denoiser)
+    autoencoder = PIXEL_AUTOENCODER if name == PIXEL_AUTOENCODER else _local_or_download(get_entry(name))
     return {"denoiser": denoiser, "autoencoder": autoencoder}, entry
 
 

@@ -142,7 +142,8 @@ def _model_options(nodes) -> list[str]:
 def test_model_choices_list_registry_models_then_local_files(comfy):
     (comfy.folder / "SinSR_v2.pth").write_bytes(b"")  # a registry file placed by hand is listed by name
     options = _model_options(comfy.nodes)
-    assert options[:2] == ["sinsr_v1 (auto-download)", "sinsr_v2 (auto-download)"]
+    registry = [o for o in options if o.endswith(" (auto-download)")]
+    assert registry[:2] == ["sinsr_v1 (auto-download)", "sinsr_v2 (auto-download)"]
     assert "resshift_v3 (auto-download)" in options
     assert DENOISER_FILE in options and "SinSR_v2.pth" in options
     assert "autoencoder_vq_f4.pth" not in options  # an autoencoder alone is not a model
@@ -389,3 +390,30 @@ def test_the_comfyui_code_path_imports_only_what_comfyui_ships():
         assert not imported & forbidden, path
         host_modules = imported & {"comfy", "folder_paths", "comfy_api"}
         assert host_modules <= (allowed.get(path.name, set()) if path.parent.name == "nodes" else set()), path
+
+
+def _pixel_model(path: Path) -> Path:
+    from onestep_sr.model_info import ModelInfo, save_model
+    torch.manual_seed(0)
+    net = build_denoiser(DenoiserConfig(image_size=8, in_channels=51, out_channels=48, model_channels=32,
+                                        channel_mult=(1,), num_res_blocks=(1,), attention_resolutions=()))
+    return save_model(path, net, ModelInfo())[0]
+
+
+def test_an_exported_pixel_space_model_needs_no_autoencoder_file(comfy):
+    (comfy.folder / "autoencoder_vq_f4.pth").unlink()  # offline and no VQ: a pixel model does not ask for it
+    _pixel_model(comfy.folder / "trained.safetensors")
+    model = _load(comfy, "trained.safetensors")
+    assert model.sr.sampler == "one_step" and type(model.sr.autoencoder).__name__ == "PixelSpaceAutoencoder"
+    (out,) = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=_images(1, 8, 12))
+    assert out.shape == (1, 32, 48, 3)
+
+
+def test_the_bundled_default_model_comes_first(comfy, tmp_path, monkeypatch):
+    bundled = sys.modules["onestep_sr_pack.onestep_sr.model"].BUNDLED_MODELS
+    monkeypatch.setitem(bundled, "onestep_default", _pixel_model(tmp_path / "bundled.safetensors"))
+    assert _model_options(comfy.nodes)[0] == "onestep_default (bundled)"
+    model = _load(comfy, "onestep_default (bundled)")
+    assert model.sr.name == "onestep_default"
+    monkeypatch.setitem(bundled, "onestep_default", tmp_path / "absent.safetensors")
+    assert "onestep_default (bundled)" not in _model_options(comfy.nodes)
