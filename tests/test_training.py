@@ -178,3 +178,30 @@ def test_distillation_from_a_teacher_through_the_cli(tmp_path, capsys):
     assert load_model(student, device="cpu").upscale(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
     with pytest.raises(SystemExit):  # --teacher is required
         train_main(["sinsr", "--data", str(tmp_path / "hr"), "--out", str(tmp_path / "x")])
+
+
+def test_onestep_sr_train_is_the_training_cli_and_eval_reports_the_gain(tmp_path, capsys):
+    from onestep_sr.cli import main as onestep_main
+    with pytest.raises(SystemExit) as exit_info:
+        onestep_main(["train", "--help"])
+    assert exit_info.value.code == 0 and "resshift" in capsys.readouterr().out
+    model = Run(_config(tmp_path, "teacher", steps=2)).train(progress=False)
+    val = _image_folder(tmp_path / "val", count=2)
+    report = tmp_path / "eval.json"
+    assert onestep_main(["train", "eval", "--model", str(model), "--data", str(val), "--steps", "1",
+                         "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(report.read_text())["summary"]
+    assert summary["count"] == 2 and "mean" in printed
+    assert summary["psnr_gain"] == pytest.approx(summary["psnr_y"] - summary["bicubic_psnr_y"], abs=1e-9)
+
+
+def test_latent_space_training_with_a_vq_autoencoder(tmp_path, goldens):
+    """--autoencoder names a VQ-f4 checkpoint: the denoiser works on its 3-channel latent (LR size)
+    and the export names that autoencoder, so load_model pairs them again."""
+    vq = str(goldens / "vq.safetensors")
+    path = Run(_config(tmp_path, "latent", steps=2, autoencoder=vq)).train(progress=False)
+    assert read_model_info(path).autoencoder == vq
+    model = load_model(path, device="cpu")
+    assert model.denoiser.config.out_channels == 3 and type(model.autoencoder).__name__ == "VQAutoencoder"
+    assert model.upscale(torch.rand(1, 3, 16, 16), steps=1).shape == (1, 3, 64, 64)

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # its own parser: options after "train" (even --help) are the training CLI's
+        return train.run_training(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0

@@ -12,8 +12,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_training(args.rest)
+
+
+def run_training(argv: list[str]) -> int:
     try:
         from training.cli import main
     except ImportError as exc:  # installed without the training extra
         raise SystemExit(f"onestep-sr train needs the training extra: pip install 'onestep-sr[train]' ({exc})")
-    return main(args.rest, prog="onestep-sr train")
+    return main(argv, prog="onestep-sr train")
