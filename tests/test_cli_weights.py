@@ -427,7 +427,8 @@ def test_convert_write_failure_leaves_no_file(tmp_path, capsys, goldens, monkeyp
         Path(filename).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli_weights, "save_file", failing_save)
+    import onestep_sr.checkpoint as checkpoint_module  # where the atomic safetensors writer lives
+    monkeypatch.setattr(checkpoint_module, "save_file", failing_save)
     out = tmp_path / "out" / "vq.safetensors"
     assert main(["convert", str(goldens / "vq.safetensors"), str(out)]) == 1
     err = capsys.readouterr().err
