@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional
 
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import CheckpointError, atomic_write_text, read_checkpoint
 from .registry import RegistryEntry, get_entry
 from .registry import models_dir as resolve_models_dir
 
@@ -120,15 +120,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _terminal_progress(done: int, total: Optional[int]) -> None:
@@ -308,7 +299,7 @@ def ensure_weights(name_or_entry: str | RegistryEntry, models_dir: str | os.Path
             sys.stderr.write("\n")
     actual = _verify_part(entry, part, expected)
     if not expected:  # pin first, so the final file never exists without its hash
-        _atomic_write_text(sidecar_path(target), f"{actual}  {entry.file}\n")
+        atomic_write_text(sidecar_path(target), f"{actual}  {entry.file}\n")
     os.replace(part, target)
     _fsync_dir(target.parent)
     return target

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, write_safetensors_atomic
+from .checkpoint import CheckpointError, atomic_write_text, write_safetensors_atomic
 from .models import PIXEL_AUTOENCODER, SwinUNetDenoiser
 from .schedule import SCHEDULE_T15, ResShiftSchedule
 
@@ -85,7 +85,5 @@ def save_model(path: str | os.PathLike, denoiser: SwinUNetDenoiser, info: ModelI
     write_safetensors_atomic(tensors, {"config": json.dumps(config), INFO_KEY: info.to_json(), "format": "pt"}, path)
     sidecar = sidecar_json(path)
     text = json.dumps({"format": FORMAT, **asdict(info), "denoiser": config}, indent=1, sort_keys=True) + "\n"
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, sidecar)
+    atomic_write_text(sidecar, text)
     return path, sidecar

@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 from dataclasses import fields
-from pathlib import Path
 
 from .trainer import ARCHS, TrainConfig
 
@@ -58,6 +57,7 @@ def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
 
 def run_eval(args: argparse.Namespace) -> int:
     from onestep_sr import load_model
+    from onestep_sr.checkpoint import atomic_write_text
 
     from .evaluate import evaluate_folder, format_table, summarise
 
@@ -70,7 +70,7 @@ def run_eval(args: argparse.Namespace) -> int:
     summary = summarise(rows)
     print(format_table(rows, summary))
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": str(args.model), "rows": rows, "summary": summary}, indent=1))
+        atomic_write_text(args.json, json.dumps({"model": str(args.model), "rows": rows, "summary": summary}, indent=1))
     return 0
 
 

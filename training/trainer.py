@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from onestep_sr.checkpoint import load_denoiser, write_safetensors_atomic
+from onestep_sr.checkpoint import atomic_write_text, load_denoiser, write_safetensors_atomic
 from onestep_sr.model import SCHEDULES
 from onestep_sr.model_info import ModelInfo, read_model_info, save_model
 from onestep_sr.models import (PIXEL_AUTOENCODER, DenoiserConfig, PixelSpaceAutoencoder, PixelSpaceConfig,
@@ -226,7 +226,7 @@ class Run:
         """Train to ``config.steps``; returns the export path."""
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps(asdict(c), indent=1) + "\n")
+        atomic_write_text(self.out / "config.json", json.dumps(asdict(c), indent=1) + "\n")
         log_path = self.out / "log.csv"
         new_log = not log_path.exists()
         bar = None
