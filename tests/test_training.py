@@ -162,6 +162,39 @@ def test_resume_continues_from_the_same_step_exactly(tmp_path):
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_ema_is_warmed_up_so_the_export_forgets_the_initial_weights(tmp_path, monkeypatch):
+    """decay_n = min(ema, (1 + n) / (10 + n)) at step n: replayed by hand from the weights after every step."""
+    run = Run(_config(tmp_path, "teacher", steps=3, ema=0.999))
+    initial = {k: v.detach().clone().float() for k, v in run.model.state_dict().items()}
+    after_each_step = []
+    original = Run._update_ema
+
+    def record(self):
+        after_each_step.append({k: v.detach().clone().float() for k, v in self.model.state_dict().items()})
+        original(self)
+
+    monkeypatch.setattr(Run, "_update_ema", record)
+    exported = load_file(run.train(progress=False))
+    assert len(after_each_step) == 3
+    key = next(k for k, v in initial.items() if v.is_floating_point() and v.numel() > 100)
+    expected = initial[key]
+    for n, weights in enumerate(after_each_step, start=1):
+        decay = min(0.999, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * weights[key]
+    assert torch.allclose(exported[key], expected, atol=1e-6)  # 1.4 % of the initial weights, not 99.7 %
+
+
+def test_kappa_is_saved_with_the_teacher_and_the_student_keeps_the_teachers_schedule(tmp_path):
+    teacher = Run(_config(tmp_path, "teacher", steps=2, kappa=0.5)).train(progress=False)
+    assert read_model_info(teacher).schedule["kappa"] == 0.5
+    student = Run(_config(tmp_path, "student", mode="sinsr", teacher=str(teacher), steps=1, batch_size=1))
+    assert student.schedule.kappa == 0.5 and student.schedule.prior_std == pytest.approx(0.5 * 0.99)
+    assert read_model_info(student.train(progress=False)).schedule["kappa"] == 0.5
+    assert load_model(teacher, device="cpu").schedule.kappa == 0.5
+    with pytest.raises(ValueError, match="kappa must be a positive number"):
+        _config(tmp_path, "x", kappa=-1.0)
+
+
 def test_distillation_from_a_teacher_through_the_cli(tmp_path, capsys):
     teacher = Run(_config(tmp_path, "teacher", steps=4)).train(progress=False)
     code = train_main(["sinsr", "--teacher", str(teacher), "--data", str(tmp_path / "hr"), "--out",

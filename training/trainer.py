@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +54,13 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 5e-5
     warmup: int = 0
-    ema: float = 0.999
+    ema: float = 0.999  # EMA decay of the exported weights (warmed up, see Run.ema_decay)
     gt_size: int = 256
     degradation: str = "realesrgan"
     autoencoder: str = PIXEL_AUTOENCODER  # "pixel" or a VQ-f4 checkpoint path / registry name
     arch: str = "tiny"  # a name of ARCHS or a JSON file of DenoiserConfig fields
     schedule: str = "T15"
+    kappa: float = 0.0  # noise scale of the schedule; 0 keeps the named schedule's (2.0)
     teacher: str | None = None  # sinsr: the teacher checkpoint (the student starts from it)
     init: str | None = None  # resshift: start from these weights
     mixed_precision: str = "no"  # "no", "fp16", "bf16" (GPU)
@@ -76,6 +77,8 @@ class TrainConfig:
             raise ValueError("SinSR distillation needs --teacher (a trained ResShift checkpoint)")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if not (self.kappa >= 0 and math.isfinite(self.kappa)):
+            raise ValueError(f"kappa must be a positive number (0: the schedule's own), got {self.kappa}")
         if min(self.steps, self.batch_size, self.grad_accum) < 1:
             raise ValueError("steps, batch size and gradient accumulation must be at least 1")
 
@@ -121,11 +124,15 @@ class Run:
         device = self.accelerator.device
         self.autoencoder = build_autoencoder(c.autoencoder, device).to(device)
         self.schedule = SCHEDULES[c.schedule]
+        if c.kappa:
+            self.schedule = replace(self.schedule, kappa=c.kappa)
         self.teacher = None
         if c.mode == "sinsr":
             teacher, info = load_start(c.teacher)
             if info and info.autoencoder != c.autoencoder:
                 raise ValueError(f"the teacher works with the {info.autoencoder!r} autoencoder, not {c.autoencoder!r}")
+            if info:  # the student learns the teacher's trajectories: the teacher's schedule
+                self.schedule = info.resshift_schedule()
             self.teacher = teacher.to(device).eval().requires_grad_(False)
             model = load_denoiser(c.teacher)  # the student starts as the teacher
         elif c.init:
@@ -213,8 +220,13 @@ class Run:
             return {"total": resshift_loss(self.model, self.schedule, x0, y, lq, t, noise)}
         return sinsr_losses(self.model, self.teacher, self.schedule, x0, y, lq, noise)
 
+    def ema_decay(self) -> float:
+        """The configured decay, warmed up as (1 + step) / (10 + step) so the average forgets the
+        initial weights: a fixed 0.999 still holds 37 % of them after 1000 steps."""
+        return min(self.config.ema, (1 + self.step) / (10 + self.step))
+
     def _update_ema(self) -> None:
-        decay = self.config.ema
+        decay = self.ema_decay()
         with torch.no_grad():
             for k, v in self.accelerator.unwrap_model(self.model).state_dict().items():
                 if v.is_floating_point() and not k.endswith("relative_position_index"):
