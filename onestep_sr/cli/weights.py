@@ -8,7 +8,10 @@
   when complete.
 * ``convert`` turns a checkpoint of our denoiser or VQ autoencoder (``.pth``/``.pt``/``.ckpt``/
   ``.bin`` read with ``weights_only=True``, or ``.safetensors``) into a ``.safetensors`` file whose
-  metadata holds the architecture config, so loading it needs no shape inference.
+  metadata holds the architecture config, so loading it needs no shape inference. An OSEDiff LoRA
+  checkpoint (``osediff.pkl``, or ``--kind osediff``) becomes kohya-format LoRA files instead
+  (``OUT`` for the UNet, ``OUT_vae.safetensors`` for the VAE encoder; see
+  :mod:`onestep_sr.sd.lora`).
 
 The registry is read from ``onestep_sr.registry.REGISTRY_FILE`` at call time (not import time).
 """
@@ -26,8 +29,9 @@ import torch
 from torch import nn
 
 from .. import download, registry
-from ..checkpoint import (CHECKPOINT_SUFFIXES, CheckpointError, load_autoencoder, load_denoiser, read_checkpoint,
-                          write_safetensors_atomic)
+from ..checkpoint import (CHECKPOINT_SUFFIXES, PICKLE_SUFFIXES, CheckpointError, load_autoencoder, load_denoiser,
+                          read_checkpoint, write_safetensors_atomic)
+from ..model import BUNDLED_MODELS
 from ..registry import RegistryEntry, UnknownModelError
 from .common import EXIT_FAILED, EXIT_OK, UsageError
 
@@ -145,6 +149,10 @@ def run_models(args: argparse.Namespace) -> int:
     rows = [entry_status(e, folder, args.verify) for e in entries]
     _print_table(["NAME", "KIND", "FILE", "STATUS", "LICENCE"],
                  [[r.entry.name, r.entry.kind, r.entry.file, r.status, r.entry.licence] for r in rows])
+    print()
+    print("Bundled with this package (offline, no download):")
+    for name, path in BUNDLED_MODELS.items():
+        print(f"  {name}  {path.name}  " + (human_size(path.stat().st_size) if path.is_file() else "missing"))
     others = other_checkpoints(folder, {e.file for e in entries})
     print()
     print(f"Other checkpoint files in {folder}:" + ("" if others else " none"))
@@ -302,10 +310,41 @@ def output_tensors(model: nn.Module, source: Mapping[str, torch.Tensor],
     return out
 
 
+OSEDIFF_KIND = "osediff"
+
+
+def run_convert_osediff(src: Path, dst: Path, args: argparse.Namespace) -> int:
+    """OSEDiff ``.pkl`` -> kohya LoRA ``dst`` (UNet) and ``dst``'s ``_vae`` sibling (VAE encoder)."""
+    from ..sd import lora  # torch + safetensors only (no diffusers / peft)
+
+    vae_dst = lora.vae_sibling_path(dst)
+    check_convert_paths(src, vae_dst, args.force)
+    try:
+        summary = lora.convert_osediff(src, dst, dtype=DTYPES[args.dtype])
+    except OSError as exc:
+        print(f"onestep-sr: error: could not write {dst}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    written = " and ".join(f"{p} ({p.stat().st_size:,} bytes)" for p in summary.paths)
+    print(f"{src} -> {written}: OSEDiff LoRA as kohya LoRA, {summary.unet_modules} UNet modules "
+          f"(rank {summary.rank_unet}) + conv_in, {summary.vae_modules} VAE-encoder modules "
+          f"(rank {summary.rank_vae}), alpha {summary.alpha:g}, {summary.tensors} tensors")
+    return EXIT_OK
+
+
 def run_convert(args: argparse.Namespace) -> int:
     src, dst = Path(args.input), Path(args.output)
     check_convert_paths(src, dst, args.force)
-    state, metadata = read_checkpoint(src)
+    if args.kind == OSEDIFF_KIND or (args.kind == "auto" and src.suffix == ".pkl"):
+        return run_convert_osediff(src, dst, args)
+    try:
+        state, metadata = read_checkpoint(src)
+    except CheckpointError:
+        if args.kind == "auto" and src.suffix in PICKLE_SUFFIXES:
+            from ..sd.lora import is_osediff_file
+
+            if is_osediff_file(src):  # an OSEDiff file renamed to .pth/.pt/...
+                return run_convert_osediff(src, dst, args)
+        raise
     kind, model = identify(src, args.kind, state, metadata)
     tensors = output_tensors(model, state, DTYPES[args.dtype])
     del state
@@ -341,10 +380,14 @@ def register(sub) -> None:
                                          "~/.cache/onestep_sr/models)")
     dl.set_defaults(run=run_download)
 
-    conv = sub.add_parser("convert", help="check a denoiser/VQ checkpoint and write it as .safetensors")
-    conv.add_argument("input", help=".safetensors, or .pth/.pt/.ckpt/.bin (read with weights_only=True)")
-    conv.add_argument("output", help="the .safetensors file to write")
-    conv.add_argument("--kind", choices=["auto", *KINDS], default="auto")
+    conv = sub.add_parser("convert", help="check a denoiser/VQ checkpoint and write it as .safetensors; "
+                                          "turn an OSEDiff .pkl into kohya LoRA files")
+    conv.add_argument("input", help=".safetensors, or .pth/.pt/.ckpt/.bin (read with weights_only=True), "
+                                    "or OSEDiff's osediff.pkl")
+    conv.add_argument("output", help="the .safetensors file to write (OSEDiff: the UNet LoRA; the VAE-encoder "
+                                     "LoRA goes to OUTPUT_vae.safetensors beside it)")
+    conv.add_argument("--kind", choices=["auto", *KINDS, OSEDIFF_KIND], default="auto",
+                      help="auto: a .pkl is an OSEDiff LoRA checkpoint, other files our denoiser or autoencoder")
     conv.add_argument("--dtype", choices=list(DTYPES), default="keep",
                       help="cast floating tensors (integer buffers are kept)")
     conv.add_argument("--force", action="store_true", help="overwrite an existing output")
