@@ -3,6 +3,7 @@ run (loss decreases, checkpoint loads, resume continues exactly), distillation, 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ from onestep_sr.model_info import read_model_info
 from onestep_sr.schedule import SCHEDULE_T15
 from training.cli import main as train_main
 from training.data import PairDataset
+from training.degradations import bicubic_degrade
 from training.losses import q_sample, resshift_loss, sinsr_losses
 from training.trainer import Run, TrainConfig
 
@@ -117,6 +119,24 @@ def test_pairs_are_reproducible_and_shaped(tmp_path):
         PairDataset(tmp_path / "empty", gt_size=32)
     with pytest.raises(FileNotFoundError, match="not a folder"):
         PairDataset(tmp_path / "missing", gt_size=32)
+
+
+def test_augment_all_rotates_and_permutes_the_colours_of_the_same_crops(tmp_path):
+    """augment="all" draws the crop and flip exactly as "flip" does, then a rotation and an RGB permutation."""
+    folder = _image_folder(tmp_path / "hr")
+    plain = PairDataset(folder, gt_size=32, degradation="bicubic", seed=2)
+    augmented = PairDataset(folder, gt_size=32, degradation="bicubic", seed=2, augment="all")
+    seen = set()
+    for i in range(12):
+        base, (lq, gt) = plain[i][1], augmented[i]
+        matches = [(k, perm) for k in range(4) for perm in itertools.permutations(range(3))
+                   if torch.equal(torch.rot90(base, k, dims=(1, 2))[list(perm)], gt)]
+        assert matches, f"pair {i} is not a rotation + permutation of the plain crop"
+        seen.update(matches)
+        assert torch.equal(lq, bicubic_degrade(gt, 4))  # the LR is made from the augmented GT
+    assert len({k for k, _ in seen}) > 1 and len({p for _, p in seen}) > 1
+    with pytest.raises(ValueError, match="unknown augment 'rot'"):
+        PairDataset(folder, gt_size=32, augment="rot")
 
 
 # --- a real (tiny) run ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ _HELP = {
     "steps": "optimiser steps", "batch_size": "images per micro-batch", "grad_accum": "micro-batches per step",
     "lr": "AdamW learning rate", "warmup": "linear warm-up steps", "ema": "EMA decay of the exported weights",
     "gt_size": "HR crop size (the LR is gt_size / 4)", "degradation": "realesrgan (second order) or bicubic",
+    "augment": "flip (random horizontal flips) or all (also 90-degree rotations and RGB channel permutations)",
     "autoencoder": "'pixel' (identity, pixel space) or a VQ-f4 checkpoint / registry name (latent space)",
     "arch": f"denoiser size: {', '.join(ARCHS)} or a JSON file of DenoiserConfig fields",
     "schedule": "T15 or T4",

@@ -1,5 +1,7 @@
-"""Training pairs from a folder of HR images: a random GT crop (flipped at random) and its LR,
-synthesised on the fly (Real-ESRGAN second-order degradation, or bicubic only).
+"""Training pairs from a folder of HR images: a random GT crop (flipped at random; with augment
+"all" also rotated by a multiple of 90 degrees and its RGB channels permuted, so a handful of
+images covers every orientation and hue) and its LR, synthesised on the fly (Real-ESRGAN
+second-order degradation, or bicubic only).
 
 Pair ``i`` depends only on (seed, i): a run is reproducible and a resumed run sees the same
 pairs it would have seen without the interruption."""
@@ -16,6 +18,7 @@ from PIL import Image
 from .degradations import DegradationConfig, bicubic_degrade, degrade
 
 DEGRADATIONS = ("realesrgan", "bicubic")
+AUGMENTS = ("flip", "all")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -45,9 +48,11 @@ class PairDataset(torch.utils.data.Dataset):
     """``length`` pairs (lq (3, gt/scale, gt/scale), gt (3, gt, gt)), both float32 in [0, 1]."""
 
     def __init__(self, folder: str | os.PathLike, gt_size: int, scale: int = 4, degradation: str = "realesrgan",
-                 seed: int = 0, length: int = 10**9, config: DegradationConfig | None = None):
+                 seed: int = 0, length: int = 10**9, config: DegradationConfig | None = None, augment: str = "flip"):
         if degradation not in DEGRADATIONS:
             raise ValueError(f"unknown degradation {degradation!r}; use one of {', '.join(DEGRADATIONS)}")
+        if augment not in AUGMENTS:
+            raise ValueError(f"unknown augment {augment!r}; use one of {', '.join(AUGMENTS)}")
         if gt_size % scale:
             raise ValueError(f"the GT crop ({gt_size}) must be a multiple of the scale ({scale})")
         files = list_images(folder, recursive=True)
@@ -56,6 +61,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.images = [load_rgb(p) for p in files]
         self.gt_size, self.scale, self.degradation, self.seed, self.length = gt_size, scale, degradation, seed, length
         self.config = config or DegradationConfig()
+        self.augment = augment
 
     def __len__(self) -> int:
         return self.length
@@ -69,7 +75,10 @@ class PairDataset(torch.utils.data.Dataset):
             _, h, w = image.shape
         y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
         crop = image[:, y:y + size, x:x + size]
-        return crop.flip(-1) if rng.random() < 0.5 else crop
+        crop = crop.flip(-1) if rng.random() < 0.5 else crop
+        if self.augment == "all":
+            crop = torch.rot90(crop, int(rng.integers(4)), dims=(1, 2))[torch.from_numpy(rng.permutation(3))]
+        return crop
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index)])

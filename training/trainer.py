@@ -57,6 +57,7 @@ class TrainConfig:
     ema: float = 0.999  # EMA decay of the exported weights (warmed up, see Run.ema_decay)
     gt_size: int = 256
     degradation: str = "realesrgan"
+    augment: str = "flip"  # "flip" or "all" (+ 90-degree rotations and RGB channel permutations)
     autoencoder: str = PIXEL_AUTOENCODER  # "pixel" or a VQ-f4 checkpoint path / registry name
     arch: str = "tiny"  # a name of ARCHS or a JSON file of DenoiserConfig fields
     schedule: str = "T15"
@@ -146,7 +147,7 @@ class Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
         self.step = 0
         self._resume(model)
-        data = PairDataset(c.data, c.gt_size, SCALE, c.degradation, seed=c.seed)
+        data = PairDataset(c.data, c.gt_size, SCALE, c.degradation, seed=c.seed, augment=c.augment)
         self.loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(data, range(self.step * c.batch_size * c.grad_accum,
                                                 c.steps * c.batch_size * c.grad_accum)),
