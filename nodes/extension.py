@@ -9,10 +9,11 @@ from .api import ComfyExtension, io
 from .colorfix import OneStepColorFix
 from .latent import OneStepDecode, OneStepEncode, ResShiftSampler
 from .loader import LoadOneStepModel
+from .sd_upscale import OneStepSDUpscale
 from .upscale import OneStepUpscale
 
 NODES: list[type[io.ComfyNode]] = [LoadOneStepModel, OneStepUpscale, OneStepEncode, ResShiftSampler,
-                                   OneStepDecode, OneStepColorFix]
+                                   OneStepDecode, OneStepColorFix, OneStepSDUpscale]
 
 
 class OneStepSRExtension(ComfyExtension):

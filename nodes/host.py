@@ -93,3 +93,41 @@ def load_to_device(patcher) -> None:
 
 def model_folders() -> list[str]:
     return list(folder_paths.get_folder_paths(FOLDER))
+
+
+# --- the user's own Stable Diffusion MODEL / VAE (OneStep SD Upscale) ------------------------------
+
+LORA_FOLDER = "loras"
+
+
+def load_models(patchers: list, memory_required: int = 0) -> None:
+    """Load ComfyUI's own models (a MODEL, a VAE's patcher) the way its samplers do: their weight
+    patches (LoRA) are applied by this call, and comfy.ops layers may run partially loaded."""
+    mm.load_models_gpu(list(patchers), memory_required=memory_required)
+
+
+def lora_files() -> list[str]:
+    """Files in ComfyUI's ``loras`` folders (names relative to their folder)."""
+    try:
+        return folder_paths.get_filename_list(LORA_FOLDER)
+    except KeyError:  # a host without that folder name
+        return []
+
+
+def read_lora(name: str) -> dict[str, torch.Tensor]:
+    """The state dict of ``name`` from the ``loras`` folders (weights only, never pickled code)."""
+    return comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise(LORA_FOLDER, name), safe_load=True)
+
+
+def vae_with_patches(vae, lora: dict[str, torch.Tensor], key_map: dict[str, str], strength: float):
+    """A shallow copy of ``vae`` whose ModelPatcher is a clone carrying ``lora``'s patches (ComfyUI
+    applies them when that patcher is loaded, i.e. in encode/decode). ``vae`` and its patcher are
+    left as they were. Returns (the copy, the model keys patched)."""
+    import copy
+
+    import comfy.lora
+
+    patched = copy.copy(vae)
+    patched.patcher = vae.patcher.clone()
+    keys = patched.patcher.add_patches(comfy.lora.load_lora(lora, key_map), strength)
+    return patched, keys

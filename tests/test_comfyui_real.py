@@ -48,7 +48,9 @@ LATENT_SIZE = 64  # EmptyLatentImage width/height for the txt2img example
 SD_CHECKPOINT = "synthetic_sd15.safetensors"
 MODEL_CHOICE = "sinsr_v1 (auto-download)"
 OUR_NODES = {"OneStepSR_LoadModel", "OneStepSR_Upscale", "OneStepSR_Encode", "OneStepSR_ResShiftSampler",
-             "OneStepSR_Decode", "OneStepSR_ColorFix"}
+             "OneStepSR_Decode", "OneStepSR_ColorFix", "OneStepSR_SDUpscale"}
+STUDENT_LORA = "tiny_student.safetensors"  # kohya UNet LoRA (LoraLoader) for the synthetic SD1.5 UNet
+STUDENT_VAE_LORA = "tiny_student_vae.safetensors"  # its VAE-encoder half (OneStep SD Upscale's vae_lora)
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}  # never sent to the server
 START_TIMEOUT = 240
@@ -164,6 +166,31 @@ def _onestep_models(folder: Path) -> None:
     torch.save(autoencoder.state_dict(), folder / "autoencoder_vq_f4.pth")
 
 
+def _student_loras(folder: Path) -> None:
+    """A tiny OSEDiff-style student for the synthetic SD1.5 checkpoint, in the formats
+    ``onestep-sr convert`` writes: kohya keys on diffusers UNet names (+ ``.alpha``) in
+    STUDENT_LORA, LDM VAE-encoder names in its ``_vae`` sibling. Rank 2, fixed seed."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(99)
+
+    def pair(prefix: str, out_ch: int, in_ch: int, kernel: int = 1) -> dict[str, torch.Tensor]:
+        down = 0.1 * torch.randn(2, in_ch, *((kernel, kernel) if kernel > 1 else ()), generator=generator)
+        up = 0.1 * torch.randn(out_ch, 2, *((1, 1) if kernel > 1 else ()), generator=generator)
+        return {f"{prefix}.lora_down.weight": down, f"{prefix}.lora_up.weight": up, f"{prefix}.alpha": torch.tensor(2.0)}
+
+    unet = {**pair("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", 320, 320),
+            **pair("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", 320, 768),
+            **pair("lora_unet_down_blocks_0_resnets_0_conv1", 320, 320, kernel=3)}
+    vae = {**pair("encoder.conv_in", 128, 3, kernel=3), **pair("quant_conv", 8, 8, kernel=1),
+           **pair("encoder.mid.attn_1.q", 512, 512, kernel=1)}
+    vae = {k: (v[..., None, None] if v.ndim == 2 else v) for k, v in vae.items()}  # 1x1 convs in the LDM VAE
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(unet, str(folder / STUDENT_LORA))
+    save_file(vae, str(folder / STUDENT_VAE_LORA))
+
+
 def _input_image(path: Path, size: tuple[int, int] = INPUT_SIZE) -> None:
     """A small RGB image with structure (gradients plus noise), not a flat colour."""
     import numpy as np
@@ -249,6 +276,7 @@ def base_dir(comfyui, sd_checkpoint, tmp_path_factory) -> Path:
     _link_or_copy(ROOT, base / "custom_nodes" / PACK_FOLDER)
     _onestep_models(base / "models" / "onestep_sr")
     _link_or_copy(sd_checkpoint, base / "models" / "checkpoints" / SD_CHECKPOINT)
+    _student_loras(base / "models" / "loras")
     _input_image(base / "input" / INPUT_IMAGE)
     for name in ("output", "temp", "user"):
         (base / name).mkdir(exist_ok=True)
@@ -381,6 +409,10 @@ def make_cheap(prompt: dict[str, Any]) -> dict[str, Any]:
             inputs.update(steps=1, seed=1)
         elif node["class_type"] == "CheckpointLoaderSimple":
             inputs["ckpt_name"] = SD_CHECKPOINT
+        elif node["class_type"] == "LoraLoader":
+            inputs["lora_name"] = STUDENT_LORA
+        elif node["class_type"] == "OneStepSR_SDUpscale" and inputs.get("vae_lora", "none") != "none":
+            inputs["vae_lora"] = STUDENT_VAE_LORA
     return prompt
 
 
@@ -450,8 +482,9 @@ def test_example_workflow_runs(server, object_info, path):
     prompt = make_cheap(to_api(json.loads(path.read_text()), object_info))
     saves = [n["inputs"]["filename_prefix"] for n in prompt.values() if n["class_type"] == "SaveImage"]
     assert saves and len(set(saves)) == len(saves), f"{path.name}: SaveImage prefixes must be distinct: {saves}"
-    assert any(n["class_type"] == "OneStepSR_LoadModel" and n["inputs"]["model_name"] == MODEL_CHOICE
-               for n in prompt.values()), path.name
+    if not any(n["class_type"] == "OneStepSR_SDUpscale" for n in prompt.values()):
+        assert any(n["class_type"] == "OneStepSR_LoadModel" and n["inputs"]["model_name"] == MODEL_CHOICE
+                   for n in prompt.values()), path.name
     outputs, seconds = run_workflow(server, prompt)
     w, h = _input_size(prompt)
     sizes = {prefix: f"{a.shape[1]}x{a.shape[0]}" for prefix, a in outputs.items()}
@@ -467,6 +500,36 @@ def test_example_workflow_runs(server, object_info, path):
     if path.stem == "latent_path_resshift_sampler":
         # Encode -> ResShift Sampler -> Decode equals OneStep Upscale with the same settings
         assert np.array_equal(outputs["OneStepSR_latent_path"], outputs["OneStepSR_upscale_node"])
+    if path.stem == "sd_onestep_upscale":
+        assert "lora key not loaded" not in server.log.read_text(errors="replace"), server.log_tail()
+
+
+def test_sd_upscale_applies_both_student_loras(server, object_info):
+    """The SD example (Load Checkpoint -> LoraLoader -> OneStep SD Upscale) with the student's UNet
+    LoRA and VAE-encoder LoRA, without each, and without both: four different images, every LoRA key
+    loaded; the base checkpoint's VAE is unchanged by the patched copy (running without LoRAs after
+    the LoRA runs gives the same image as before them)."""
+    import numpy as np
+
+    workflow = json.loads((ROOT / "example_workflows" / "sd_onestep_upscale.json").read_text())
+    base = make_cheap(to_api(workflow, object_info))
+    lora = next(n for n in base.values() if n["class_type"] == "LoraLoader")["inputs"]
+    upscale = next(n for n in base.values() if n["class_type"] == "OneStepSR_SDUpscale")["inputs"]
+    results = {}
+    for name, unet_strength, vae_lora in [("none", 0.0, "none"), ("both", 1.0, STUDENT_VAE_LORA),
+                                          ("unet", 1.0, "none"), ("vae", 0.0, STUDENT_VAE_LORA)]:
+        lora["strength_model"], upscale["vae_lora"] = unet_strength, vae_lora
+        outputs, seconds = run_workflow(server, base)
+        (results[name],) = outputs.values()
+        print(f"\n[real ComfyUI] OneStep SD Upscale, student LoRA {name}: {seconds:.1f} s")
+    images = list(results.values())
+    assert all(not np.array_equal(a, b) for i, a in enumerate(images) for b in images[i + 1:])
+    upscale["tile"] = 16  # a new setting (not cached); latent 16 x 12 is still one tile, so the same image
+    lora["strength_model"], upscale["vae_lora"] = 0.0, "none"
+    outputs, _ = run_workflow(server, base)
+    (again,) = outputs.values()
+    assert np.abs(again.astype(int) - results["none"].astype(int)).max() <= 1
+    assert "lora key not loaded" not in server.log.read_text(errors="replace"), server.log_tail()
 
 
 def test_an_engine_error_is_readable_and_comfyui_keeps_running(server, object_info):

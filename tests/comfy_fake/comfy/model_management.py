@@ -11,6 +11,21 @@ current_loaded_models = []  # the ModelPatchers currently loaded, newest last
 load_calls = []  # (models, kwargs) of every load_models_gpu call, for the tests
 
 
+OOM_EXCEPTION = torch.OutOfMemoryError  # (plain Exception on a CPU-only build of the real one)
+
+
+def get_free_memory(dev=None, torch_free_too=False):
+    return 1 << 40
+
+
+def vae_device():
+    return DEVICE
+
+
+def vae_offload_device():
+    return OFFLOAD_DEVICE
+
+
 class InterruptProcessingException(Exception):
     pass
 
@@ -43,6 +58,10 @@ def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimu
     for patcher in models:
         if patcher in current_loaded_models:
             current_loaded_models.remove(patcher)
+        for other in list(current_loaded_models):  # a clone with other patches: unpatched first
+            if other is not patcher and other.model is patcher.model:
+                other.detach()
+                current_loaded_models.remove(other)
         patcher.load(patcher.load_device, full_load=force_full_load)
         current_loaded_models.append(patcher)
 

@@ -108,6 +108,26 @@ class Latent(ComfyTypeIO):
     pass
 
 
+@comfytype(io_type="CONDITIONING")
+class Conditioning(ComfyTypeIO):
+    pass
+
+
+@comfytype(io_type="CLIP")
+class Clip(ComfyTypeIO):
+    pass
+
+
+@comfytype(io_type="VAE")
+class Vae(ComfyTypeIO):
+    pass
+
+
+@comfytype(io_type="MODEL")
+class Model(ComfyTypeIO):
+    pass
+
+
 class Hidden(str, Enum):
     unique_id = "UNIQUE_ID"
     prompt = "PROMPT"
