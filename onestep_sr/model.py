@@ -32,15 +32,15 @@ from .pipeline import (SCALE, NonFiniteError, Sampler, Tiling, check_finite, dec
                        model_to_unit, network_calls, pad_bottom_right, run_sampler, super_resolve_rows,
                        tile_counts, tiled_x0_predictor, unit_to_model)
 from .model_info import read_model_info
-from .registry import REGISTRY_FILE, RegistryEntry, get_entry
+from .registry import REGISTRY_FILE, RegistryEntry, UnknownModelError, get_entry
 from .schedule import SCHEDULE_T4, SCHEDULE_T15, ResShiftSchedule
 from .tiling import bicubic_crop
 
 log = logging.getLogger("onestep_sr")
 
 # Small models trained with training/ and committed in weights/ (offline). None is committed yet:
-# the first CPU-trained student is below bicubic (README, "Training"), so the default stays the
-# official SinSR v1 until one beats bicubic by the goal margin.
+# no CPU-trained one-step student beats bicubic by the goal margin so far (README, "Training"), so
+# the default stays the official SinSR v1.
 BUNDLED_MODELS = {"onestep_default": REGISTRY_FILE.parent / "onestep_default_x4.safetensors"}
 DEFAULT_MODEL = "sinsr_v1"
 DEFAULT_AUTOENCODER = "vq_f4"
@@ -90,7 +90,11 @@ def _weights_path(spec: WeightsSpec, kind: str, models_dir, offline, progress) -
     path = Path(spec)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES or path.exists():
         return path, None
-    entry = get_entry(str(spec))
+    try:
+        entry = get_entry(str(spec))
+    except UnknownModelError as exc:
+        bundled = ", ".join(BUNDLED_MODELS) if kind == "denoiser" else ""
+        raise UnknownModelError(f"{exc}" + (f"; bundled: {bundled}" if bundled else "")) from None
     if entry.kind != kind:
         raise ValueError(f"{entry.name} is an {entry.kind}, not a {kind}")
     return ensure_weights(entry, models_dir=models_dir, offline=offline, progress=progress), entry
