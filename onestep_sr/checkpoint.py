@@ -116,17 +116,14 @@ def _is_recomputable(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in RECOMPUTABLE_BUFFERS
 
 
-def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
-              architecture: str) -> nn.Module:
-    """Copy ``state`` into ``model``, strictly: every missing, unexpected or mis-shaped key is an
-    error naming the keys and the architecture expected. Recomputable buffers may be absent."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not _is_recomputable(k)]
+def state_dict_problems(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                        optional: Callable[[str], bool] = lambda key: False) -> list[str]:
+    """Sentences naming the missing (unless ``optional``), unexpected and mis-shaped keys of
+    ``state`` against ``expected``; empty when it fits."""
+    missing = [k for k in expected if k not in state and not optional(k)]
     unexpected = [k for k in state if k not in expected]
-    misshaped = [
-        f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
-        for k, v in expected.items() if k in state and state[k].shape != v.shape
-    ]
+    misshaped = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
@@ -134,10 +131,16 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
         problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
     if misshaped:
         problems.append(f"{len(misshaped)} key(s) with the wrong shape: {_listing(misshaped)}")
+    return problems
+
+
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+              architecture: str) -> nn.Module:
+    """Copy ``state`` into ``model``, strictly: every missing, unexpected or mis-shaped key is an
+    error naming the keys and the architecture expected. Recomputable buffers may be absent."""
+    problems = state_dict_problems(model.state_dict(), state, optional=_is_recomputable)
     if problems:
-        raise CheckpointError(
-            f"{source} does not match the {architecture} architecture: " + "; ".join(problems)
-        )
+        raise CheckpointError(f"{source} does not match the {architecture} architecture: " + "; ".join(problems))
     model.load_state_dict(dict(state), strict=False)
     return model
 

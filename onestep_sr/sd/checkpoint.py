@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..checkpoint import CheckpointError, read_checkpoint
+from ..checkpoint import CheckpointError, read_checkpoint, state_dict_problems
 from .formulas import PREDICTION_TYPES
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "weights" / "configs"
@@ -138,17 +138,7 @@ def _build(cls_from_config, config: dict, state: dict, what: str, source: str):
         model = cls_from_config(config)
     expected = model.state_dict()
     state = _match_text_model_prefix(state, expected)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
-                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
-    if misshaped:
-        problems.append(f"{len(misshaped)} key(s) of the wrong size: {_listing(misshaped)}")
+    problems = state_dict_problems(expected, state)
     if problems:
         raise CheckpointError(f"{source}: the {what} weights do not fit the configured architecture "
                               f"(wrong family or config?): " + "; ".join(problems))
