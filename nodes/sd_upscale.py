@@ -13,7 +13,8 @@ Per image batch (the recipe verified in a real ComfyUI, shared/specs/comfyui.md 
 3. ``load_models_gpu([model])`` (so LoraLoader's patches are in the weights), then
    ``x0 = model.model.apply_model(x, sigma, c_crossattn=context)`` on overlapping latent tiles
    (``tile`` / ``overlap`` latent pixels, OSEDiff's 96 / 32) blended with Gaussian weights
-   (``onestep_sr.sd.formulas.run_tiled``). ComfyUI's apply_model returns x0; OSEDiff blends the
+   (``onestep_sr.sd.formulas.run_tiled_halving``: out of memory halves the tile and starts the
+   blend again). ComfyUI's apply_model returns x0; OSEDiff blends the
    eps prediction instead. For one fixed sigma, x0 = a * x + b * eps (eps models) or
    a' * x + b' * v (v models) pixel by pixel, and the blend weights are normalised to sum to one,
    so blending x0 equals converting the blended eps (tests/test_nodes_sd.py checks it).
@@ -38,7 +39,7 @@ import torch
 
 from ..onestep_sr.colorfix import COLOR_FIXES, color_fix as apply_color_fix
 from ..onestep_sr.sd.formulas import (LATENT_OVERLAP, LATENT_TILE, MIN_PIXELS, ONE_STEP_T, crop_to,
-                                      latent_tile_boxes, pad_to_multiple, run_tiled)
+                                      latent_tile_boxes, pad_to_multiple, run_tiled_halving)
 from ..onestep_sr.sd.onestep import bicubic_to, output_size
 from . import host
 from .api import io
@@ -183,7 +184,7 @@ def predict_x0(model: Any, latent_in: torch.Tensor, context: torch.Tensor, sigma
             return model.model.apply_model(piece, sigma.expand(piece.shape[0]), c_crossattn=context,
                                            transformer_options=options).float()
 
-    return run_tiled(x0_of, x, tile=tile, overlap=overlap, on_tile=on_tile)
+    return run_tiled_halving(x0_of, x, tile=tile, overlap=overlap, on_tile=on_tile, what="the image")
 
 
 def upscale(model: Any, vae: Any, image: torch.Tensor, context: torch.Tensor, scale: float = 4.0,
@@ -194,17 +195,21 @@ def upscale(model: Any, vae: Any, image: torch.Tensor, context: torch.Tensor, sc
     padded, size = pad_to_multiple(ref, vae.spacial_compression_encode(), MIN_PIXELS)
     ratio = vae.spacial_compression_encode()
     boxes = latent_tile_boxes(padded.shape[-2] // ratio, padded.shape[-1] // ratio, tile, overlap)
-    total = len(boxes) + 2
+    steps = {"total": len(boxes) + 2}   # encode, the tiles, decode; the tiles change if memory runs out
     tick = progress or (lambda done, total: None)
+
+    def on_tile(done: int, tiles: int) -> None:
+        steps["total"] = tiles + 2
+        tick(1 + done, steps["total"])
+
     host.check_interrupted()
     z = encode(vae, padded, vae_tile)
-    tick(1, total)
+    tick(1, steps["total"])
     sigma = one_step_sigma(model)
     host.load_models([model])
-    x0 = predict_x0(model, model.model.process_latent_in(z), context, sigma, tile, overlap,
-                    on_tile=lambda done, _n: tick(1 + done, total))
+    x0 = predict_x0(model, model.model.process_latent_in(z), context, sigma, tile, overlap, on_tile=on_tile)
     sr = crop_to(decode(vae, model.model.process_latent_out(x0), vae_tile).cpu(), size)
-    tick(total, total)
+    tick(steps["total"], steps["total"])
     return apply_color_fix(sr, ref, color_fix)
 
 

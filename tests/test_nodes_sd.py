@@ -270,6 +270,34 @@ def test_progress_ticks_per_tile_and_cancel_stops_between_tiles(comfy, engine, m
     assert len(calls) == 1
 
 
+def test_out_of_memory_in_the_unet_halves_the_tile(comfy, engine, monkeypatch):
+    """The UNet runs out of memory on more than 16 x 16 latent pixels: the node retries with half
+    the tile, not below the 16-pixel floor (20 -> 16, overlap 6 -> 4), and gives the engine's result
+    at that tiling; the progress bar's total follows the new tile count; at the floor it stops with
+    a readable error."""
+    images = _images(1, 40, 36)                        # latent 20 x 18: one 96 tile (effective 20)
+    model, vae = make_model(engine), make_vae(engine)
+    forward = model.model.diffusion_model.forward
+
+    def small_tiles_only(x, *args, **kwargs):
+        if max(x.shape[-2:]) > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(model.model.diffusion_model, "forward", small_tiles_only)
+    (out,) = run_node(comfy.node, model=model, vae=vae, image=images, positive=positive(engine))
+    assert torch.allclose(out, _engine_out(engine, images, tile=16, overlap=4), atol=ATOL, rtol=0)
+    n = len(formulas.latent_tile_boxes(20, 18, 16, 4))
+    assert n > 1 and comfy.ticks == [(1, 3), *[(1 + i, n + 2) for i in range(1, n + 1)], (n + 2, n + 2)]
+
+    def never_fits(x, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(model.model.diffusion_model, "forward", never_fits)
+    with pytest.raises(RuntimeError, match="out of memory in the UNet on the image .* even with 16-pixel latent tiles"):
+        run_node(comfy.node, model=model, vae=vae, image=_images(1, 64, 64), positive=positive(engine))
+
+
 def test_a_cancel_before_the_node_starts_runs_nothing(comfy, engine):
     vae = make_vae(engine)
     comfy.mm.interrupt_current_processing()

@@ -22,6 +22,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from onestep_sr.checkpoint import CheckpointError  # noqa: E402
+from onestep_sr import OutOfMemoryError  # noqa: E402
 from onestep_sr.sd import formulas  # noqa: E402
 from onestep_sr.sd.checkpoint import detect_prediction_type, load_sd_model  # noqa: E402
 from onestep_sr.sd.onestep import SDOneStepSR  # noqa: E402
@@ -108,6 +109,48 @@ def test_gaussian_tiles_blend_a_pointwise_function_exactly():
     assert (w > 0).all() and torch.equal(w, w.flip(0)) and torch.equal(w, w.flip(1))
     with pytest.raises(ValueError, match="overlap"):
         formulas.run_tiled(fn, latent, tile=8, overlap=8)
+
+
+def test_out_of_memory_halves_the_tile_and_starts_the_blend_again(caplog):
+    """A tile function that runs out of memory above 10 x 10: the tiles go 32 (the whole 20 x 30
+    latent: 30) -> 15 -> 8, the result is run_tiled at 8 with the overlap keeping its third of the tile, the
+    progress restarts with the new tile count, and each retry is logged."""
+    latent = torch.randn(1, 4, 20, 30, generator=torch.Generator().manual_seed(5))
+    tried, ticks = [], []
+
+    def fn(x):
+        tried.append(tuple(x.shape[-2:]))
+        if max(x.shape[-2:]) > 10:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return torch.sin(x) + x.mean(dim=(-2, -1), keepdim=True)  # depends on the tile: blending shows
+
+    with caplog.at_level("WARNING"):
+        out = formulas.run_tiled_halving(fn, latent, tile=96, overlap=32, floor=8, on_tile=lambda d, n: ticks.append((d, n)))
+    assert tried[0] == (20, 30) and tried[1] == (15, 15) and set(tried[2:]) == {(8, 8)}
+    assert torch.equal(out, formulas.run_tiled(fn, latent, tile=8, overlap=2))  # 32/96 of 30 = 10 -> 5 -> 2
+    n = len(formulas.latent_tile_boxes(20, 30, 8, 2))
+    assert ticks == [(i, n) for i in range(1, n + 1)]
+    assert "retrying with 15" in caplog.text and "retrying with 8" in caplog.text
+
+
+def test_out_of_memory_at_the_floor_and_other_errors():
+    latent = torch.zeros(1, 4, 12, 12)
+
+    def never_fits(x):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
+
+    with pytest.raises(OutOfMemoryError, match=r"12x12 latent.*even with 8-pixel latent tiles.*can't allocate"):
+        formulas.run_tiled_halving(never_fits, latent, tile=12, overlap=4, floor=8)
+    calls = []
+
+    def broken(x):
+        calls.append(1)
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        formulas.run_tiled_halving(broken, latent, tile=12, overlap=4, floor=8)
+    assert calls == [1]                                # not retried
+    assert formulas.halved_tile(96, 32) == (48, 16) and formulas.halved_tile(16, 8) is None
 
 
 def test_pad_to_multiple_and_crop():

@@ -21,16 +21,22 @@ Large latents are cut into overlapping tiles (default 96 latent px with 32 px ov
 defaults); each tile's network output is weighted by a separable Gaussian bump (variance 0.01 of
 the squared tile size, centred on the tile) and the weighted sum is divided by the summed weights.
 A latent that fits in one tile is one call, so the result is then exactly the untiled one.
+Out of memory halves the tile (and the overlap with it) down to ``LATENT_TILE_FLOOR`` and starts
+the blend again (``run_tiled_halving``).
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..model import OutOfMemoryError, is_out_of_memory
 from ..tiling import tile_starts
+
+log = logging.getLogger(__name__)
 
 TRAIN_STEPS = 1000
 BETA_START = 0.00085
@@ -41,6 +47,7 @@ LATENT_OVERLAP = 32
 GAUSSIAN_VAR = 0.01
 PIXEL_MULTIPLE = 8
 MIN_PIXELS = 64          # 8 latent pixels
+LATENT_TILE_FLOOR = 16   # smallest tile out-of-memory halving goes to (128 image pixels)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -135,6 +142,45 @@ def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], latent: torch.Tensor, 
         if on_tile is not None:
             on_tile(index + 1, len(boxes))
     return (total / weight_sum).to(piece.dtype)
+
+
+def halved_tile(tile: int, overlap: int, floor: int = LATENT_TILE_FLOOR) -> tuple[int, int] | None:
+    """The next smaller ``(tile, overlap)`` after running out of memory (overlap keeps its share of
+    the tile), or None when ``tile`` is already at ``floor``."""
+    if tile <= floor:
+        return None
+    smaller = max(floor, tile // 2)
+    return smaller, overlap * smaller // tile
+
+
+def run_tiled_halving(fn: Callable[[torch.Tensor], torch.Tensor], latent: torch.Tensor, tile: int = LATENT_TILE,
+                      overlap: int = LATENT_OVERLAP, on_tile: Callable[[int, int], None] | None = None,
+                      floor: int = LATENT_TILE_FLOOR, what: str = "the latent") -> torch.Tensor:
+    """``run_tiled``; out of memory (CUDA, MPS or CPU allocation failures) halves the tile and
+    starts again (``on_tile`` then counts the new tiles from 1); below ``floor`` it raises
+    ``OutOfMemoryError`` naming the sizes tried. Other errors pass through unchanged."""
+    if tile > max(latent.shape[-2:]):   # halving starts from what actually ran, same overlap share
+        tile, overlap = max(latent.shape[-2:]), overlap * max(latent.shape[-2:]) // tile
+    while True:
+        failure = None
+        try:
+            return run_tiled(fn, latent, tile=tile, overlap=overlap, on_tile=on_tile)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            if not is_out_of_memory(exc):
+                raise
+            failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        # outside the except block, so the failed attempt's tensors are freed before retrying
+        if latent.is_cuda:
+            torch.cuda.empty_cache()
+        smaller = halved_tile(tile, overlap, floor)
+        if smaller is None:
+            raise OutOfMemoryError(
+                f"out of memory in the UNet on {what} ({latent.shape[-2]}x{latent.shape[-1]} latent) on "
+                f"{latent.device} even with {tile}-pixel latent tiles: {failure}. Free memory (close other "
+                f"programs/models) or use a smaller image or scale.")
+        log.warning("out of memory with %d-pixel latent tiles; retrying with %d (overlap %d)",
+                    tile, smaller[0], smaller[1])
+        tile, overlap = smaller
 
 
 # ----------------------------------------------------------------------------- padding

@@ -29,7 +29,7 @@ from ..colorfix import COLOR_FIXES, color_fix as apply_color_fix
 from ..imageio import from_unit_float, prepare
 from .checkpoint import SDModel, load_sd_model
 from .formulas import (LATENT_OVERLAP, LATENT_TILE, ONE_STEP_T, abar_at, crop_to, pad_to_multiple,
-                       run_tiled, x0_from_prediction)
+                       run_tiled_halving, x0_from_prediction)
 from .prompt import encode_prompt
 
 
@@ -107,7 +107,7 @@ class SDOneStepSR:
         def unet(z: torch.Tensor) -> torch.Tensor:
             return self.model.unet(z, timestep, encoder_hidden_states=context.expand(z.shape[0], -1, -1)).sample
 
-        out = run_tiled(unet, latent, tile=tile, overlap=overlap, on_tile=progress)
+        out = run_tiled_halving(unet, latent, tile=tile, overlap=overlap, on_tile=progress)
         return x0_from_prediction(latent.float(), out.float(), abar_at(ONE_STEP_T), self.prediction_type)
 
     @torch.no_grad()
