@@ -205,15 +205,32 @@ def load_autoencoder(source: Source, config: AutoencoderConfig | None = None,
     return _load(_AUTOENCODER, source, config, device, dtype, metadata)
 
 
+def new_file_mode(path: Path) -> int:
+    """Permissions for a file written at ``path`` through a temporary file (which safetensors and
+    mkstemp create private): the old file's, else 0o666 minus the umask."""
+    if path.exists():
+        return path.stat().st_mode & 0o7777
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
+
+
 def write_safetensors_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], dst: Path) -> None:
-    """Write to a temporary file in ``dst``'s folder, then rename: no partial file on failure."""
+    """Write to a temporary file in ``dst``'s folder, then rename: no partial file on failure. The
+    file gets the usual permissions (``new_file_mode``)."""
+    dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    mode = new_file_mode(dst)
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:12]}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # usual permissions (umask)
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -223,12 +240,14 @@ def write_safetensors_atomic(tensors: dict[str, torch.Tensor], metadata: dict[st
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a small text file through a temporary file in its folder, then rename."""
     path = Path(path)
+    mode = new_file_mode(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         with open(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

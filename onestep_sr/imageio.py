@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .checkpoint import new_file_mode
+
 __all__ = [
     "ImageInputError", "Prepared", "Restore", "SUPPORTED_EXTENSIONS", "from_unit_float", "prepare",
     "read_image", "resize_array", "to_unit_float", "write_image_atomic",
@@ -432,19 +434,6 @@ def _fit_to_format(image: Image.Image, fmt: str, path: Path) -> Image.Image:
     return Image.fromarray(from_unit_float(unit, _UINT16 if fmt == "PNG" else _UINT8))
 
 
-def _file_mode(path: Path) -> int:
-    """Permissions for the written file: the old file's, else 0o666 minus the umask."""
-    if path.exists():
-        return path.stat().st_mode & 0o7777
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o644
-
-
 def write_image_atomic(image: Image.Image, path, overwrite_guard: Path | None = None) -> None:
     """Save ``image`` to ``path`` atomically (temporary ``.part`` file, fsync, ``os.replace``).
 
@@ -467,7 +456,7 @@ def write_image_atomic(image: Image.Image, path, overwrite_guard: Path | None = 
     if image.info.get("icc_profile") and fmt != "BMP":
         options["icc_profile"] = image.info["icc_profile"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = _file_mode(path)
+    mode = new_file_mode(path)
     fd, temp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

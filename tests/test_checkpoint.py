@@ -142,3 +142,24 @@ def test_non_tensor_entries_are_reported(tmp_path):
     torch.save({"input_blocks.0.0.weight": [1, 2, 3]}, path)
     with pytest.raises(CheckpointError, match="'input_blocks.0.0.weight' is a list"):
         load_denoiser(path)
+
+
+def test_written_model_files_get_the_usual_permissions(tmp_path):
+    """safetensors writes its temporary file private (0600); the finished file must be readable as
+    any other file the user writes (0666 minus the umask), and a rewrite keeps the old file's mode."""
+    import os
+
+    from onestep_sr.checkpoint import atomic_write_text, write_safetensors_atomic
+
+    umask = os.umask(0o022)
+    try:
+        path, text = tmp_path / "model.safetensors", tmp_path / "model.json"
+        write_safetensors_atomic({"w": torch.zeros(2)}, {"format": "pt"}, path)
+        atomic_write_text(text, "{}")
+        assert path.stat().st_mode & 0o777 == 0o644 and text.stat().st_mode & 0o777 == 0o644
+        path.chmod(0o640)
+        write_safetensors_atomic({"w": torch.ones(2)}, {"format": "pt"}, path)
+        assert path.stat().st_mode & 0o777 == 0o640 and torch.equal(load_file(path)["w"], torch.ones(2))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.safetensors"]
+    finally:
+        os.umask(umask)
