@@ -51,6 +51,8 @@ OUR_NODES = {"OneStepSR_LoadModel", "OneStepSR_Upscale", "OneStepSR_Encode", "On
              "OneStepSR_Decode", "OneStepSR_ColorFix", "OneStepSR_SDUpscale"}
 STUDENT_LORA = "tiny_student.safetensors"  # kohya UNet LoRA (LoraLoader) for the synthetic SD1.5 UNet
 STUDENT_VAE_LORA = "tiny_student_vae.safetensors"  # its VAE-encoder half (OneStep SD Upscale's vae_lora)
+CONVERTED_LORA = "osediff_converted.safetensors"  # onestep-sr convert of a full OSEDiff-layout pickle
+CONVERTED_VAE_LORA = "osediff_converted_vae.safetensors"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}  # never sent to the server
 START_TIMEOUT = 240
@@ -191,6 +193,34 @@ def _student_loras(folder: Path) -> None:
     save_file(vae, str(folder / STUDENT_VAE_LORA))
 
 
+def _converted_osediff(folder: Path) -> bool:
+    """``onestep-sr convert`` of an OSEDiff-layout pickle with LoRA factors on every OSEDiff target
+    of the synthetic checkpoint (diffusers names of a UNet with its shapes: 320 channels, one
+    level, one transformer block, 768-wide context; the full SD VAE), written as CONVERTED_LORA and
+    its ``_vae`` sibling. Needs diffusers in this interpreter (the test extra); False without it."""
+    try:
+        import diffusers
+    except ImportError:
+        return False
+    import torch
+
+    from onestep_sr.cli import main
+    from osediff_layout import synthetic_osediff
+
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel(
+            sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(320,),
+            down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+            cross_attention_dim=768, attention_head_dim=8)
+        vae = diffusers.AutoencoderKL.from_config(json.loads((ROOT / "weights/configs/sd1/vae.json").read_text()))
+    folder.mkdir(parents=True, exist_ok=True)
+    pickle = folder.parent / "osediff_synthetic.pkl"
+    torch.save(synthetic_osediff(unet, vae, rank=4, seed=7), pickle)
+    assert main(["convert", str(pickle), str(folder / CONVERTED_LORA)]) == 0
+    assert (folder / CONVERTED_VAE_LORA).is_file()
+    return True
+
+
 def _input_image(path: Path, size: tuple[int, int] = INPUT_SIZE) -> None:
     """A small RGB image with structure (gradients plus noise), not a flat colour."""
     import numpy as np
@@ -277,6 +307,7 @@ def base_dir(comfyui, sd_checkpoint, tmp_path_factory) -> Path:
     _onestep_models(base / "models" / "onestep_sr")
     _link_or_copy(sd_checkpoint, base / "models" / "checkpoints" / SD_CHECKPOINT)
     _student_loras(base / "models" / "loras")
+    _converted_osediff(base / "models" / "loras")
     _input_image(base / "input" / INPUT_IMAGE)
     for name in ("output", "temp", "user"):
         (base / name).mkdir(exist_ok=True)
@@ -530,6 +561,74 @@ def test_sd_upscale_applies_both_student_loras(server, object_info):
     (again,) = outputs.values()
     assert np.abs(again.astype(int) - results["none"].astype(int)).max() <= 1
     assert "lora key not loaded" not in server.log.read_text(errors="replace"), server.log_tail()
+
+
+# Run by COMFYUI_PYTHON in the checkout: ComfyUI's own LoRA loading of a kohya file against a
+# checkpoint. Prints JSON: the LoRA modules in the file, the weights ComfyUI's load_lora made
+# patches for, how many the model accepted, and the warnings ComfyUI logged meanwhile.
+LORA_PROBE = r'''
+import json, logging, os, sys
+sys.path.insert(0, os.getcwd())
+from comfy.cli_args import args
+args.cpu = True
+import comfy.lora, comfy.sd, comfy.utils
+warnings = []
+handler = logging.Handler(logging.WARNING)
+handler.emit = lambda record: warnings.append(record.getMessage())
+logging.getLogger().addHandler(handler)
+model, _, _, _ = comfy.sd.load_checkpoint_guess_config(sys.argv[1], output_vae=False, output_clip=False)
+lora = comfy.utils.load_torch_file(sys.argv[2], safe_load=True)
+patches = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(model.model, {}))
+accepted = model.clone().add_patches(patches, 1.0)
+modules = {k.rsplit(".", 2)[0] for k in lora if k.endswith(".lora_down.weight")}
+sets = [k for k in lora if k.endswith(".set_weight")]
+print(json.dumps({"lora_modules": len(modules), "set_weights": len(sets), "keys": len(lora),
+                  "patches": len(patches), "accepted": len(accepted), "warnings": warnings}))
+'''
+
+
+def test_a_converted_osediff_lora_loads_in_comfyuis_loraloader_with_every_key(comfyui, server, object_info,
+                                                                               base_dir, sd_checkpoint):
+    """A file written by ``onestep-sr convert`` from a full OSEDiff-layout pickle (every attention
+    projection, conv, feed-forward and conv_in of the synthetic SD1.5 UNet): ComfyUI's load_lora
+    turns every LoRA module and both conv_in set_weight keys into a patch the model accepts,
+    logging no "lora key not loaded"; through LoraLoader and OneStep SD Upscale (with the _vae
+    sibling) it changes the image and nothing is skipped or shape-mismatched in the server log."""
+    import numpy as np
+
+    if not (base_dir / "models" / "loras" / CONVERTED_LORA).is_file():
+        pytest.skip("the converted OSEDiff LoRA needs diffusers in the test interpreter (pip install -e .[test])")
+    checkout, python, _ = comfyui
+    done = subprocess.run([python, "-c", LORA_PROBE, str(sd_checkpoint), str(base_dir / "models" / "loras" / CONVERTED_LORA)],
+                          cwd=checkout, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\n[real ComfyUI] converted OSEDiff LoRA: {probe['lora_modules']} LoRA modules + "
+          f"{probe['set_weights']} set_weight keys ({probe['keys']} keys) -> {probe['patches']} patches, "
+          f"{probe['accepted']} accepted")
+    assert probe["lora_modules"] > 50                               # the whole OSEDiff target list, not a sample
+    assert probe["patches"] == probe["lora_modules"] + probe["set_weights"] == probe["accepted"]
+    assert not [w for w in probe["warnings"] if "lora key not loaded" in w], probe["warnings"][:5]
+
+    workflow = json.loads((ROOT / "example_workflows" / "sd_onestep_upscale.json").read_text())
+    prompt = make_cheap(to_api(workflow, object_info))
+    lora = next(n for n in prompt.values() if n["class_type"] == "LoraLoader")["inputs"]
+    upscale = next(n for n in prompt.values() if n["class_type"] == "OneStepSR_SDUpscale")["inputs"]
+    upscale["tile"] = 24  # a setting no other test uses: this run is not served from the cache
+    results = {}
+    for strength, vae_lora in ((0.0, "none"), (1.0, CONVERTED_VAE_LORA)):
+        lora.update(lora_name=CONVERTED_LORA, strength_model=strength)
+        upscale["vae_lora"] = vae_lora
+        log_start = len(server.log.read_text(errors="replace"))
+        outputs, seconds = run_workflow(server, prompt)
+        (results[vae_lora],) = outputs.values()
+        log = server.log.read_text(errors="replace")[log_start:]
+        for problem in ("lora key not loaded", "SHAPE MISMATCH", "WEIGHT NOT MERGED", "ERROR"):
+            assert problem not in log, log[-4000:]
+        print(f"[real ComfyUI] OneStep SD Upscale with the converted LoRA at strength {strength}: {seconds:.1f} s")
+    plain, student = results["none"], results[CONVERTED_VAE_LORA]
+    assert student.shape == plain.shape and student.std() > 1.0
+    assert np.abs(student.astype(int) - plain.astype(int)).mean() > 1.0
 
 
 def test_an_engine_error_is_readable_and_comfyui_keeps_running(server, object_info):

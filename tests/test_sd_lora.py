@@ -26,13 +26,10 @@ from torch import nn
 
 from onestep_sr.cli import main
 from onestep_sr.sd import lora
+from osediff_layout import unet_targets, vae_targets
 
 RANK = 4
 ALPHA = 8.0  # PEFT's default lora_alpha: OSEDiff's scale is 8 / rank
-# OSEDiff's UNet LoRA name patterns (anchors 1.3)
-UNET_PATTERNS = ("to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut",
-                 "conv_out", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
-VAE_PATTERNS = ("conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v", "to_out.0")
 # merged (weights folded) vs PEFT (separate LoRA branch), fp32: differences are float rounding only
 TOLERANCE = 1e-5
 
@@ -46,33 +43,8 @@ def header(path: Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def _matches(name: str, patterns) -> bool:
-    return any(name == p or name.endswith("." + p) for p in patterns)
-
-
 # ---------------------------------------------------------------------------------------------
 # tiny models with OSEDiff-style PEFT adapters
-
-
-def unet_targets(unet: nn.Module) -> dict[str, list[str]]:
-    """OSEDiff's split: down_blocks + conv_in / up_blocks + conv_out / the rest (mid block)."""
-    groups: dict[str, list[str]] = {"encoder": [], "decoder": [], "others": []}
-    for name, module in unet.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)) or not _matches(name, UNET_PATTERNS):
-            continue
-        if name.startswith("down_blocks.") or name == "conv_in":
-            groups["encoder"].append(name)
-        elif name.startswith("up_blocks.") or name == "conv_out":
-            groups["decoder"].append(name)
-        else:
-            groups["others"].append(name)
-    return groups
-
-
-def vae_targets(vae: nn.Module) -> list[str]:
-    return [name for name, module in vae.named_modules()
-            if isinstance(module, (nn.Linear, nn.Conv2d))
-            and ((name.startswith("encoder.") and _matches(name, VAE_PATTERNS)) or name == "quant_conv")]
 
 
 def _activate(model, names: list[str]) -> None:

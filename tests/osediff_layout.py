@@ -1,0 +1,84 @@
+"""OSEDiff's LoRA targets (anchors 1.3) and a synthetic checkpoint in its pickle layout, shared by
+the conversion tests (tests/test_sd_lora.py) and the real-ComfyUI suite.
+
+``unet_targets`` / ``vae_targets`` pick the modules OSEDiff puts LoRA on from a diffusers UNet /
+AutoencoderKL (any size; a model built on the meta device is enough). ``synthetic_osediff``
+fills a checkpoint dict with random LoRA factors of the right shapes for every target (PEFT names,
+three UNet adapters, a fully trained ``conv_in``), without PEFT.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# OSEDiff's UNet / VAE LoRA name patterns (anchors 1.3)
+UNET_PATTERNS = ("to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut",
+                 "conv_out", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+VAE_PATTERNS = ("conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v", "to_out.0")
+ADAPTERS = {"encoder": "default_encoder", "decoder": "default_decoder", "others": "default_others"}
+
+
+def matches(name: str, patterns) -> bool:
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def unet_targets(unet: nn.Module) -> dict[str, list[str]]:
+    """OSEDiff's split: down_blocks + conv_in / up_blocks + conv_out / the rest (mid block)."""
+    groups: dict[str, list[str]] = {"encoder": [], "decoder": [], "others": []}
+    for name, module in unet.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or not matches(name, UNET_PATTERNS):
+            continue
+        if name.startswith("down_blocks.") or name == "conv_in":
+            groups["encoder"].append(name)
+        elif name.startswith("up_blocks.") or name == "conv_out":
+            groups["decoder"].append(name)
+        else:
+            groups["others"].append(name)
+    return groups
+
+
+def vae_targets(vae: nn.Module) -> list[str]:
+    return [name for name, module in vae.named_modules()
+            if isinstance(module, (nn.Linear, nn.Conv2d))
+            and ((name.startswith("encoder.") and matches(name, VAE_PATTERNS)) or name == "quant_conv")]
+
+
+def _lora_factors(module: nn.Module, rank: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """PEFT's lora_A / lora_B weights for ``module`` (Linear: r x in, out x r; Conv2d: r x in x k x k,
+    out x r x 1 x 1), small enough that the patched model stays well-behaved."""
+    if isinstance(module, nn.Linear):
+        a_shape, b_shape = (rank, module.in_features), (module.out_features, rank)
+    else:
+        a_shape, b_shape = (rank, module.in_channels, *module.kernel_size), (module.out_channels, rank, 1, 1)
+    fan_in = math.prod(a_shape[1:])
+    return (torch.randn(a_shape, generator=generator) / math.sqrt(fan_in),
+            0.02 * torch.randn(b_shape, generator=generator))
+
+
+def synthetic_osediff(unet: nn.Module, vae: nn.Module, rank: int = 4, seed: int = 0) -> dict:
+    """An OSEDiff checkpoint dict (what its ``save_model`` writes) with random factors for every
+    OSEDiff target of ``unet`` / ``vae`` (shapes only are read: meta-device models work)."""
+    generator = torch.Generator().manual_seed(seed)
+    groups, vae_names = unet_targets(unet), vae_targets(vae)
+    modules = dict(unet.named_modules())
+    state_unet = {}
+    for group, names in groups.items():
+        for name in names:
+            a, b = _lora_factors(modules[name], rank, generator)
+            state_unet[f"{name}.lora_A.{ADAPTERS[group]}.weight"] = a
+            state_unet[f"{name}.lora_B.{ADAPTERS[group]}.weight"] = b
+    conv_in = unet.conv_in   # trained in full; PEFT wraps it, so the names carry base_layer
+    fan_in = math.prod(conv_in.weight.shape[1:])
+    state_unet["conv_in.base_layer.weight"] = torch.randn(conv_in.weight.shape, generator=generator) / math.sqrt(fan_in)
+    state_unet["conv_in.base_layer.bias"] = 0.01 * torch.randn(conv_in.weight.shape[0], generator=generator)
+    vae_modules = dict(vae.named_modules())
+    state_vae = {}
+    for name in vae_names:
+        a, b = _lora_factors(vae_modules[name], rank, generator)
+        state_vae[f"{name}.lora_A.default_encoder.weight"] = a
+        state_vae[f"{name}.lora_B.default_encoder.weight"] = b
+    return {"unet_lora_encoder_modules": groups["encoder"], "unet_lora_decoder_modules": groups["decoder"],
+            "unet_lora_others_modules": groups["others"], "vae_lora_encoder_modules": vae_names,
+            "rank_unet": rank, "rank_vae": rank, "state_dict_unet": state_unet, "state_dict_vae": state_vae}
