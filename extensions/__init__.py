@@ -1,1 +1,2 @@
-"""A1111/Forge adapters: thin, no maths. Filled in by the A1111 issue."""
+"""Host adapters other than ComfyUI's (``nodes/``): thin, no maths. ``a1111/`` is the
+AUTOMATIC1111 / Forge extension (entered through the repository's ``scripts/`` and ``preload.py``)."""
