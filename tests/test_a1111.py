@@ -7,42 +7,25 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 import webui_fake
 from onestep_sr import load_model
-from onestep_sr.model_info import ModelInfo, save_model
-from onestep_sr.models import AutoencoderConfig, DenoiserConfig, build_autoencoder, build_denoiser
-from onestep_sr.schedule import SCHEDULE_T4
 
 ROOT = webui_fake.ROOT
-TINY = "OneStepSR 4x tiny_sinsr"
-TEACHER = "OneStepSR 4x tiny_teacher (4 steps)"
-SINSR = "OneStepSR 4x SinSR v1"
+TINY, TEACHER, SINSR = webui_fake.TINY, webui_fake.TEACHER, webui_fake.SINSR
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    """A folder with a small official-layout denoiser + VQ-f4 pair, the same denoiser under the
-    registry's SinSR v1 file name, and a 4-step model exported as training/ does."""
+    """The small models of ``webui_fake.tiny_models``, made once."""
     folder = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    config = DenoiserConfig(image_size=8, model_channels=32, channel_mult=(1,), num_res_blocks=(1,),
-                            attention_resolutions=(), swin_embed_dim=32, num_head_channels=16)
-    denoiser = build_denoiser(config)
-    save_file(denoiser.state_dict(), folder / "tiny_sinsr.safetensors")
-    torch.save(denoiser.state_dict(), folder / "SinSR_v1.pth")
-    torch.save(build_autoencoder(AutoencoderConfig(ch=32, ch_mult=(1, 2, 1), n_embed=64)).state_dict(),
-               folder / "autoencoder_vq_f4.pth")
-    save_model(folder / "tiny_teacher.safetensors", build_denoiser(config),
-               ModelInfo(autoencoder="vq_f4", schedule=asdict(SCHEDULE_T4), sampler="stochastic"))
+    webui_fake.tiny_models(folder)
     return folder
 
 

@@ -14,6 +14,9 @@ from types import ModuleType
 FAKE = Path(__file__).resolve().parent / "a1111_fake"
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "onestep_sr_webui"
+TINY = "OneStepSR 4x tiny_sinsr"                      # entries of the models tiny_models writes
+TEACHER = "OneStepSR 4x tiny_teacher (4 steps)"
+SINSR = "OneStepSR 4x SinSR v1"
 
 
 def _purge() -> None:
@@ -74,3 +77,29 @@ def extras(shared: ModuleType, image, name: str, scale: float):
     data_path)``."""
     data = upscaler(shared, name)
     return data.scaler.upscale(image, scale, data.data_path)
+
+
+def tiny_models(folder: Path) -> None:
+    """Small random models, seeded: an official-layout denoiser (``tiny_sinsr.safetensors``, and
+    the same weights under the registry's SinSR v1 file name) with its VQ-f4 autoencoder, and a
+    4-step ResShift-style model exported as training/ does (``tiny_teacher.safetensors``)."""
+    from dataclasses import asdict
+
+    import torch
+    from safetensors.torch import save_file
+
+    from onestep_sr.model_info import ModelInfo, save_model
+    from onestep_sr.models import AutoencoderConfig, DenoiserConfig, build_autoencoder, build_denoiser
+    from onestep_sr.schedule import SCHEDULE_T4
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    config = DenoiserConfig(image_size=8, model_channels=32, channel_mult=(1,), num_res_blocks=(1,),
+                            attention_resolutions=(), swin_embed_dim=32, num_head_channels=16)
+    denoiser = build_denoiser(config)
+    save_file(denoiser.state_dict(), folder / "tiny_sinsr.safetensors")
+    torch.save(denoiser.state_dict(), folder / "SinSR_v1.pth")
+    torch.save(build_autoencoder(AutoencoderConfig(ch=32, ch_mult=(1, 2, 1), n_embed=64)).state_dict(),
+               folder / "autoencoder_vq_f4.pth")
+    save_model(folder / "tiny_teacher.safetensors", build_denoiser(config),
+               ModelInfo(autoencoder="vq_f4", schedule=asdict(SCHEDULE_T4), sampler="stochastic"))
