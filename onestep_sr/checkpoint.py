@@ -36,6 +36,15 @@ class CheckpointError(ValueError):
     """A checkpoint file cannot be read or does not fit the architecture."""
 
 
+def load_weights_only(path: str | os.PathLike) -> Any:
+    """A pickled checkpoint through torch's own weights-only unpickler (tensors, numbers, strings,
+    containers; anything that would run code is refused), on the CPU. Called as
+    ``torch.serialization.load`` because hosts replace ``torch.load``: A1111's ``modules/safe.py``
+    swaps in a checker that rejects files written by current torch (their ``.format_version``
+    entry) and returns None instead of raising."""
+    return torch.serialization.load(path, map_location="cpu", weights_only=True)
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors of a checkpoint file (unwrapped, prefixes stripped) and its text metadata."""
     path = Path(path)
@@ -53,7 +62,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     elif path.suffix in PICKLE_SUFFIXES:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = load_weights_only(path)
         except pickle.UnpicklingError as exc:
             reason = _unpickler_reason(exc)
             if "global" not in reason.lower():

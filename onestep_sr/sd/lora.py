@@ -61,7 +61,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, write_safetensors_atomic
+from ..checkpoint import CheckpointError, load_weights_only, write_safetensors_atomic
 
 DEFAULT_ALPHA = 8.0  # PEFT LoraConfig's default lora_alpha, which OSEDiff leaves unchanged
 FORMAT = "kohya-lora"
@@ -178,7 +178,7 @@ def _load_pickle(path: Path) -> Any:
     if not path.is_file():
         raise LoraFormatError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_weights_only(path)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         marker = "WeightsUnpickler error:"
