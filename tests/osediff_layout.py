@@ -13,36 +13,8 @@ import math
 import torch
 from torch import nn
 
-# OSEDiff's UNet / VAE LoRA name patterns (anchors 1.3)
-UNET_PATTERNS = ("to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut",
-                 "conv_out", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
-VAE_PATTERNS = ("conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v", "to_out.0")
-ADAPTERS = {"encoder": "default_encoder", "decoder": "default_decoder", "others": "default_others"}
-
-
-def matches(name: str, patterns) -> bool:
-    return any(name == p or name.endswith("." + p) for p in patterns)
-
-
-def unet_targets(unet: nn.Module) -> dict[str, list[str]]:
-    """OSEDiff's split: down_blocks + conv_in / up_blocks + conv_out / the rest (mid block)."""
-    groups: dict[str, list[str]] = {"encoder": [], "decoder": [], "others": []}
-    for name, module in unet.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)) or not matches(name, UNET_PATTERNS):
-            continue
-        if name.startswith("down_blocks.") or name == "conv_in":
-            groups["encoder"].append(name)
-        elif name.startswith("up_blocks.") or name == "conv_out":
-            groups["decoder"].append(name)
-        else:
-            groups["others"].append(name)
-    return groups
-
-
-def vae_targets(vae: nn.Module) -> list[str]:
-    return [name for name, module in vae.named_modules()
-            if isinstance(module, (nn.Linear, nn.Conv2d))
-            and ((name.startswith("encoder.") and matches(name, VAE_PATTERNS)) or name == "quant_conv")]
+# the target selection lives in the engine (the trainer uses it too)
+from onestep_sr.sd.lora_targets import ADAPTERS, UNET_PATTERNS, VAE_PATTERNS, matches, unet_targets, vae_targets  # noqa: F401
 
 
 def _lora_factors(module: nn.Module, rank: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

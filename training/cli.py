@@ -1,8 +1,9 @@
 """``python -m training`` / ``onestep-sr train``: ``resshift`` (teacher), ``sinsr`` (one-step
-distillation) and ``eval`` (PSNR/SSIM on Y against GT and against bicubic).
+distillation), ``osediff`` (a one-step LoRA from your SD checkpoint) and ``eval`` (PSNR/SSIM on Y against GT and against bicubic).
 
     python -m training resshift --data HR_FOLDER --out runs/teacher --steps 20000
     python -m training sinsr --teacher runs/teacher/model.safetensors --data HR_FOLDER --out runs/student
+    python -m training osediff --checkpoint SD.safetensors --data HR_FOLDER --out runs/osediff
     python -m training eval --model runs/student/model.safetensors --data VAL_FOLDER
     accelerate launch -m training sinsr ...      # several GPUs
 """
@@ -13,6 +14,7 @@ import json
 import sys
 from dataclasses import fields
 
+from . import osediff_cli
 from .trainer import ARCHS, TrainConfig
 
 _HELP = {
@@ -49,6 +51,7 @@ def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_options(sub.add_parser("resshift", help="train a ResShift teacher (MSE on x0)"), "resshift")
     _add_train_options(sub.add_parser("sinsr", help="distil a one-step SinSR student from a teacher"), "sinsr")
+    osediff_cli.add_parser(sub)
     ev = sub.add_parser("eval", help="PSNR/SSIM (Y) of a model vs GT and vs bicubic on a folder")
     ev.add_argument("--model", required=True, help="checkpoint path or model name (as load_model takes)")
     ev.add_argument("--data", required=True, help="folder of HR images; the LR is their bicubic x1/4")
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
     args = build_parser(prog).parse_args(argv)
     if args.command == "eval":
         return run_eval(args)
+    if args.command == "osediff":
+        return osediff_cli.run(args, prog)
     from .trainer import Run
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "no_progress")}

@@ -58,6 +58,7 @@ class PairDataset(torch.utils.data.Dataset):
         files = list_images(folder, recursive=True)
         if not files:
             raise FileNotFoundError(f"no images in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        self.files = files
         self.images = [load_rgb(p) for p in files]
         self.gt_size, self.scale, self.degradation, self.seed, self.length = gt_size, scale, degradation, seed, length
         self.config = config or DegradationConfig()
@@ -67,7 +68,12 @@ class PairDataset(torch.utils.data.Dataset):
         return self.length
 
     def crop(self, rng: np.random.Generator) -> torch.Tensor:
-        image = self.images[int(rng.integers(len(self.images)))]
+        return self.crop_with_index(rng)[0]
+
+    def crop_with_index(self, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        """(the crop, the index in ``files`` of the image it was cut from)."""
+        index = int(rng.integers(len(self.images)))
+        image = self.images[index]
         size = self.gt_size
         _, h, w = image.shape
         if h < size or w < size:  # reflect-pad small images up to the crop size
@@ -78,13 +84,32 @@ class PairDataset(torch.utils.data.Dataset):
         crop = crop.flip(-1) if rng.random() < 0.5 else crop
         if self.augment == "all":
             crop = torch.rot90(crop, int(rng.integers(4)), dims=(1, 2))[torch.from_numpy(rng.permutation(3))]
-        return crop
+        return crop, index
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(lq, gt, index in ``files`` of the source image) of pair ``index``."""
         rng = np.random.default_rng([self.seed, int(index)])
-        gt = self.crop(rng).contiguous()
+        gt, source = self.crop_with_index(rng)
+        gt = gt.contiguous()
         if self.degradation == "bicubic":
             lq = bicubic_degrade(gt, self.scale)
         else:
             lq = degrade(gt, self.scale, rng, self.config)
-        return lq.float(), gt.float()
+        return lq.float(), gt.float(), source
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pair(index)[:2]
+
+
+class CaptionedPairDataset(PairDataset):
+    """Pairs with a prompt: ``(lq, gt, prompt)``. The prompt of a crop is the text of the
+    ``<image stem>.txt`` file beside its source image when there is one, else ``prompt``."""
+
+    def __init__(self, *args, prompt: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prompts = [p.with_suffix(".txt").read_text(encoding="utf-8").strip()
+                        if p.with_suffix(".txt").is_file() else prompt for p in self.files]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        lq, gt, source = self.pair(index)
+        return lq, gt, self.prompts[source]

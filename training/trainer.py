@@ -9,11 +9,8 @@ noise. A resumed run therefore continues exactly where the interrupted one stopp
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,6 +28,7 @@ from onestep_sr.pipeline import SCALE, bicubic_upscale
 
 from .data import PairDataset
 from .losses import resshift_loss, sinsr_losses
+from .runs import CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, staging_dir
 
 MODES = ("resshift", "sinsr")
 ARCHS = {
@@ -158,9 +156,7 @@ class Run:
     # --- checkpoints ---
 
     def _checkpoint_dirs(self) -> list[Path]:
-        folder = self.out / "checkpoints"
-        found = [p for p in folder.glob("step-*") if (p / "state.json").is_file()] if folder.is_dir() else []
-        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+        return checkpoint_dirs(self.out)
 
     def _resume(self, model: torch.nn.Module) -> None:
         saved = self._checkpoint_dirs()
@@ -176,10 +172,7 @@ class Run:
 
     def save_checkpoint(self) -> Path:
         """``checkpoints/step-N/``, written to a temporary folder first, then renamed."""
-        final = self.out / "checkpoints" / f"step-{self.step}"
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp, final = staging_dir(self.out, self.step)
         model = self.accelerator.unwrap_model(self.model)
         write_safetensors_atomic({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                                  {"config": json.dumps(model.config.to_dict())}, tmp / "model.safetensors")
@@ -187,11 +180,7 @@ class Run:
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": self.step, "scheduler": self.scheduler.state_dict(),
                                                     "config": asdict(self.config)}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in self._checkpoint_dirs()[:-max(1, self.config.keep)]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
+        return commit_checkpoint(tmp, final, self.out, self.config.keep)
 
     def export(self, use_ema: bool = True) -> Path:
         """``model.safetensors`` + ``model.json``: the (EMA) weights with their model info."""
@@ -224,24 +213,17 @@ class Run:
     def ema_decay(self) -> float:
         """The configured decay, warmed up as (1 + step) / (10 + step) so the average forgets the
         initial weights: a fixed 0.999 still holds 37 % of them after 1000 steps."""
-        return min(self.config.ema, (1 + self.step) / (10 + self.step))
+        return ema_decay(self.config.ema, self.step)
 
     def _update_ema(self) -> None:
-        decay = self.ema_decay()
-        with torch.no_grad():
-            for k, v in self.accelerator.unwrap_model(self.model).state_dict().items():
-                if v.is_floating_point() and not k.endswith("relative_position_index"):
-                    self.ema[k].mul_(decay).add_(v.detach().float().cpu(), alpha=1 - decay)
-                else:
-                    self.ema[k] = v.detach().cpu().clone()
+        ema_update(self.ema, self.accelerator.unwrap_model(self.model).state_dict().items(), self.ema_decay(),
+                   copy_only=lambda k, v: k.endswith("relative_position_index"))
 
     def train(self, progress: bool = True) -> Path:
         """Train to ``config.steps``; returns the export path."""
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "config.json", json.dumps(asdict(c), indent=1) + "\n")
-        log_path = self.out / "log.csv"
-        new_log = not log_path.exists()
         bar = None
         if progress and self.accelerator.is_local_main_process:
             from tqdm import tqdm
@@ -249,8 +231,7 @@ class Run:
         started, sums, count = time.perf_counter(), {}, 0
         micro = self.step * c.grad_accum
         self.model.train()
-        with open(log_path, "a", newline="") as log_file:
-            writer = None
+        with CsvLog(self.out / "log.csv") as log:
             for lq, gt in self.loader:
                 with self.accelerator.accumulate(self.model):
                     parts = self.losses(lq, gt, micro)
@@ -276,12 +257,7 @@ class Run:
                 if self.step % c.log_every == 0 or self.step == c.steps:
                     row = {"step": self.step, **{f"loss_{k}": v / count for k, v in sums.items()},
                            "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started}
-                    if writer is None:
-                        writer = csv.DictWriter(log_file, fieldnames=list(row))
-                        if new_log:
-                            writer.writeheader()
-                    writer.writerow(row)
-                    log_file.flush()
+                    log.write(row)
                     sums, count = {}, 0
                 if self.step % c.save_every == 0 or self.step == c.steps:
                     self.accelerator.wait_for_everyone()

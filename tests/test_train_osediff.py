@@ -1,0 +1,408 @@
+"""training/osediff*: OSEDiff-style one-step LoRA distillation from an SD checkpoint.
+
+Losses against hand computations on fixed tensors, the sign of the VSD gradient, the frozen real
+score, a short real run on a tiny SD 1.x checkpoint (the data loss falls, checkpoints, an exact
+resume, the kohya export with its header), the export merged into fresh base models against the
+peft generator and through the one-step engine, and the CLI's errors."""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from training import osediff_losses as L
+from training.perceptual import build_perceptual, feature_distance
+
+pytest.importorskip("peft")
+pytest.importorskip("diffusers")
+pytest.importorskip("accelerate")
+
+from sd_tiny import make_tiny_sd  # noqa: E402
+
+
+
+def _ac() -> torch.Tensor:
+    from onestep_sr.sd.formulas import scaled_linear_alphas_cumprod
+
+    return scaled_linear_alphas_cumprod().float()
+
+
+def header(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+# ---------------------------------------------------------------------------------------------
+# losses on fixed tensors
+
+
+def test_data_loss_is_the_per_sample_pixel_mse():
+    x_hat = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]], [[[0.5, 0.5], [0.5, 0.5]]]])
+    assert L.data_loss(x_hat, torch.zeros_like(x_hat)).tolist() == pytest.approx([7.5, 0.25])
+
+
+def test_vsd_loss_value_and_gradient_equal_a_hand_computation():
+    z = torch.tensor([[[[1.0, 3.0]]], [[[0.0, 0.0]]]], requires_grad=True)
+    real = torch.tensor([[[[0.0, 1.0]]], [[[1.0, -1.0]]]])
+    fake = torch.tensor([[[[2.0, 2.0]]], [[[1.0, 1.0]]]])
+    # sample 0: mean|z - real| = 1.5, grad = (2, 1) / 1.5; sample 1: mean = 1, grad = (0, 2)
+    grad = torch.tensor([[[[4 / 3, 2 / 3]]], [[[0.0, 2.0]]]])
+    assert torch.allclose(L.vsd_gradient(z, real, fake), grad)
+    loss = L.vsd_loss(z, real, fake)
+    assert loss.item() == pytest.approx((16 / 9 + 4 / 9 + 0 + 4) / 4)   # = mean(grad^2) = 14/9
+    loss.backward()
+    assert torch.allclose(z.grad, 2 / 4 * grad)                        # d/dz MSE(z, sg(z - g)) = 2/N g
+
+
+def test_a_vsd_descent_step_moves_z_toward_the_real_x0():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 4, 8, 8, generator=g)
+    real = torch.randn(2, 4, 8, 8, generator=g)
+    z_param = z.clone().requires_grad_(True)
+    # the fake score knows the generator's samples: x0_fake = z; the step must go toward x0_real
+    L.vsd_loss(z_param, real, z.clone()).backward()
+    stepped = z - 0.1 * z_param.grad
+    assert (stepped - real).norm() < (z - real).norm() - 1e-3
+    # per sample exactly along (x0_real - z) (each sample has its own normalisation)
+    direction = torch.nn.functional.cosine_similarity((stepped - z).flatten(1), (real - z).flatten(1), dim=1)
+    assert direction.min() > 0.9999
+    assert torch.equal(L.vsd_loss(z_param, real, real), torch.tensor(0.0))   # real == fake: no pull
+
+
+def test_noising_targets_and_regulariser_loss_invert_through_the_inference_formulas():
+    from onestep_sr.sd.formulas import x0_from_eps, x0_from_v
+
+    ac = _ac()
+    g = torch.Generator().manual_seed(1)
+    z, noise = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    t = torch.tensor([20, 700])
+    z_t = L.add_noise(z, noise, t, ac)
+    for i, step in enumerate(t.tolist()):
+        a = float(ac[step])
+        assert torch.allclose(z_t[i], math.sqrt(a) * z[i] + math.sqrt(1 - a) * noise[i], atol=1e-6)
+        v = L.diffusion_target(z, noise, t, ac, "v_prediction")[i]
+        assert torch.allclose(x0_from_v(z_t[i], v, a), z[i], atol=1e-5)
+        eps = L.diffusion_target(z, noise, t, ac, "epsilon")[i]
+        assert torch.allclose(x0_from_eps(z_t[i], eps, a), z[i], atol=1e-4)
+    assert torch.allclose(L.x0_at(z_t, noise, t, ac, "epsilon"), z, atol=1e-4)
+    pred = noise + 0.5
+    assert L.regulariser_loss(pred, noise).item() == pytest.approx(0.25)
+
+
+def test_real_score_uses_cfg_between_negative_and_prompt():
+    ac = _ac()
+
+    def unet(z, t, ctx):   # outputs the context's first value everywhere
+        return ctx[:, :1, :1].reshape(-1, 1, 1, 1).expand_as(z).clone()
+
+    z_t, t = torch.ones(1, 4, 2, 2), torch.tensor([500])
+    x0 = L.score_x0(unet, z_t, t, torch.ones(1, 3, 2), ac, "epsilon", negative=torch.zeros(1, 3, 2), guidance=7.5)
+    a = float(ac[500])
+    assert torch.allclose(x0, (z_t - math.sqrt(1 - a) * 7.5) / math.sqrt(a), atol=1e-5)   # eps = 0 + 7.5 (1 - 0)
+
+
+def test_perceptual_distance_equals_a_hand_computation():
+    x = torch.tensor([[[[3.0, 0.0]], [[4.0, 2.0]]]])    # pixels (3, 4) and (0, 2)
+    y = torch.tensor([[[[1.0, 0.0]], [[0.0, -1.0]]]])   # pixels (1, 0) and (0, -1)
+
+    def features(v):
+        return [v, 2 * v[..., :1]]
+
+    # unit vectors: (.6,.8) vs (1,0): 0.8; (0,1) vs (0,-1): 4 -> 2.4; second map pixel 0 only: 0.8
+    assert feature_distance(features, x, y).tolist() == pytest.approx([3.2], rel=1e-6)
+
+
+def test_lpips_without_weights_and_unknown_kinds_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="--perceptual vae"):
+        build_perceptual("lpips", None)
+    with pytest.raises(FileNotFoundError, match="vgg16-397923af.pth"):
+        build_perceptual("lpips", None, str(tmp_path / "missing.pth"))
+    save_file({"features.0.weight": torch.zeros(64, 3, 3, 3)}, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ValueError, match="incomplete"):
+        build_perceptual("lpips", None, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ValueError, match="unknown perceptual"):
+        build_perceptual("vgg", None)
+    assert build_perceptual("none", None) is None
+
+
+def test_lpips_vgg_from_torchvision_and_lpips_layouts_equals_a_hand_computation(tmp_path):
+    """Random weights in the two files' layouts (torchvision ``features.N``, LPIPS ``linK.model.1``,
+    read as .pth with weights_only); the distance is checked against the formula written out."""
+    from training.lpips_vgg import CONVS, POOLS, SCALE, SHIFT, TAPS, TAP_CHANNELS
+
+    g = torch.Generator().manual_seed(0)
+    vgg = {}
+    for i, (cin, cout) in CONVS.items():
+        vgg[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) / (3 * cin ** 0.5)
+        vgg[f"features.{i}.bias"] = 0.01 * torch.randn(cout, generator=g)
+    lins = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for k, c in enumerate(TAP_CHANNELS)}
+    torch.save(vgg, tmp_path / "vgg16.pth")
+    torch.save(lins, tmp_path / "vgg.pth")
+    distance = build_perceptual("lpips", None, f"{tmp_path / 'vgg16.pth'},{tmp_path / 'vgg.pth'}")
+    x, y = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+
+    def taps(v):
+        h = (v - torch.tensor(SHIFT).view(1, 3, 1, 1)) / torch.tensor(SCALE).view(1, 3, 1, 1)
+        out = []
+        for i in range(TAPS[-1] + 1):
+            if i in CONVS:
+                h = torch.nn.functional.conv2d(h, vgg[f"features.{i}.weight"], vgg[f"features.{i}.bias"], padding=1)
+            elif i in POOLS:
+                h = torch.nn.functional.max_pool2d(h, 2)
+            else:
+                h = h.clamp_min(0)
+            if i in TAPS:
+                out.append(h)
+        return out
+
+    expected = torch.zeros(2)
+    for k, (fx, fy) in enumerate(zip(taps(x), taps(y))):
+        nx, ny = fx / (fx.norm(dim=1, keepdim=True) + 1e-10), fy / (fy.norm(dim=1, keepdim=True) + 1e-10)
+        w = lins[f"lin{k}.model.1.weight"].view(1, -1, 1, 1)
+        expected += ((nx - ny) ** 2 * w).sum(dim=1).mean(dim=(1, 2))
+    assert torch.allclose(distance(x, y), expected, rtol=1e-4)
+    assert torch.allclose(distance(x, x), torch.zeros(2))
+
+
+# ---------------------------------------------------------------------------------------------
+# a real run on a tiny SD 1.x checkpoint
+
+
+def _images(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:96, 0:96] / 96.0
+    for i in range(3):
+        img = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (xx * (i + 1) + yy * c)) for c in (0.5, 1.0, 1.5)], -1)
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"im{i}.png")
+    (folder / "im1.txt").write_text("a photo of waves\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("osediff")
+    config_dir, ckpt, _ = make_tiny_sd(root / "sd", "sd1", seed=0)
+    return {"root": root, "config_dir": str(config_dir), "ckpt": str(ckpt), "data": str(_images(root / "hr"))}
+
+
+def _config(tiny, out: str, steps: int, **kw):
+    from training.osediff import OSEDiffConfig
+
+    options = dict(checkpoint=tiny["ckpt"], data=tiny["data"], out=str(tiny["root"] / out), steps=steps, gt_size=64,
+                   batch_size=2, config_dir=tiny["config_dir"], warmup=0, lr=3e-3, lr_regulariser=1e-3,
+                   degradation="bicubic", log_every=1, save_every=5, seed=0)
+    return OSEDiffConfig(**{**options, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    from training.osediff import OSEDiffRun
+
+    run = OSEDiffRun(_config(tiny, "run", 10))
+    data = run.loader.dataset.dataset
+    batch = [data[i] for i in range(1000, 1004)]       # pairs the run never sees
+    lq, gt = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+
+    def data_loss():
+        with torch.no_grad():
+            _, x_hat = run.generator(lq, run.embeddings([""] * 4))
+        return float(L.data_loss(x_hat, gt * 2 - 1).mean())
+
+    before = data_loss()
+    path = run.train(progress=False)
+    return {"run": run, "path": path, "before": before, "after": data_loss(), "lq": lq}
+
+
+def test_ten_steps_lower_the_data_loss_and_log_every_loss(trained):
+    assert trained["after"] < 0.95 * trained["before"], (trained["before"], trained["after"])
+    rows = list(csv.DictReader(open(trained["run"].out / "log.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 11))
+    for key in ("loss_mse", "loss_perceptual", "loss_vsd", "loss_regulariser", "loss_total"):
+        assert all(math.isfinite(float(r[key])) for r in rows), key
+    r = rows[0]
+    assert float(r["loss_total"]) == pytest.approx(float(r["loss_mse"]) + 2 * float(r["loss_perceptual"])
+                                                   + float(r["loss_vsd"]), rel=1e-5)
+    saved = sorted(p.name for p in (trained["run"].out / "checkpoints").iterdir())
+    assert saved == ["step-10", "step-5"]
+
+
+def test_the_real_score_is_the_plain_base_unet_and_the_fake_score_is_not(trained, tiny):
+    from onestep_sr.sd.checkpoint import load_sd_model
+
+    base = load_sd_model(tiny["ckpt"], config_dir=tiny["config_dir"]).unet
+    score = trained["run"].accelerator.unwrap_model(trained["run"].score)
+    g = torch.Generator().manual_seed(3)
+    z, ctx, t = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g), torch.tensor([30, 900])
+    with torch.no_grad():
+        expected = base(z, t, encoder_hidden_states=ctx).sample
+        assert torch.allclose(score.real(z, t, ctx), expected, atol=1e-6)
+        fake = score(z, t, ctx)
+        assert max_rel(fake, expected) > 1e-3          # the regulariser's LoRA has learnt something
+        assert torch.allclose(score.real(z, t, ctx), expected, atol=1e-6)   # and is re-enabled after
+
+
+def test_resume_continues_exactly(trained, tiny):
+    """A copy of the run stopped at step 5 (its step-10 checkpoint removed) resumes there and
+    reaches the very weights, EMA and log values of the uninterrupted run at step 10."""
+    from training.osediff import OSEDiffRun
+
+    run = trained["run"]
+    copy_out = tiny["root"] / "resumed"
+    shutil.copytree(run.out, copy_out)
+    shutil.rmtree(copy_out / "checkpoints" / "step-10")
+    resumed = OSEDiffRun(_config(tiny, "resumed", 10))
+    assert resumed.step == 5
+    saved = load_file(copy_out / "checkpoints" / "step-5" / "trainable.safetensors")
+    assert all(torch.equal(p.detach(), saved[k]) for k, p in {**resumed.gen_params, **resumed.reg_params}.items())
+    resumed.train(progress=False)
+    final = load_file(run.out / "checkpoints" / "step-10" / "trainable.safetensors")
+    for k, p in {**resumed.gen_params, **resumed.reg_params}.items():
+        assert torch.allclose(p.detach(), final[k], atol=1e-6), k
+    assert all(torch.allclose(resumed.ema[k], v, atol=1e-6) for k, v in run.ema.items())
+    rows = list(csv.DictReader(open(copy_out / "log.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 11)) + list(range(6, 11))
+    for first, again in zip(rows[5:10], rows[10:]):
+        assert float(again["loss_total"]) == pytest.approx(float(first["loss_total"]), rel=1e-4)
+
+
+def test_export_is_the_ema_in_kohya_format_with_the_metadata(trained, tiny):
+    from onestep_sr.sd.lora import kohya_unet_name, vae_sibling_path
+
+    path, run = trained["path"], trained["run"]
+    assert path.name == "osediff_lora.safetensors" and vae_sibling_path(path).is_file()
+    meta = header(path)
+    assert meta["base_model_sha256"] == hashlib.sha256(Path(tiny["ckpt"]).read_bytes()).hexdigest()
+    assert meta["rank_unet"] == "4" and meta["steps"] == "10" and meta["weights"] == "ema"
+    assert json.loads(meta["loss_weights"]) == {"mse": 1.0, "perceptual": 2.0, "vsd": 1.0}
+    last = list(csv.DictReader(open(run.out / "log.csv")))[9]
+    assert json.loads(meta["losses_last_logged"])["mse"] == pytest.approx(float(last["loss_mse"]), abs=1e-6)
+    assert meta["format"] == "kohya-lora" and meta["base_model_family"] == "sd1" and meta["ss_v2"] == "False"
+    assert header(vae_sibling_path(path))["onestep_sr_part"] == "vae"
+    unet_sd = load_file(path)
+    name = run.groups["others"][0]
+    ema_a = run.ema[f"unet.{name}.lora_A.default_others.weight"]
+    assert torch.equal(unet_sd[f"{kohya_unet_name(name)}.lora_down.weight"], ema_a)
+    assert not torch.equal(ema_a, run.gen_params[f"unet.{name}.lora_A.default_others.weight"].detach())
+
+
+def test_the_exported_lora_merged_into_fresh_models_equals_the_peft_generator(trained, tiny):
+    from onestep_sr.sd import SDOneStepSR
+    from onestep_sr.sd.checkpoint import load_sd_model
+    from onestep_sr.sd.lora import merge_kohya_lora, vae_sibling_path
+
+    run = trained["run"]
+    path = run.export(use_ema=False, path=tiny["root"] / "current" / "lora.safetensors")
+    sd = load_sd_model(tiny["ckpt"], config_dir=tiny["config_dir"])
+    base_unet = copy.deepcopy(sd.unet)
+    counts = merge_kohya_lora(sd.unet, sd.vae, {**load_file(path), **load_file(vae_sibling_path(path))})
+    assert counts["set"] == 2 and counts["lora"] == len(sum(run.groups.values(), [])) - 1 + len(run.vae_names)
+    gen = run.accelerator.unwrap_model(run.generator)
+    g = torch.Generator().manual_seed(4)
+    z, ctx, t = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 32, generator=g), torch.tensor([999])
+    image = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
+    with torch.no_grad():
+        peft_out = gen.unet(z, t, encoder_hidden_states=ctx).sample
+        assert max_rel(base_unet(z, t, encoder_hidden_states=ctx).sample, peft_out) > 1e-3   # LoRA matters
+        assert max_rel(sd.unet(z, t, encoder_hidden_states=ctx).sample, peft_out) < 1e-5
+        assert max_rel(sd.vae.encode(image).latent_dist.mean, gen.vae.encode(image).latent_dist.mean) < 1e-5
+        # the one-step engine with the merged LoRA reproduces the trainer's generator forward
+        _, x_hat = gen(trained["lq"], run.embeddings([""] * 4))
+    engine = SDOneStepSR(sd)
+    sr = engine.upscale_tensor(trained["lq"], scale=4, color_fix="none")
+    assert torch.allclose(sr, (x_hat.clamp(-1, 1) + 1) / 2, atol=1e-4)
+    # and from the file, as the node / CLI load it (the _vae sibling is found by name)
+    loaded = SDOneStepSR.from_checkpoint(tiny["ckpt"], config_dir=tiny["config_dir"], lora=str(path))
+    assert torch.allclose(loaded.upscale_tensor(trained["lq"], color_fix="none"), sr, atol=1e-5)
+
+
+def test_the_perceptual_network_is_a_frozen_copy_without_lora(trained, tiny):
+    from onestep_sr.sd.checkpoint import load_sd_model
+
+    net = trained["run"].perceptual.net
+    base = load_sd_model(tiny["ckpt"], config_dir=tiny["config_dir"]).vae.encoder
+    assert not any("lora" in k for k in net.state_dict())
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in net.state_dict().items())
+    assert len(net(torch.zeros(1, 3, 64, 64))) == len(base.down_blocks) + 1
+
+
+def test_the_generator_forward_is_the_engine_path_for_a_v_prediction_sd2(tiny):
+    """Before training (LoRA B = 0) the generator is the base model: its forward must be the
+    one-step engine's, here on SD 2.x with v-prediction."""
+    from onestep_sr.sd import SDOneStepSR
+    from training.osediff import OSEDiffRun
+
+    config_dir, ckpt, _ = make_tiny_sd(tiny["root"] / "sd2", "sd2", seed=3)
+    run = OSEDiffRun(_config(tiny, "sd2", 1, checkpoint=str(ckpt), config_dir=str(config_dir),
+                             prediction_type="v_prediction"))
+    assert run.prediction_type == "v_prediction" and run.sd.family == "sd2"
+    lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        _, x_hat = run.generator(lq, run.embeddings([""]))
+    engine = SDOneStepSR.from_checkpoint(ckpt, config_dir=config_dir, prediction_type="v_prediction")
+    assert torch.allclose(engine.upscale_tensor(lq, color_fix="none"), (x_hat.clamp(-1, 1) + 1) / 2, atol=1e-5)
+
+
+def test_captions_beside_images_are_the_prompts(tiny):
+    from training.data import CaptionedPairDataset
+
+    data = CaptionedPairDataset(tiny["data"], 64, 4, "bicubic", seed=0, prompt="default")
+    assert data.prompts == ["default", "a photo of waves", "default"]
+    seen = {data[i][2] for i in range(20)}
+    assert seen == {"default", "a photo of waves"}
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_trains_without_vae_lora_and_perceptual(tiny, capsys):
+    from onestep_sr.sd.checkpoint import load_sd_model
+    from onestep_sr.sd.lora import merge_kohya_lora, vae_sibling_path
+    from training.cli import main
+
+    out = tiny["root"] / "cli"
+    assert main(["osediff", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out", str(out),
+                 "--config-dir", tiny["config_dir"], "--steps", "2", "--gt-size", "64", "--warmup", "0",
+                 "--degradation", "bicubic", "--no-vae-lora", "--perceptual", "none", "--gradient-checkpointing",
+                 "--no-progress"]) == 0
+    path = out / "osediff_lora.safetensors"
+    assert path.is_file() and not vae_sibling_path(path).exists()
+    assert header(path)["perceptual"] == "none"
+    assert "loss_perceptual" not in open(out / "log.csv").readline()
+    sd = load_sd_model(tiny["ckpt"], config_dir=tiny["config_dir"])
+    merge_kohya_lora(sd.unet, None, load_file(path))   # every key applies
+
+
+def test_bad_inputs_give_clear_errors(tiny, tmp_path, capsys):
+    from onestep_sr.cli import main as onestep_main
+    from training.cli import main
+
+    common = ["--data", tiny["data"], "--out", str(tmp_path / "out"), "--config-dir", tiny["config_dir"]]
+    assert onestep_main(["train", "osediff", "--checkpoint", str(tmp_path / "missing.safetensors"), *common]) == 2
+    assert "SD checkpoint not found" in capsys.readouterr().err
+    assert main(["osediff", "--checkpoint", tiny["ckpt"], "--perceptual", "lpips", *common]) == 2
+    err = capsys.readouterr().err
+    assert "--lpips-weights" in err and "--perceptual vae" in err and "none" in err
+    sdxl = tmp_path / "sdxl.safetensors"
+    save_file({"conditioner.embedders.0.transformer.x": torch.zeros(2),
+               "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)}, str(sdxl))
+    assert main(["osediff", "--checkpoint", str(sdxl), *common]) == 2
+    assert "SDXL" in capsys.readouterr().err
+    assert main(["osediff", "--checkpoint", tiny["ckpt"], "--gt-size", "72", *common]) == 2
+    assert "multiple of 32" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

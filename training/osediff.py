@@ -1,0 +1,301 @@
+"""OSEDiff-style one-step LoRA distillation from the user's SD 1.x / 2.x checkpoint.
+
+Each step (a batch of HR crops, their Real-ESRGAN / bicubic LR and their prompts):
+
+1. **generator update**: ``x_hat, z = G(LR)`` (see ``osediff_model.OneStepGenerator``), loss
+   ``lambda_mse * MSE(x_hat, x_HQ) + lambda_perceptual * P(x_hat, x_HQ) + lambda_vsd * VSD(z)``
+   where VSD uses the frozen base UNet with CFG between the negative prompt and the prompt (real
+   score) and the LoRA regulariser without CFG (fake score), t ~ U[20, 980) (``osediff_losses``);
+2. **regulariser update**: the fake-score LoRA's eps (or v) MSE on the detached ``z`` at
+   t ~ U[0, 1000), with its own AdamW.
+
+Both AdamW (betas 0.9 / 0.999, weight decay 1e-2, linear warm-up, gradient clipping). The run
+folder holds ``config.json``, ``log.csv``, ``checkpoints/step-N/`` (both adapters, conv_in, the
+VAE LoRA, EMA, both optimisers; resumed when the run is started again on the same ``--out``) and
+the export ``osediff_lora.safetensors`` + ``osediff_lora_vae.safetensors`` (``osediff_export``).
+Timesteps and noise are functions of (seed, step), the pairs of (seed, index).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from onestep_sr.checkpoint import atomic_write_text, write_safetensors_atomic
+from onestep_sr.sd.formulas import scaled_linear_alphas_cumprod
+from onestep_sr.sd.lora import DEFAULT_ALPHA
+
+from . import osediff_losses as L
+from .data import AUGMENTS, DEGRADATIONS, CaptionedPairDataset
+from .perceptual import PERCEPTUALS, build_perceptual
+from .runs import CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, staging_dir
+
+NEGATIVE_PROMPT = ("painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, "
+                   "unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, "
+                   "signature, jpeg artifacts, deformed, lowres, over-smooth")
+LORA_FILE = "osediff_lora.safetensors"
+
+
+@dataclass
+class OSEDiffConfig:
+    checkpoint: str  # SD 1.x / 2.x single file or diffusers folder
+    data: str  # folder of HR images (captions: <stem>.txt beside an image)
+    out: str  # run folder
+    steps: int = 1000
+    batch_size: int = 1
+    grad_accum: int = 1
+    lr: float = 5e-5
+    lr_regulariser: float = 5e-5
+    weight_decay: float = 1e-2
+    warmup: int = 500
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    gt_size: int = 512
+    degradation: str = "realesrgan"
+    augment: str = "flip"
+    rank: int = 4
+    lora_alpha: float = DEFAULT_ALPHA
+    vae_lora: bool = True
+    prompt: str = ""
+    negative_prompt: str = NEGATIVE_PROMPT
+    cfg: float = 7.5
+    lambda_mse: float = 1.0
+    lambda_perceptual: float = 2.0
+    lambda_vsd: float = 1.0
+    perceptual: str = "vae"
+    lpips_weights: str | None = None  # --perceptual lpips: VGG16 + LPIPS weight file(s), comma-separated
+    family: str | None = None
+    prediction_type: str | None = None
+    config_dir: str | None = None
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "no"
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 500
+    keep: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not Path(self.checkpoint).exists():
+            raise FileNotFoundError(f"SD checkpoint not found: {self.checkpoint} (give an SD 1.x/2.x "
+                                    ".safetensors file, e.g. from ComfyUI/models/checkpoints, or a diffusers folder)")
+        if self.perceptual not in PERCEPTUALS:
+            raise ValueError(f"unknown perceptual loss {self.perceptual!r}; use one of {', '.join(PERCEPTUALS)}")
+        if self.degradation not in DEGRADATIONS or self.augment not in AUGMENTS:
+            raise ValueError(f"degradation must be one of {DEGRADATIONS}, augment one of {AUGMENTS}")
+        if self.gt_size % 32:
+            raise ValueError(f"--gt-size must be a multiple of 32 (the LR is gt/4, the latent gt/8), got {self.gt_size}")
+        if min(self.steps, self.batch_size, self.grad_accum, self.rank) < 1:
+            raise ValueError("steps, batch size, gradient accumulation and rank must be at least 1")
+        if min(self.lambda_mse, self.lambda_perceptual, self.lambda_vsd) < 0 or not math.isfinite(self.cfg):
+            raise ValueError("loss weights must be >= 0 and cfg finite")
+
+
+class OSEDiffRun:
+    """State of one OSEDiff training run; :meth:`train` does the work."""
+
+    def __init__(self, config: OSEDiffConfig):
+        from accelerate import Accelerator
+
+        from onestep_sr.sd.checkpoint import load_sd_model
+
+        from .osediff_model import build_networks, trainable
+
+        self.config = c = config
+        self.out = Path(c.out)
+        lpips = build_perceptual("lpips", None, c.lpips_weights) if c.perceptual == "lpips" else None  # fail fast
+        self.accelerator = Accelerator(gradient_accumulation_steps=c.grad_accum, mixed_precision=c.mixed_precision)
+        device = self.accelerator.device
+        self.sd = sd = load_sd_model(c.checkpoint, family=c.family, prediction_type=c.prediction_type,
+                                     config_dir=c.config_dir)
+        self.prediction_type = sd.prediction_type
+        self.alphas_cumprod = scaled_linear_alphas_cumprod().float()
+        # "vae": a frozen copy of the VAE encoder taken before any LoRA is attached
+        self.perceptual = lpips or build_perceptual(c.perceptual, sd.vae)
+        if self.perceptual is not None:
+            self.perceptual.net.to(device)
+        torch.manual_seed(c.seed)  # the gaussian LoRA init
+        generator, score, self.groups, self.vae_names = build_networks(sd, c.rank, c.lora_alpha, c.vae_lora)
+        if c.gradient_checkpointing:
+            for net in (generator.unet, generator.vae, score.unet):
+                net.enable_gradient_checkpointing()
+        self.text_encoder = sd.text_encoder.to(device)
+        self._embeddings: dict[str, torch.Tensor] = {}
+        self.gen_params = {**trainable(generator.unet, "unet."), **trainable(generator.vae, "vae.")}
+        self.reg_params = trainable(score.unet, "reg.")
+        adamw = dict(betas=(0.9, 0.999), weight_decay=c.weight_decay)
+        self.opt_gen = torch.optim.AdamW(list(self.gen_params.values()), lr=c.lr, **adamw)
+        self.opt_reg = torch.optim.AdamW(list(self.reg_params.values()), lr=c.lr_regulariser, **adamw)
+        warm = max(1, c.warmup)
+        self.sched_gen, self.sched_reg = (torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warm))
+                                          for o in (self.opt_gen, self.opt_reg))
+        self.ema = {k: v.detach().float().cpu().clone() for k, v in self.gen_params.items()}
+        self.step = 0
+        self.last_losses: dict[str, float] = {}  # the last logged means (export header)
+        self._resume()
+        data = CaptionedPairDataset(c.data, c.gt_size, 4, c.degradation, seed=c.seed, augment=c.augment,
+                                    prompt=c.prompt)
+        per_step = c.batch_size * c.grad_accum * self.accelerator.num_processes  # pairs per optimiser step
+        self.loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(data, range(self.step * per_step, c.steps * per_step)),
+            batch_size=c.batch_size, shuffle=False, num_workers=int(c.extra.get("workers", 0)))
+        (self.generator, self.score, self.opt_gen, self.opt_reg, self.loader, self.sched_gen,
+         self.sched_reg) = self.accelerator.prepare(generator, score, self.opt_gen, self.opt_reg, self.loader,
+                                                    self.sched_gen, self.sched_reg)
+
+    # --- pieces ---
+
+    def embeddings(self, prompts: list[str]) -> torch.Tensor:
+        from onestep_sr.sd.prompt import encode_prompt
+
+        for p in set(prompts) - set(self._embeddings):
+            self._embeddings[p] = encode_prompt(self.text_encoder, p, self.sd.prompt)
+        return torch.cat([self._embeddings[p] for p in prompts]).to(self.accelerator.device)
+
+    def _rng(self, step: int, salt: int) -> torch.Generator:
+        """Timesteps / noise of (seed, micro-step, what, process): each GPU draws its own."""
+        key = ((self.config.seed * 1_000_003 + step) * 4 + salt) * 1024 + self.accelerator.process_index
+        return torch.Generator().manual_seed(key)
+
+    def _t_and_noise(self, z: torch.Tensor, low: int, high: int, generator: torch.Generator):
+        t = torch.randint(low, high, (z.shape[0],), generator=generator)
+        noise = torch.randn(z.shape, generator=generator)
+        return t.to(z.device), noise.to(z.device, z.dtype)
+
+    def generator_losses(self, lq, gt, prompts, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """({"mse", "perceptual", "vsd", "total"}, z) of one micro-batch."""
+        c = self.config
+        context = self.embeddings(list(prompts))
+        lq, x_hq = lq.to(context.device), gt.to(context.device) * 2 - 1
+        z, x_hat = self.generator(lq, context)
+        parts = {"mse": L.data_loss(x_hat, x_hq).mean()}
+        total = c.lambda_mse * parts["mse"]
+        if self.perceptual is not None and c.lambda_perceptual:
+            parts["perceptual"] = self.perceptual(x_hat.float(), x_hq).mean()
+            total = total + c.lambda_perceptual * parts["perceptual"]
+        if c.lambda_vsd:
+            score = self.accelerator.unwrap_model(self.score)
+            t, noise = self._t_and_noise(z, *L.VSD_T_RANGE, self._rng(step, 0))
+            with torch.no_grad():
+                z_t = L.add_noise(z.detach().float(), noise.float(), t, self.alphas_cumprod)
+                negative = self.embeddings([c.negative_prompt] * z.shape[0])
+                x0_real = L.score_x0(score.real, z_t, t, context, self.alphas_cumprod, self.prediction_type,
+                                     negative=negative, guidance=c.cfg)
+                x0_fake = L.score_x0(score, z_t, t, context, self.alphas_cumprod, self.prediction_type)
+            parts["vsd"] = L.vsd_loss(z, x0_real, x0_fake)
+            total = total + c.lambda_vsd * parts["vsd"]
+        parts["total"] = total
+        return parts, z
+
+    def regulariser_loss(self, z: torch.Tensor, prompts, step: int) -> torch.Tensor:
+        context = self.embeddings(list(prompts))
+        z = z.detach().float()
+        t, noise = self._t_and_noise(z, *L.REGULARISER_T_RANGE, self._rng(step, 1))
+        z_t = L.add_noise(z, noise, t, self.alphas_cumprod)
+        target = L.diffusion_target(z, noise, t, self.alphas_cumprod, self.prediction_type)
+        return L.regulariser_loss(self.score(z_t, t, context), target)
+
+    # --- checkpoints ---
+
+    def _resume(self) -> None:
+        saved = checkpoint_dirs(self.out)
+        if not saved:
+            return
+        latest = saved[-1]
+        state = json.loads((latest / "state.json").read_text())
+        weights = load_file(latest / "trainable.safetensors")
+        with torch.no_grad():
+            for name, p in {**self.gen_params, **self.reg_params}.items():
+                p.copy_(weights[name])
+        self.ema = load_file(latest / "ema.safetensors")
+        for opt, name in ((self.opt_gen, "gen"), (self.opt_reg, "reg")):
+            opt.load_state_dict(torch.load(latest / f"optimizer_{name}.pt", map_location="cpu", weights_only=True))
+        self.sched_gen.load_state_dict(state["scheduler_gen"])
+        self.sched_reg.load_state_dict(state["scheduler_reg"])
+        self.step = int(state["step"])
+
+    def save_checkpoint(self) -> Path:
+        tmp, final = staging_dir(self.out, self.step)
+        weights = {k: v.detach().cpu().contiguous() for k, v in {**self.gen_params, **self.reg_params}.items()}
+        write_safetensors_atomic(weights, {}, tmp / "trainable.safetensors")
+        write_safetensors_atomic({k: v.contiguous() for k, v in self.ema.items()}, {}, tmp / "ema.safetensors")
+        torch.save(self.opt_gen.state_dict(), tmp / "optimizer_gen.pt")
+        torch.save(self.opt_reg.state_dict(), tmp / "optimizer_reg.pt")
+        (tmp / "state.json").write_text(json.dumps({
+            "step": self.step, "scheduler_gen": self.sched_gen.state_dict(),
+            "scheduler_reg": self.sched_reg.state_dict(), "config": asdict(self.config)}))
+        return commit_checkpoint(tmp, final, self.out, self.config.keep)
+
+    def export(self, use_ema: bool = True, path: Path | None = None) -> Path:
+        """The kohya LoRA (+ ``_vae`` sibling) from the EMA (or current) generator weights."""
+        from .osediff_export import export_kohya
+
+        weights = self.ema if use_ema else {k: v.detach().cpu() for k, v in self.gen_params.items()}
+        return export_kohya(self, weights, path or self.out / LORA_FILE)
+
+    # --- the loop ---
+
+    def _update(self, loss: torch.Tensor, params, optimizer, scheduler) -> None:
+        self.accelerator.backward(loss)
+        if self.accelerator.sync_gradients and self.config.grad_clip > 0:
+            self.accelerator.clip_grad_norm_(params, self.config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def train(self, progress: bool = True) -> Path:
+        """Train to ``config.steps``; returns the exported LoRA path."""
+        c, acc = self.config, self.accelerator
+        self.out.mkdir(parents=True, exist_ok=True)
+        if acc.is_main_process:
+            atomic_write_text(self.out / "config.json", json.dumps(asdict(c), indent=1) + "\n")
+        bar = None
+        if progress and acc.is_local_main_process:
+            from tqdm import tqdm
+            bar = tqdm(total=c.steps, initial=self.step, desc="osediff", dynamic_ncols=True)
+        started, sums, count = time.perf_counter(), {}, 0
+        micro = self.step * c.grad_accum
+        self.generator.train()
+        self.score.train()
+        with CsvLog(self.out / "log.csv") as log:
+            for lq, gt, prompts in self.loader:
+                with acc.accumulate(self.generator, self.score), acc.autocast():
+                    parts, z = self.generator_losses(lq, gt, prompts, micro)
+                    if not math.isfinite(parts["total"].item()):
+                        raise FloatingPointError(f"the generator loss is {parts['total'].item()} at step "
+                                                 f"{self.step}; lower --lr or use --mixed-precision no")
+                    self._update(parts["total"], list(self.gen_params.values()), self.opt_gen, self.sched_gen)
+                    parts["regulariser"] = self.regulariser_loss(z, prompts, micro)
+                    self._update(parts["regulariser"], list(self.reg_params.values()), self.opt_reg, self.sched_reg)
+                micro += 1
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                count += 1
+                if not acc.sync_gradients:
+                    continue
+                self.step += 1
+                ema_update(self.ema, self.gen_params.items(), ema_decay(c.ema, self.step))
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sums['total'] / count:.4g}", mse=f"{sums['mse'] / count:.4g}")
+                if self.step % c.log_every == 0 or self.step == c.steps:
+                    self.last_losses = {k: v / count for k, v in sums.items()}
+                    if acc.is_main_process:
+                        log.write({"step": self.step, **{f"loss_{k}": v / count for k, v in sums.items()},
+                                   "lr": self.sched_gen.get_last_lr()[0], "seconds": time.perf_counter() - started})
+                    sums, count = {}, 0
+                if self.step % c.save_every == 0 or self.step == c.steps:
+                    acc.wait_for_everyone()
+                    if acc.is_main_process:
+                        self.save_checkpoint()
+        if bar:
+            bar.close()
+        self.generator.eval()
+        self.score.eval()
+        return self.export() if acc.is_main_process else self.out / LORA_FILE

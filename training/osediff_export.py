@@ -1,0 +1,81 @@
+"""Export of an OSEDiff training run as kohya-format LoRA files.
+
+The trained generator weights (peft names, the three UNet adapters, ``conv_in.base_layer.*`` and
+the VAE-encoder adapter) are arranged in memory as the dict OSEDiff itself saves and converted with
+``onestep_sr.sd.lora.osediff_to_kohya``, so the files are exactly the format ``onestep-sr convert``
+writes (ComfyUI's LoraLoader applies every key; the VAE half goes in ``NAME_vae.safetensors``).
+The header carries, besides the converter's fields, the base model's file name and SHA-256 (of the
+single file, or of a diffusers folder's UNet weights file), family, prediction type, rank, steps
+and the loss settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from onestep_sr.sd.lora import osediff_to_kohya, write_kohya_files
+from onestep_sr.sd.lora_targets import ADAPTERS
+
+UNET_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                     "diffusion_pytorch_model.fp16.safetensors")
+
+
+def base_model_file(checkpoint) -> Path:
+    """The file hashed for the header: the checkpoint itself, or a diffusers folder's UNet weights."""
+    path = Path(checkpoint)
+    if path.is_file():
+        return path
+    for name in UNET_WEIGHT_FILES:
+        if (path / "unet" / name).is_file():
+            return path / "unet" / name
+    raise FileNotFoundError(f"{path}: no UNet weights file ({', '.join(UNET_WEIGHT_FILES)}) in unet/")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def osediff_dict(groups: dict[str, list[str]], vae_names: list[str], rank: int,
+                 weights: dict[str, torch.Tensor]) -> dict:
+    """OSEDiff's checkpoint layout from trainer weights named ``unet.<peft name>`` / ``vae.<peft name>``."""
+    unet = {k[len("unet."):]: v for k, v in weights.items() if k.startswith("unet.")}
+    vae = {k[len("vae."):]: v for k, v in weights.items() if k.startswith("vae.")}
+    return {f"unet_lora_{g}_modules": list(groups[g]) for g in ADAPTERS} | {
+        "vae_lora_encoder_modules": list(vae_names), "rank_unet": rank, "rank_vae": rank,
+        "state_dict_unet": unet, "state_dict_vae": vae}
+
+
+def export_kohya(run, weights: dict[str, torch.Tensor], dst: Path) -> Path:
+    """Write ``dst`` (+ ``_vae`` sibling when the VAE has a LoRA); returns ``dst``."""
+    c = run.config
+    ckpt = osediff_dict(run.groups, run.vae_names, c.rank, weights)
+    unet_sd, vae_sd, metadata = osediff_to_kohya(ckpt, alpha=c.lora_alpha)
+    base = base_model_file(c.checkpoint)
+    metadata.pop("converted_from", None)
+    metadata.update({
+        "trained_with": "onestep-sr train osediff",
+        "source": Path(c.out).name,
+        "base_model": Path(c.checkpoint).name,
+        "base_model_sha256": sha256_file(base),
+        "base_model_hashed_file": base.name,
+        "base_model_family": run.sd.family,
+        "prediction_type": run.prediction_type,
+        "steps": str(run.step),
+        "weights": "ema" if weights is run.ema else "current",
+        "loss_weights": json.dumps({"mse": c.lambda_mse, "perceptual": c.lambda_perceptual, "vsd": c.lambda_vsd}),
+        "losses_last_logged": json.dumps({k: round(v, 6) for k, v in run.last_losses.items()}),
+        "perceptual": c.perceptual,
+        "cfg": f"{c.cfg:g}",
+        "prompt": c.prompt,
+        "ss_v2": str(run.sd.family == "sd2"),
+        "ss_steps": str(run.step),
+    })
+    write_kohya_files(unet_sd, vae_sd, metadata, dst)
+    return Path(dst)

@@ -1,0 +1,79 @@
+"""Pieces every trainer here shares: checkpoint folders with rotation, the warmed-up EMA and the
+CSV log. Used by ``trainer.Run`` (ResShift / SinSR) and ``osediff.OSEDiffRun``."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """The complete ``out/checkpoints/step-N/`` folders (with ``state.json``), oldest first."""
+    folder = Path(out) / "checkpoints"
+    found = [p for p in folder.glob("step-*") if (p / "state.json").is_file()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def staging_dir(out: Path, step: int) -> tuple[Path, Path]:
+    """(a fresh temporary folder, the final ``checkpoints/step-N``) for :func:`commit_checkpoint`."""
+    final = Path(out) / "checkpoints" / f"step-{step}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp, final
+
+
+def commit_checkpoint(tmp: Path, final: Path, out: Path, keep: int) -> Path:
+    """Rename the written ``tmp`` folder to ``final`` and delete all but the newest ``keep``."""
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(out)[:-max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def ema_decay(decay: float, step: int) -> float:
+    """``decay`` warmed up as ``(1 + step) / (10 + step)`` so that the average forgets the initial
+    weights: a fixed 0.999 still holds 37 % of them after 1000 steps."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def ema_update(ema: dict[str, torch.Tensor], named: Iterable[tuple[str, torch.Tensor]], decay: float,
+               copy_only=lambda name, value: False) -> None:
+    """``ema[k] = decay * ema[k] + (1 - decay) * v`` (float32, CPU) for every floating tensor;
+    integer tensors and those ``copy_only(name, value)`` selects are copied."""
+    for k, v in named:
+        if v.is_floating_point() and not copy_only(k, v):
+            ema[k].mul_(decay).add_(v.detach().float().cpu(), alpha=1 - decay)
+        else:
+            ema[k] = v.detach().cpu().clone()
+
+
+class CsvLog:
+    """Rows appended to ``log.csv`` (the header written once, by the first row of a new file)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.new = not self.path.exists()
+        self.file = None
+        self.writer = None
+
+    def __enter__(self) -> "CsvLog":
+        self.file = open(self.path, "a", newline="")
+        return self
+
+    def write(self, row: dict) -> None:
+        if self.writer is None:
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
+            if self.new:
+                self.writer.writeheader()
+        self.writer.writerow(row)
+        self.file.flush()
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
