@@ -71,6 +71,26 @@ def test_the_upscaler_is_discovered_with_one_entry_per_model(webui):
     assert type(data.scaler).__module__ == "onestep_sr_webui.extensions.a1111.upscaler"
 
 
+def test_a_bundled_model_is_the_first_entry_and_runs(webui, tiny):
+    """When weights/ holds a bundled model it is listed first as `OneStepSR 4x default` and runs
+    offline (its model info names its autoencoder, found in the models folder)."""
+    from modules import modelloader
+    from onestep_sr_webui.onestep_sr import model as engine_model
+
+    bundled = dict(engine_model.BUNDLED_MODELS)
+    engine_model.BUNDLED_MODELS["onestep_default"] = tiny / "tiny_teacher.safetensors"
+    try:
+        modelloader.load_upscalers()
+        ours = [u for u in webui.sd_upscalers if u.name.startswith("OneStepSR")]
+        assert ours[0].name == "OneStepSR 4x default" and ours[0].data_path == "bundled:onestep_default"
+        out = webui_fake.extras(webui, _image(), "OneStepSR 4x default", 4)
+        expected = _engine(tiny, "tiny_teacher.safetensors").upscale(_image(), seed=12345)
+        assert np.array_equal(np.asarray(out), np.asarray(expected))
+    finally:
+        engine_model.BUNDLED_MODELS.clear()
+        engine_model.BUNDLED_MODELS.update(bundled)
+
+
 def test_the_models_path_option_and_setting_are_searched_first(tmp_path, tiny, monkeypatch):
     monkeypatch.setenv("ONESTEP_SR_OFFLINE", "1")
     option_dir, setting_dir = tmp_path / "from_option", tmp_path / "from_setting"

@@ -26,7 +26,7 @@ from ...onestep_sr.registry import RegistryEntry, get_entry, list_entries
 
 PREFIX = "OneStepSR 4x"
 REGISTRY, BUNDLED = "registry:", "bundled:"
-_WORDS = {"sinsr": "SinSR", "resshift": "ResShift", "bicsr": "bicubic", "x4": ""}  # the prefix says 4x
+_WORDS = {"sinsr": "SinSR", "resshift": "ResShift", "bicsr": "bicubic", "x4": "", "onestep": ""}  # prefix says it
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class Entry:
 
 
 def pretty(name: str) -> str:
-    """``sinsr_v1`` -> ``SinSR v1``, ``resshift_bicsr_x4`` -> ``ResShift bicubic``."""
+    """``sinsr_v1`` -> ``SinSR v1``, ``resshift_bicsr_x4`` -> ``ResShift bicubic``,
+    ``onestep_default`` -> ``default``."""
     return " ".join(w for w in (_WORDS.get(word, word) for word in name.split("_")) if w)
 
 
