@@ -509,3 +509,18 @@ def test_merge_refuses_unused_keys_and_changes_nothing():
     assert torch.allclose(model.down_blocks[0].weight, expected, atol=1e-6)
     assert torch.allclose(model.conv_in.bias, before["conv_in.bias"] + 0.5)
     assert torch.allclose(model.conv_in.weight, before["conv_in.weight"] + 0.5)
+
+
+def test_conv_in_as_a_difference_to_the_base(osediff, tmp_path):
+    """With the base conv_in known, conv_in is written as lora_unet_conv_in.diff / .diff_b (keys
+    A1111's Lora extension applies too) and the merge still reproduces the peft model."""
+    base_conv = osediff.base_unet.conv_in
+    unet_sd, vae_sd, metadata = lora.osediff_to_kohya(osediff.ckpt, conv_in_base=(base_conv.weight, base_conv.bias))
+    assert {"lora_unet_conv_in.diff", "lora_unet_conv_in.diff_b"} <= set(unet_sd)
+    assert not any(k.endswith(".set_weight") for k in unet_sd) and "diff" in metadata["conv_in"]
+    unet, vae = copy.deepcopy(osediff.base_unet), copy.deepcopy(osediff.base_vae)
+    lora.merge_kohya_lora(unet, vae, {**unet_sd, **vae_sd})
+    out_unet, out_vae = _outputs(unet, vae, osediff.inputs)
+    assert _max_rel(out_unet, osediff.out_unet) < TOLERANCE and _max_rel(out_vae, osediff.out_vae) < TOLERANCE
+    with pytest.raises(lora.LoraFormatError, match="base conv_in"):
+        lora.osediff_to_kohya(osediff.ckpt, conv_in_base=(base_conv.weight[:, :2], base_conv.bias))

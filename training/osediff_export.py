@@ -2,8 +2,9 @@
 
 The trained generator weights (peft names, the three UNet adapters, ``conv_in.base_layer.*`` and
 the VAE-encoder adapter) are arranged in memory as the dict OSEDiff itself saves and converted with
-``onestep_sr.sd.lora.osediff_to_kohya``, so the files are exactly the format ``onestep-sr convert``
-writes (ComfyUI's LoraLoader applies every key; the VAE half goes in ``NAME_vae.safetensors``).
+``onestep_sr.sd.lora.osediff_to_kohya``, so the files are the format ``onestep-sr convert`` writes
+(the VAE half goes in ``NAME_vae.safetensors``), except that conv_in, whose base weights the run
+has, is written as ``lora_unet_conv_in.diff`` / ``.diff_b`` so A1111 applies it too.
 The header carries, besides the converter's fields, the base model's file name and SHA-256 (of the
 single file, or of a diffusers folder's UNet weights file), family, prediction type, rank, steps
 and the loss settings.
@@ -52,11 +53,21 @@ def osediff_dict(groups: dict[str, list[str]], vae_names: list[str], rank: int,
         "state_dict_unet": unet, "state_dict_vae": vae}
 
 
+def base_conv_in(run) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The base model's conv_in (weight, bias): the score UNet's, which is never trained in full.
+    The export writes the generator's conv_in as its difference to these (``.diff`` keys, which
+    A1111's Lora extension applies as well as ComfyUI; ``set_weight`` is ComfyUI-only)."""
+    score = run.accelerator.unwrap_model(run.score) if hasattr(run, "accelerator") else run.score
+    conv = getattr(score.unet.conv_in, "base_layer", score.unet.conv_in)
+    bias = conv.bias.detach().float().cpu() if conv.bias is not None else None
+    return conv.weight.detach().float().cpu(), bias
+
+
 def export_kohya(run, weights: dict[str, torch.Tensor], dst: Path) -> Path:
     """Write ``dst`` (+ ``_vae`` sibling when the VAE has a LoRA); returns ``dst``."""
     c = run.config
     ckpt = osediff_dict(run.groups, run.vae_names, c.rank, weights)
-    unet_sd, vae_sd, metadata = osediff_to_kohya(ckpt, alpha=c.lora_alpha)
+    unet_sd, vae_sd, metadata = osediff_to_kohya(ckpt, alpha=c.lora_alpha, conv_in_base=base_conv_in(run))
     base = base_model_file(c.checkpoint)
     metadata.pop("converted_from", None)
     metadata.update({

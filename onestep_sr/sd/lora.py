@@ -343,11 +343,15 @@ def _alpha(alpha: float) -> torch.Tensor:
 
 
 def osediff_to_kohya(ckpt: OSEDiffCheckpoint | Mapping, alpha: float = DEFAULT_ALPHA,
-                     dtype: Optional[torch.dtype] = None
+                     dtype: Optional[torch.dtype] = None,
+                     conv_in_base: Optional[tuple[torch.Tensor, Optional[torch.Tensor]]] = None
                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, str]]:
     """(UNet kohya state dict, VAE-encoder LoRA state dict, header metadata); see the module
     docstring for the key format. ``alpha``: the PEFT ``lora_alpha`` OSEDiff trained with (8).
-    ``dtype``: cast the written tensors (``None`` keeps the source dtype; ``.alpha`` is float32)."""
+    ``dtype``: cast the written tensors (``None`` keeps the source dtype; ``.alpha`` is float32).
+    ``conv_in_base``: the base model's conv_in (weight, bias); when known, conv_in is written as
+    its difference to them, ``lora_unet_conv_in.diff`` / ``.diff_b`` (the "full" network keys that
+    both ComfyUI and A1111's Lora extension apply), instead of ``set_weight`` (ComfyUI only)."""
     if not isinstance(ckpt, OSEDiffCheckpoint):
         ckpt = parse_osediff(ckpt)
     source = ckpt.source
@@ -378,13 +382,23 @@ def osediff_to_kohya(ckpt: OSEDiffCheckpoint | Mapping, alpha: float = DEFAULT_A
             weight = (weight.to(torch.float32) + lora_delta(p.down, p.up, weight.shape, scale)).to(weight.dtype)
         except ValueError as exc:
             raise LoraFormatError(f"{source}: conv_in LoRA: {exc}") from exc
-    unet_sd[f"{CONV_IN_LDM}.set_weight"] = _out(weight, dtype)
-    if conv_in_b is not None:
-        bias = state[conv_in_b]
-        if list(bias.shape) != [weight.shape[0]]:
-            raise LoraFormatError(f"{source}: key {conv_in_b!r} has shape {list(bias.shape)}; expected "
-                                  f"[{weight.shape[0]}]")
-        unet_sd[f"{CONV_IN_LDM}.bias.set_weight"] = _out(bias, dtype)
+    bias = state[conv_in_b] if conv_in_b is not None else None
+    if bias is not None and list(bias.shape) != [weight.shape[0]]:
+        raise LoraFormatError(f"{source}: key {conv_in_b!r} has shape {list(bias.shape)}; expected "
+                              f"[{weight.shape[0]}]")
+    if conv_in_base is None:
+        unet_sd[f"{CONV_IN_LDM}.set_weight"] = _out(weight, dtype)
+        if bias is not None:
+            unet_sd[f"{CONV_IN_LDM}.bias.set_weight"] = _out(bias, dtype)
+    else:
+        base_w, base_b = conv_in_base
+        if base_w.shape != weight.shape or (bias is not None and (base_b is None or base_b.shape != bias.shape)):
+            raise LoraFormatError(f"{source}: the base conv_in {list(base_w.shape)} does not match the trained one "
+                                  f"{list(weight.shape)}")
+        name = kohya_unet_name("conv_in")
+        unet_sd[f"{name}.diff"] = _out(weight.float() - base_w.float(), dtype or weight.dtype)
+        if bias is not None:
+            unet_sd[f"{name}.diff_b"] = _out(bias.float() - base_b.float(), dtype or bias.dtype)
     for module, p in pairs.items():
         name = kohya_unet_name(module)
         unet_sd[f"{name}.lora_down.weight"] = _out(p.down, dtype)
@@ -418,7 +432,8 @@ def osediff_to_kohya(ckpt: OSEDiffCheckpoint | Mapping, alpha: float = DEFAULT_A
         "alpha": f"{float(alpha):g}",
         "unet_lora_modules": str(len(pairs)),
         "unet_adapters": ", ".join(f"default_{k}: {v}" for k, v in counts.items()),
-        "conv_in": f"full weight as {CONV_IN_LDM}.set_weight / .bias.set_weight"
+        "conv_in": (f"full weight as {CONV_IN_LDM}.set_weight / .bias.set_weight" if conv_in_base is None
+                    else "difference to the base model as lora_unet_conv_in.diff / .diff_b")
                    + (" (its LoRA folded in)" if "conv_in" in listed else ""),
         "vae_lora_modules": str(len(vae_pairs)),
         "vae_keys": "LDM first_stage_model names (encoder.*, quant_conv)",
