@@ -360,12 +360,13 @@ def _pil_from_output(rgb: np.ndarray, alpha: np.ndarray | None, mode: str) -> Im
 
 
 # ------------------------------------------------------------------------------------------- files
-def read_image(path) -> Image.Image:
+def read_image(path, max_pixels: int | None = None) -> Image.Image:
     """Decode an image file completely and return it with its EXIF orientation applied.
 
     The file is closed before returning. Only the first frame of animated / multi-page files is
     read. Errors are :class:`ImageInputError`: missing path, a folder, not an image, truncated or
-    corrupt data, or more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` (decompression-bomb guard).
+    corrupt data, more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` (decompression-bomb guard) or
+    than ``max_pixels`` (checked from the header, before any pixel is decoded).
     """
     path = Path(path)
     if not path.exists():
@@ -378,7 +379,11 @@ def read_image(path) -> Image.Image:
         raise ImageInputError(f"{path}: cannot read the file ({error.strerror or error})") from error
     with handle, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return _oriented(_open_image(handle, path), str(path))
+        image = _open_image(handle, path)
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise ImageInputError(f"{path}: {image.width}x{image.height} is {image.width * image.height:,} pixels, "
+                                  f"over the limit of {max_pixels:,}")
+        return _oriented(image, str(path))
 
 
 def _too_large(label, error: Exception) -> ImageInputError:

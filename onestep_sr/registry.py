@@ -57,12 +57,13 @@ def _load(path: Path) -> dict[str, RegistryEntry]:
     return entries
 
 
-def list_entries(path: Path = REGISTRY_FILE) -> list[RegistryEntry]:
-    return list(_load(path).values())
+def list_entries(path: Path | None = None) -> list[RegistryEntry]:
+    """The registry's models (``path``: default ``REGISTRY_FILE``, looked up at call time)."""
+    return list(_load(path or REGISTRY_FILE).values())
 
 
-def get_entry(name: str, path: Path = REGISTRY_FILE) -> RegistryEntry:
-    entries = _load(path)
+def get_entry(name: str, path: Path | None = None) -> RegistryEntry:
+    entries = _load(path or REGISTRY_FILE)
     if name not in entries:
         raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(entries)}")
     return entries[name]

@@ -527,6 +527,17 @@ def test_read_image_decompression_bomb(tmp_path, monkeypatch, limit):
         read_image(path)
 
 
+def test_read_image_pixel_limit_is_checked_before_decoding(tmp_path):
+    path = tmp_path / "wide.png"
+    real = png_bytes(Image.fromarray(random_array((40, 50, 3), np.uint8)))
+    path.write_bytes(real[: len(real) // 2])  # truncated: a decode would fail with another message
+    with pytest.raises(ImageInputError, match=r"wide.png: 50x40 is 2,000 pixels, over the limit of 1,999"):
+        read_image(path, max_pixels=1999)
+    with pytest.raises(ImageInputError, match="truncated or corrupt"):
+        read_image(path, max_pixels=2000)
+    assert open_fds_to(path) == []
+
+
 def test_prepare_reports_a_truncated_lazy_pil_image(tmp_path):
     path = tmp_path / "half.png"
     real = png_bytes(Image.fromarray(random_array((64, 64, 3), np.uint8)))
