@@ -1,5 +1,5 @@
-"""``onestep-sr`` command line: ``upscale`` (x4 SR of images), ``models``, ``download``, ``convert`` and
-``train`` (the training package).
+"""``onestep-sr`` command line: ``upscale`` (x4 SR of images), ``models``, ``download``, ``convert``,
+``train`` (the training package) and ``app`` (the web app).
 
 Every subcommand module has ``register(subparsers)`` which adds its parser and sets ``run``.
 Errors the user can fix are one line on stderr and exit code 2; nothing partial is left behind.
@@ -11,10 +11,10 @@ import os
 import sys
 
 from ..checkpoint import CheckpointError
-from . import train, upscale, weights
+from . import app, train, upscale, weights
 from .common import EXIT_FAILED, EXIT_USAGE, UsageError
 
-SUBCOMMANDS = [upscale, weights, train]
+SUBCOMMANDS = [upscale, weights, train, app]
 
 
 def build_parser() -> argparse.ArgumentParser:

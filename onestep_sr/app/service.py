@@ -1,0 +1,235 @@
+"""What the web app does, without gradio: the model picker's entries and their download state,
+downloads, one loaded model at a time, and batches of uploaded files upscaled one by one.
+
+Every failure a user can cause (a file that is not an image, truncated, over the pixel limit; a
+model that is missing offline or broken) becomes a message; nothing here ends the server.
+Results are written atomically, so a failed or cancelled image leaves no file behind.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from PIL import Image
+
+from ..catalog import BUNDLED, REGISTRY, CatalogEntry, discover, missing_downloads, weights_for
+from ..download import ensure_weights
+from ..imageio import ImageInputError, read_image, write_image_atomic
+from ..model import SCALE, OneStepSR, load_model
+from ..registry import models_dir as default_models_dir
+
+DEFAULT_MAX_PIXELS = 4_000_000          # input pixels per image (x4 output: 64 MP)
+Progress = Callable[[float, str], None]  # (fraction done, what is happening)
+
+
+class Cancelled(Exception):
+    """The user pressed Cancel."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """An upscale's options as the UI gives them."""
+    steps: str = "1"              # a value of ``AppService.step_choices``
+    seed: int = -1                # -1: a random seed (reported with the result)
+    tile: int = 256               # denoiser tile in input pixels
+    color_fix: str = "none"
+    scale: float = float(SCALE)
+
+
+@dataclass
+class Result:
+    """One uploaded file: the written result, or the reason there is none."""
+    name: str
+    output: Path | None = None
+    before: Path | None = None       # the input resized to the output's size (comparison view)
+    error: str | None = None
+    seed: int | None = None
+    seconds: float = 0.0
+    size: tuple[int, int] | None = None
+
+    def line(self) -> str:
+        if self.error:
+            return f"{self.name}: {self.error}"
+        return f"{self.name}: {self.size[0]}x{self.size[1]} in {self.seconds:.1f} s (seed {self.seed})"
+
+
+@dataclass
+class AppService:
+    """``folders``: models folders in search order; downloads go into the first one."""
+    folders: list[Path] = field(default_factory=lambda: [default_models_dir()])
+    output_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "onestep_sr_app")
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    device: str | None = None
+    dtype: str | None = None
+    offline: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.folders = [Path(f).resolve() for f in self.folders]
+        self._lock = threading.Lock()          # one model load / upscale at a time in this process
+        self._loaded: tuple[str, OneStepSR] | None = None
+        self._cancel: dict[str, threading.Event] = {}
+
+    # --- the model picker --------------------------------------------------------------------
+
+    def entries(self) -> list[CatalogEntry]:
+        return discover(self.folders)
+
+    def entry(self, source: str) -> CatalogEntry:
+        found = next((e for e in self.entries() if e.source == source), None)
+        if found is None:
+            raise ValueError(f"model {source!r} is not available (any more); refresh the model list")
+        return found
+
+    @staticmethod
+    def label(entry: CatalogEntry) -> str:
+        kind = " (bundled)" if entry.source.startswith(BUNDLED) else ""
+        return entry.title + kind + (f" - {entry.steps} steps" if entry.steps > 1 else "")
+
+    def choices(self) -> list[tuple[str, str]]:
+        return [(self.label(e), e.source) for e in self.entries()]
+
+    def default_source(self) -> str | None:
+        """The bundled model when there is one, else the first model that needs no download."""
+        entries = self.entries()
+        ready = [e for e in entries if not self.missing(e.source)]
+        candidates = ready or entries
+        return candidates[0].source if candidates else None
+
+    def missing(self, source: str) -> list:
+        return missing_downloads(source, self.folders)
+
+    def status(self, source: str) -> str:
+        """One line: whether the model can run now, or what a download would fetch."""
+        try:
+            missing = self.missing(source)
+        except (ValueError, KeyError, OSError) as exc:
+            return f"unavailable: {exc}"
+        if not missing:
+            kind = "bundled, offline" if source.startswith(BUNDLED) else "downloaded" if source.startswith(REGISTRY) \
+                else "local file"
+            return f"ready ({kind})"
+        sizes = [f"{e.file} ({e.expected_payload_bytes / 1e6:.0f} MB)" if e.expected_payload_bytes else e.file
+                 for e in missing]
+        return (f"not downloaded: {', '.join(sizes)} into {self.folders[0]} "
+                f"(licence: {'; '.join(sorted({e.licence for e in missing}))})")
+
+    def step_choices(self, source: str) -> list[tuple[str, str]]:
+        steps = self.entry(source).steps
+        if steps == 1:
+            return [("1 (one step)", "1")]
+        return [(f"{steps} steps, stochastic (the paper's sampler)", f"{steps}/stochastic"),
+                (f"{steps} steps, deterministic", f"{steps}/deterministic"), ("1 (one step)", "1")]
+
+    # --- downloads and loading ---------------------------------------------------------------
+
+    def download(self, source: str, progress: Progress | None = None) -> str:
+        """Fetch what the entry still needs into the first models folder; the new status."""
+        missing = self.missing(source)
+        for index, entry in enumerate(missing, 1):
+            def report(done: int, total: int | None, entry=entry, index=index) -> None:
+                if progress:
+                    fraction = done / total if total else 0.0
+                    progress(fraction, f"downloading {entry.file} ({index}/{len(missing)}): {done / 1e6:.1f} MB")
+            ensure_weights(entry, models_dir=self.folders[0], offline=self.offline, progress=report)
+        return self.status(source)
+
+    def model(self, source: str, progress: Progress | None = None) -> OneStepSR:
+        """The entry's model, loaded once and kept until another entry is used."""
+        key = repr((source, self.device, self.dtype))
+        if self._loaded and self._loaded[0] == key:
+            return self._loaded[1]
+        self._loaded = None                      # free the old model before loading the next
+        weights = weights_for(source, self.folders)
+        entry = weights.entry
+
+        def report(done: int, total: int | None) -> None:
+            if progress:
+                progress(done / total if total else 0.0, f"downloading weights: {done / 1e6:.1f} MB")
+
+        model = load_model(weights.spec, device=self.device, dtype=self.dtype, models_dir=self.folders[0],
+                           offline=self.offline, download_progress=report,
+                           schedule=entry.resshift_schedule() if entry else None,
+                           sampler=entry.sampler if entry else None)
+        self._loaded = (key, model)
+        return model
+
+    # --- cancellation --------------------------------------------------------------------------
+
+    def cancel(self, session: str) -> None:
+        self._cancel.setdefault(session, threading.Event()).set()
+
+    def _start(self, session: str) -> threading.Event:
+        event = self._cancel.setdefault(session, threading.Event())
+        event.clear()
+        return event
+
+    # --- upscaling -----------------------------------------------------------------------------
+
+    def upscale_files(self, paths: list[str | os.PathLike], source: str, settings: Settings,
+                      session: str = "local", progress: Progress | None = None) -> Iterator[Result]:
+        """Upscale the files one by one, yielding each one's result as soon as it is done. A bad
+        file gives a result with an error and the batch goes on; Cancel stops after the current
+        network call (raises :class:`Cancelled`, the finished results stay)."""
+        cancelled = self._start(session)
+        options = self._options(settings)
+        with self._lock:                     # never held across a yield: a dropped client cannot keep it
+            model = self.model(source, progress)
+            model.check_options(**options)
+        run_dir = Path(self.output_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        for index, path in enumerate(paths):
+            name = Path(path).name
+
+            def tick(done: int, total: int, index=index, name=name) -> None:
+                if cancelled.is_set():
+                    raise Cancelled(f"cancelled during {name}")
+                if progress:
+                    progress((index + done / max(total, 1)) / len(paths), f"{name} ({index + 1}/{len(paths)})")
+
+            if cancelled.is_set():
+                raise Cancelled(f"cancelled before {name}")
+            with self._lock:
+                result = self._one(model, Path(path), run_dir / f"{index:03d}", options, tick)
+            yield result
+
+    def _options(self, settings: Settings) -> dict:
+        steps, _, sampler = settings.steps.partition("/")
+        seed = settings.seed if settings.seed is not None and int(settings.seed) >= 0 else secrets.randbelow(2**31)
+        options = dict(steps=int(steps), seed=int(seed), tile=int(settings.tile), color_fix=settings.color_fix,
+                       scale=float(settings.scale))
+        if sampler:
+            options["stochastic"] = sampler == "stochastic"
+        return options
+
+    def _one(self, model: OneStepSR, path: Path, folder: Path, options: dict, tick) -> Result:
+        name = path.name
+        start = time.perf_counter()
+        try:
+            image = read_image(path, max_pixels=self.max_pixels)
+        except ImageInputError as exc:
+            return Result(name, error=str(exc).removeprefix(f"{path}: "))
+        try:
+            out = model.upscale(image, progress=tick, **options)
+        except Cancelled:
+            raise
+        except MemoryError:
+            return Result(name, error=f"out of memory at {image.width}x{image.height}; lower the tile size")
+        except (RuntimeError, ValueError) as exc:
+            return Result(name, error=f"upscaling failed: {exc}")
+        stem = Path(name).stem
+        output = folder / f"{stem}_x{options['scale']:g}.png"
+        before = folder / f"{stem}_before.png"
+        comparison = image.convert("RGBA" if "A" in out.mode else "RGB").resize(out.size, Image.Resampling.BICUBIC)
+        try:
+            write_image_atomic(out, output)
+            write_image_atomic(comparison, before)
+        except OSError as exc:
+            output.unlink(missing_ok=True)
+            return Result(name, error=f"cannot write the result into {folder}: {exc}")
+        return Result(name, output, before, seed=options["seed"], seconds=time.perf_counter() - start,
+                      size=out.size)

@@ -1,0 +1,123 @@
+"""The gradio page over :class:`AppService` (this module is the only one that imports gradio).
+
+Upscale runs share one queue slot (``concurrency``, default 1), so several browsers never run
+models side by side and out of memory; downloads have a slot of their own. Cancel stops the run
+after the current network call; the images finished so far stay in the gallery.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from ..colorfix import COLOR_FIXES
+from ..model import SCALE
+from ..pipeline import Tiling
+from .service import AppService, Cancelled, Settings
+
+TITLE = "OneStep SR"
+CSS = "#results .caption-label {font-size: 0.8em}"
+
+
+def _choices_update(service: AppService, keep: str | None = None):
+    choices = service.choices()
+    sources = [source for _, source in choices]
+    value = keep if keep in sources else service.default_source()
+    return gr.update(choices=choices, value=value)
+
+
+def build(service: AppService, concurrency: int = 1) -> gr.Blocks:
+    default = service.default_source()
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nDiffusion super-resolution in one network step. Upload images, pick a model, "
+                    "press **Upscale**.")
+        results_state = gr.State([])    # [(before path, after path), ...] of the last run
+        with gr.Row():
+            with gr.Column(scale=1):
+                files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="uploads")
+                with gr.Row():
+                    model = gr.Dropdown(service.choices(), value=default, label="Model", elem_id="model", scale=4)
+                    refresh = gr.Button("Refresh", size="sm", scale=1)
+                status = gr.Markdown(service.status(default) if default else "no model found", elem_id="model-status")
+                download = gr.Button("Download model", visible=bool(default and service.missing(default)),
+                                     elem_id="download")
+                steps = gr.Dropdown(service.step_choices(default) if default else [],
+                                    value=service.step_choices(default)[0][1] if default else None,
+                                    label="Steps", elem_id="steps")
+                with gr.Row():
+                    seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="seed")
+                    scale = gr.Slider(1, SCALE, value=SCALE, step=0.25, label="Scale", elem_id="scale")
+                with gr.Row():
+                    tile = gr.Slider(64, 512, value=Tiling.tile, step=64, label="Tile (input pixels)", elem_id="tile")
+                    color_fix = gr.Radio(list(COLOR_FIXES), value="none", label="Colour fix", elem_id="color-fix")
+                with gr.Row():
+                    run = gr.Button("Upscale", variant="primary", elem_id="run")
+                    cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+            with gr.Column(scale=2):
+                compare = gr.ImageSlider(label="Before / after (select a result below)", type="filepath",
+                                         elem_id="compare")
+                gallery = gr.Gallery(label="Results", columns=4, object_fit="contain", elem_id="results")
+                outputs = gr.File(label="Download results", file_count="multiple", interactive=False,
+                                  elem_id="downloads")
+                log = gr.Markdown(elem_id="log")
+
+        def on_model(source):
+            if not source:
+                return "no model selected", gr.update(visible=False), gr.update(choices=[], value=None)
+            choices = service.step_choices(source)
+            return (service.status(source), gr.update(visible=bool(service.missing(source))),
+                    gr.update(choices=choices, value=choices[0][1]))
+
+        def on_refresh(source):
+            update = _choices_update(service, source)
+            return (update,) + on_model(update["value"])
+
+        def on_download(source, progress=gr.Progress()):
+            try:
+                text = service.download(source, lambda f, what: progress(f, desc=what))
+            except Exception as exc:  # noqa: BLE001 - shown in the page; the server goes on
+                raise gr.Error(f"download failed: {exc}") from exc
+            return text, gr.update(visible=bool(service.missing(source)))
+
+        def on_run(paths, source, steps_value, seed_value, tile_value, fix, scale_value, request: gr.Request,
+                   progress=gr.Progress()):
+            if not paths:
+                raise gr.Error("upload one or more images first")
+            if not source:
+                raise gr.Error("pick a model first")
+            settings = Settings(steps=steps_value or "1", seed=int(seed_value if seed_value is not None else -1),
+                                tile=int(tile_value), color_fix=fix, scale=float(scale_value))
+            done, captions, pairs, lines = [], [], [], []
+            session = request.session_hash if request is not None else "local"
+            try:
+                for result in service.upscale_files(list(paths), source, settings, session,
+                                                    lambda f, what: progress(f, desc=what)):
+                    lines.append(("- " if result.error is None else "- **failed:** ") + result.line())
+                    if result.output is not None:
+                        done.append(str(result.output))
+                        captions.append((str(result.output), f"{result.name} -> {result.size[0]}x{result.size[1]}"))
+                        pairs.append((str(result.before), str(result.output)))
+                    yield _view(done, captions, pairs, lines)
+            except Cancelled as exc:
+                lines.append(f"- **{exc}**")
+                yield _view(done, captions, pairs, lines)
+            except Exception as exc:  # noqa: BLE001 - model/option errors: a message, the server goes on
+                raise gr.Error(str(exc)) from exc
+
+        def _view(done, captions, pairs, lines):
+            slider = pairs[-1] if pairs else None
+            return captions, done or None, slider, pairs, "\n".join(lines)
+
+        def on_select(pairs, event: gr.SelectData):
+            return pairs[event.index] if pairs and event.index < len(pairs) else None
+
+        def on_cancel(request: gr.Request):
+            service.cancel(request.session_hash if request is not None else "local")
+
+        model.change(on_model, model, [status, download, steps])
+        refresh.click(on_refresh, model, [model, status, download, steps])
+        download.click(on_download, model, [status, download], concurrency_limit=1, concurrency_id="download")
+        job = run.click(on_run, [files, model, steps, seed, tile, color_fix, scale],
+                        [gallery, outputs, compare, results_state, log],
+                        concurrency_limit=concurrency, concurrency_id="upscale")
+        cancel.click(on_cancel, None, None, cancels=[job], queue=False)  # also drops a run still waiting
+        gallery.select(on_select, results_state, compare)
+    return demo

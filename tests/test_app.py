@@ -1,0 +1,359 @@
+"""The web app (onestep_sr.app): the gradio-free service (model picker, downloads from a loopback
+server, batches with bad uploads, cancel, seeds, sizes), and the gradio page served on loopback and
+driven over HTTP with gradio_client. tests/test_app_browser.py drives it in a real browser."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import webui_fake
+from onestep_sr import model as engine_model
+from onestep_sr import registry
+from onestep_sr.app.service import AppService, Cancelled, Settings
+from onestep_sr.model import load_model
+from onestep_sr.model_info import ModelInfo, save_model
+from onestep_sr.models import DenoiserConfig, build_denoiser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    webui_fake.tiny_models(folder)
+    return folder
+
+
+def bundled_stand_in(path: Path) -> Path:
+    """A small pixel-space one-step model saved as training/ saves the bundled default."""
+    torch.manual_seed(3)
+    config = DenoiserConfig(image_size=8, in_channels=48 + 3, out_channels=48, model_channels=32, channel_mult=(1,),
+                            num_res_blocks=(1,), attention_resolutions=(), swin_embed_dim=32, num_head_channels=16)
+    save_model(path, build_denoiser(config), ModelInfo(autoencoder="pixel", sampler="one_step"))
+    return path
+
+
+@pytest.fixture()
+def bundled(tmp_path, monkeypatch) -> Path:
+    path = bundled_stand_in(tmp_path / "weights" / "onestep_default_x4.safetensors")
+    monkeypatch.setitem(engine_model.BUNDLED_MODELS, "onestep_default", path)
+    return path
+
+
+@pytest.fixture()
+def service(tmp_path, tiny, monkeypatch) -> AppService:
+    monkeypatch.setenv("ONESTEP_SR_OFFLINE", "1")
+    models = tmp_path / "models"
+    shutil.copytree(tiny, models)
+    return AppService(folders=[models], output_dir=tmp_path / "out", device="cpu", dtype="fp32")
+
+
+def write_image(path: Path, size=(20, 12), mode="RGB", seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    channels = len(mode)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8).squeeze(), mode).save(path)
+    return path
+
+
+def bad_uploads(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = folder / "notes.png"
+    text.write_text("not a picture")
+    good = write_image(folder / "whole.png", (40, 30))
+    truncated = folder / "half.png"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    huge = write_image(folder / "huge.png", (300, 200))
+    return {"text": text, "truncated": truncated, "huge": huge}
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+# --- the model picker ---------------------------------------------------------------------------
+
+
+def test_picker_lists_bundled_registry_and_local_models_and_prefers_the_bundled_one(service, bundled):
+    choices = service.choices()
+    labels = [label for label, _ in choices]
+    assert labels[0] == "default (bundled)" and choices[0][1] == "bundled:onestep_default"
+    assert "SinSR v1" in labels and "ResShift v1 - 15 steps" in labels and "ResShift v3 - 4 steps" in labels
+    assert "tiny_sinsr" in labels and "tiny_teacher - 4 steps" in labels
+    assert service.default_source() == "bundled:onestep_default"
+    assert service.status("bundled:onestep_default") == "ready (bundled, offline)"
+
+
+def test_without_a_bundled_model_the_default_is_one_that_needs_no_download(tmp_path, tiny):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(tiny / "tiny_sinsr.safetensors", models / "mine.safetensors")
+    service = AppService(folders=[models])
+    assert not engine_model.BUNDLED_MODELS["onestep_default"].is_file()  # the default model is not trained yet
+    # mine.safetensors needs the VQ-f4 autoencoder, which is not there either: nothing is ready
+    assert service.default_source() == "registry:sinsr_v1"
+    shutil.copy(tiny / "autoencoder_vq_f4.pth", models / "autoencoder_vq_f4.pth")
+    assert service.default_source() == str(models / "mine.safetensors")
+
+
+def test_status_says_what_a_download_would_fetch(service):
+    assert service.status("registry:sinsr_v1") == "ready (downloaded)"   # SinSR_v1.pth placed by hand
+    status = service.status("registry:sinsr_v2")
+    assert status.startswith(f"not downloaded: SinSR_v2.pth (478 MB) into {service.folders[0]}")
+    assert "CC BY-NC-SA 4.0" in status
+    assert [e.name for e in service.missing("registry:sinsr_v2")] == ["sinsr_v2"]
+    assert service.missing(str(service.folders[0] / "tiny_teacher.safetensors")) == []
+
+
+def test_step_choices_follow_the_model(service):
+    assert service.step_choices("registry:sinsr_v1") == [("1 (one step)", "1")]
+    teacher = str(service.folders[0] / "tiny_teacher.safetensors")
+    assert [value for _, value in service.step_choices(teacher)] == ["4/stochastic", "4/deterministic", "1"]
+
+
+def test_download_button_fetches_the_denoiser_and_its_autoencoder_from_the_server(tmp_path, server, monkeypatch, tiny):
+    server.files["den.pth"] = (tiny / "SinSR_v1.pth").read_bytes()
+    server.files["ae.pth"] = (tiny / "autoencoder_vq_f4.pth").read_bytes()
+    path = tmp_path / "registry.json"
+    entry = {"file": "den.pth", "url": server.url + "den.pth", "kind": "denoiser", "licence": "test licence",
+             "autoencoder": "ae", "sampler": "one_step", "schedule": {}}
+    path.write_text(json.dumps({"models": {"den": entry, "ae": {"file": "ae.pth", "url": server.url + "ae.pth",
+                                                                 "kind": "autoencoder", "licence": "test licence"}}}))
+    monkeypatch.setattr(registry, "REGISTRY_FILE", path)
+    service = AppService(folders=[tmp_path / "models"], output_dir=tmp_path / "out", device="cpu")
+    assert service.status("registry:den").startswith("not downloaded: den.pth, ae.pth")
+    seen = []
+    assert service.download("registry:den", lambda fraction, what: seen.append((fraction, what))) == "ready (downloaded)"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["ae.pth", "ae.pth.sha256", "den.pth",
+                                                                         "den.pth.sha256"]
+    assert seen[-1][0] == 1.0 and any(what.startswith("downloading ae.pth (2/2)") for _, what in seen)
+    image = write_image(tmp_path / "in.png")
+    [result] = service.upscale_files([image], "registry:den", Settings(seed=1))
+    assert result.error is None and result.size == (80, 48)
+
+
+def test_download_offline_or_broken_says_why_and_leaves_no_file(tmp_path, server, monkeypatch):
+    server.files["den.pth"] = b"short"
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"models": {"den": {
+        "file": "den.pth", "url": server.url + "den.pth", "kind": "denoiser", "licence": "x",
+        "expected_payload_bytes": 10_000, "autoencoder": None}}}))
+    monkeypatch.setattr(registry, "REGISTRY_FILE", path)
+    service = AppService(folders=[tmp_path / "models"], offline=True)
+    with pytest.raises(Exception, match=r"den \(den.pth\) is not in .* downloads are off"):
+        service.download("registry:den")
+    service.offline = False
+    with pytest.raises(Exception, match="den"):
+        service.download("registry:den")
+    assert files_under(tmp_path / "models") == []
+
+
+# --- upscaling -----------------------------------------------------------------------------------
+
+
+def test_a_batch_gives_the_engine_result_and_reports_bad_files_without_stopping(service, tmp_path, tiny):
+    service.max_pixels = 50_000
+    bad = bad_uploads(tmp_path / "uploads")
+    good = write_image(tmp_path / "uploads" / "photo.png", (20, 12))
+    paths = [bad["text"], good, bad["truncated"], bad["huge"]]
+    results = list(service.upscale_files(paths, "registry:sinsr_v1", Settings(seed=7)))
+    assert [r.name for r in results] == ["notes.png", "photo.png", "half.png", "huge.png"]
+    assert results[0].error == "not an image (unrecognised image format)"
+    assert results[2].error.startswith("truncated or corrupt image")
+    assert results[3].error == "300x200 is 60,000 pixels, over the limit of 50,000"
+    photo = results[1]
+    assert photo.error is None and photo.size == (80, 48) and photo.seed == 7
+    engine = load_model({"denoiser": tiny / "SinSR_v1.pth", "autoencoder": tiny / "autoencoder_vq_f4.pth"},
+                        device="cpu", dtype="fp32")
+    expected = engine.upscale(Image.open(good), seed=7)
+    assert np.array_equal(np.asarray(Image.open(photo.output)), np.asarray(expected))
+    assert Image.open(photo.before).size == (80, 48)
+    assert files_under(service.output_dir) == sorted(str(p.relative_to(service.output_dir))
+                                                     for p in (photo.output, photo.before))  # nothing for the others
+
+
+def test_scale_seed_steps_and_alpha(service, tmp_path):
+    image = write_image(tmp_path / "rgba.png", (16, 12), mode="RGBA", seed=2)
+    teacher = str(service.folders[0] / "tiny_teacher.safetensors")
+    [first] = service.upscale_files([image], teacher, Settings(steps="4/deterministic", seed=-1, scale=2.5))
+    assert first.size == (40, 30) and Image.open(first.output).mode == "RGBA"
+    assert 0 <= first.seed < 2**31
+    [again] = service.upscale_files([image], teacher, Settings(steps="4/deterministic", seed=first.seed, scale=2.5))
+    assert np.array_equal(np.asarray(Image.open(again.output)), np.asarray(Image.open(first.output)))
+    [one] = service.upscale_files([image], teacher, Settings(steps="1", seed=first.seed, scale=2.5))
+    assert not np.array_equal(np.asarray(Image.open(one.output)), np.asarray(Image.open(first.output)))
+
+
+def test_bad_options_and_models_raise_before_any_image(service, tmp_path):
+    image = write_image(tmp_path / "in.png")
+    with pytest.raises(ValueError, match="steps must be 1"):
+        list(service.upscale_files([image], "registry:sinsr_v1", Settings(steps="4/stochastic")))
+    broken = service.folders[0] / "broken.safetensors"
+    broken.write_bytes(b"\0" * 64)
+    with pytest.raises(Exception, match="broken.safetensors"):
+        list(service.upscale_files([image], str(broken), Settings()))
+    with pytest.raises(ValueError, match="not available"):
+        service.entry(str(service.folders[0] / "gone.safetensors"))
+    assert files_under(service.output_dir) == []
+
+
+def test_cancel_stops_after_the_current_network_call_and_keeps_finished_results(service, tmp_path):
+    images = [write_image(tmp_path / f"{i}.png", (20, 12), seed=i) for i in range(3)]
+    calls = []
+
+    def progress(fraction, what):
+        calls.append(what)
+        if what.startswith("1.png"):      # the second image has begun: press Cancel
+            service.cancel("me")
+
+    results = []
+    with pytest.raises(Cancelled, match="cancelled during 1.png"):
+        for result in service.upscale_files(images, "registry:sinsr_v1", Settings(), "me", progress):
+            results.append(result)
+    assert [r.name for r in results] == ["0.png"]
+    assert len(files_under(service.output_dir)) == 2  # the first result and its comparison image only
+    # another session is not affected, and the next run of this one starts afresh
+    assert len(list(service.upscale_files(images[:1], "registry:sinsr_v1", Settings(), "me"))) == 1
+
+
+def test_one_model_is_kept_loaded(service, tmp_path):
+    image = write_image(tmp_path / "in.png")
+    list(service.upscale_files([image], "registry:sinsr_v1", Settings()))
+    first = service.model("registry:sinsr_v1")
+    assert service.model("registry:sinsr_v1") is first
+    service.model(str(service.folders[0] / "tiny_teacher.safetensors"))
+    assert service.model("registry:sinsr_v1") is not first
+
+
+# --- the gradio page over HTTP --------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _args(models: Path, out: Path, **extra):
+    from onestep_sr.app import add_arguments
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--models-dir", str(models), "--output-dir", str(out), "--port", str(_free_port()), "--device", "cpu"]
+    for key, value in extra.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return parser.parse_args(argv)
+
+
+@pytest.fixture()
+def served_app(tmp_path, tiny, bundled, monkeypatch):
+    pytest.importorskip("gradio")
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    monkeypatch.setenv("ONESTEP_SR_OFFLINE", "1")
+    from onestep_sr.app import launch
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny, models)
+    demo, url = launch(_args(models, tmp_path / "out", max_pixels=50_000), block=False)
+    yield url, models
+    demo.close()
+
+
+def test_the_page_upscales_uploads_and_reports_bad_ones_over_http(served_app, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, models = served_app
+    assert url.startswith("http://127.0.0.1:")
+    client = Client(url, verbose=False)
+    bad = bad_uploads(tmp_path / "uploads")
+    good = write_image(tmp_path / "uploads" / "photo.png", (20, 12))
+    gallery, downloads, compare, log = client.predict(
+        [handle_file(str(p)) for p in (bad["text"], good, bad["truncated"], bad["huge"])],
+        "bundled:onestep_default", "1", 5, 64, "none", 4, api_name="/on_run")
+    assert [Image.open(item["image"]).size for item in gallery] == [(80, 48)]
+    assert gallery[0]["caption"] == "photo.png -> 80x48"
+    assert len(downloads) == 1 and Image.open(downloads[0]).size == (80, 48)
+    assert [Image.open(p).size for p in compare] == [(80, 48), (80, 48)]
+    lines = log.splitlines()
+    assert lines[0] == "- **failed:** notes.png: not an image (unrecognised image format)"
+    assert lines[1].startswith("- photo.png: 80x48 in ") and lines[1].endswith("(seed 5)")
+    assert lines[2].startswith("- **failed:** half.png: truncated or corrupt image")
+    assert lines[3] == "- **failed:** huge.png: 300x200 is 60,000 pixels, over the limit of 50,000"
+    # the server goes on serving: a model change and another run
+    status, steps = client.predict(str(models / "tiny_teacher.safetensors"), api_name="/on_model")
+    assert status == "ready (local file)" and steps["value"] == "4/stochastic"
+    assert [value for _, value in steps["choices"]] == ["4/stochastic", "4/deterministic", "1"]
+    gallery, *_ = client.predict([handle_file(str(good))], str(models / "tiny_teacher.safetensors"), "1", 1, 64,
+                                 "wavelet", 2, api_name="/on_run")
+    assert Image.open(gallery[0]["image"]).size == (40, 24)
+
+
+def test_the_page_reports_a_model_that_cannot_run_and_keeps_serving(served_app, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    url, models = served_app
+    client = Client(url, verbose=False)
+    good = write_image(tmp_path / "photo.png")
+    with pytest.raises(AppError, match=r"sinsr_v2 \(SinSR_v2.pth\) is not in .* downloads are off"):
+        client.predict([handle_file(str(good))], "registry:sinsr_v2", "1", 1, 64, "none", 4, api_name="/on_run")
+    with pytest.raises(AppError, match="downloads are off"):
+        client.predict("registry:sinsr_v2", api_name="/on_download")
+    with pytest.raises(AppError, match="upload one or more images"):
+        client.predict([], "registry:sinsr_v1", "1", 1, 64, "none", 4, api_name="/on_run")
+    gallery, *_ = client.predict([handle_file(str(good))], "registry:sinsr_v1", "1", 1, 64, "none", 4,
+                                 api_name="/on_run")
+    assert Image.open(gallery[0]["image"]).size == (80, 48)
+
+
+def test_concurrent_users_share_one_queue_slot(served_app, tmp_path, monkeypatch):
+    """Two browsers at once: both runs finish, never two model calls at the same time."""
+    from gradio_client import Client, handle_file
+
+    from onestep_sr.model import OneStepSR
+
+    url, _ = served_app
+    active, peak, lock = [0], [0], threading.Lock()
+    original = OneStepSR.upscale
+
+    def counting(self, *args, **kwargs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(OneStepSR, "upscale", counting)
+    image = write_image(tmp_path / "photo.png", (24, 16))
+    jobs = [Client(url, verbose=False).submit([handle_file(str(image))] * 2, "bundled:onestep_default", "1", i, 64,
+                                              "none", 4, api_name="/on_run") for i in range(2)]
+    outputs = [job.result(timeout=120) for job in jobs]
+    assert [len(out[0]) for out in outputs] == [2, 2] and peak[0] == 1
+
+
+def test_gradio_is_imported_only_by_the_app():
+    """The engine, the CLI's other commands and both hosts' code paths work without gradio."""
+    code = ("import sys; sys.modules['gradio'] = None\n"
+            "import onestep_sr, onestep_sr.cli, onestep_sr.app, onestep_sr.catalog\n"
+            "from onestep_sr.cli import main\n"
+            "try:\n    main(['app', '--port', '1'])\nexcept SystemExit as e:\n    print(e)\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "onestep-sr app needs gradio: pip install -c constraints.txt 'onestep-sr[app]'" in run.stdout, run.stderr
+    for folder in ("onestep_sr", "nodes", "extensions", "training"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.parent.name != "app" or path.name != "ui.py":
+                assert "import gradio" not in path.read_text(), path
