@@ -11,6 +11,14 @@ loopback port without loading an SD model, downloads off (``ONESTEP_SR_OFFLINE``
 of ``/sdapi/v1/upscalers`` that is ours goes through ``/sdapi/v1/extra-single-image`` and is
 compared with the engine run here; an entry whose weights are not there must fail with HTTP 500
 and a message, never answer with a resize. Skipped without ``A1111_DIR``.
+
+The OSEDiff export in A1111's own Lora extension (A1111 only; Forge's Lora code differs): a
+second webui, offline, with a random SD 1.5 checkpoint in the LDM layout (~2 GB, written by the
+webui's interpreter from its own classes into a pytest tmp folder), a generated CLIP tokenizer /
+text config in a throw-away Hugging Face cache, the files ``training/osediff_export.export_kohya``
+writes for that checkpoint (LoRA on every OSEDiff target, conv_in as ``.diff``/``.diff_b``) in
+``models/Lora`` and a small probe extension (``webui_real.LORA_PROBE``) that asks the Lora
+extension's ``networks.load_network`` what it matched. Needs diffusers in this interpreter.
 """
 from __future__ import annotations
 
@@ -20,14 +28,15 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import webui_fake
-from webui_real import WebUI, decode_image as _decode, png_base64 as _png, prepare_data_dir, start_webui
+from webui_real import (WebUI, decode_image as _decode, install_lora_probe, make_sd15_checkpoint, offline_hf_env,
+                        png_base64 as _png, prepare_data_dir, start_webui)
 
 A1111_DIR = os.environ.get("A1111_DIR", "").strip()
 A1111_PYTHON = os.environ.get("A1111_PYTHON", "").strip() or sys.executable
@@ -120,3 +129,160 @@ def test_an_entry_without_weights_fails_with_a_message_not_a_resize(webui):
     assert "OneStepSR 4x SinSR v2" in text and "SinSR_v2.pth" in text and "offline" in text
     status, _, _ = _extras(webui, _test_image(), webui_fake.TINY, 4)
     assert status == 200                                   # and the webui keeps serving
+
+
+# --- an OSEDiff export through A1111's built-in Lora extension ------------------------------------
+
+SD_NAME = "synthetic_sd15"
+LORA_NAME = "osediff_sd15"
+
+
+def _is_a1111(checkout: Path) -> bool:
+    networks = checkout / "extensions-builtin" / "Lora" / "networks.py"
+    return (checkout / "configs" / "v1-inference.yaml").is_file() and networks.is_file() and \
+        "def load_network(name, network_on_disk)" in networks.read_text()
+
+
+def export_osediff_for(checkpoint: Path, dst: Path) -> Path:
+    """``training.osediff_export.export_kohya`` for a run on ``checkpoint`` (an SD 1.5 single file):
+    random OSEDiff-layout weights (``osediff_layout.synthetic_osediff``, rank 4, on every OSEDiff
+    target of the SD 1.5 UNet / VAE built on the meta device from weights/configs/sd1), the run's
+    base conv_in being the checkpoint's. Writes ``dst`` and its ``_vae`` sibling."""
+    import diffusers
+    import torch
+    from safetensors import safe_open
+    from types import SimpleNamespace
+
+    from osediff_layout import synthetic_osediff
+    from training.osediff_export import export_kohya
+
+    configs = ROOT / "weights" / "configs" / "sd1"
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel.from_config(json.loads((configs / "unet.json").read_text()))
+        vae = diffusers.AutoencoderKL.from_config(json.loads((configs / "vae.json").read_text()))
+    osediff = synthetic_osediff(unet, vae, rank=4, seed=7)
+    weights = {f"unet.{k}": v for k, v in osediff["state_dict_unet"].items()}
+    weights |= {f"vae.{k}": v for k, v in osediff["state_dict_vae"].items()}
+    conv_in = torch.nn.Conv2d(4, 320, 3, padding=1)
+    with safe_open(str(checkpoint), "pt") as f, torch.no_grad():
+        conv_in.weight.copy_(f.get_tensor("model.diffusion_model.input_blocks.0.0.weight").float())
+        conv_in.bias.copy_(f.get_tensor("model.diffusion_model.input_blocks.0.0.bias").float())
+    config = SimpleNamespace(rank=4, lora_alpha=8.0, checkpoint=str(checkpoint), out=str(dst.parent / "run"),
+                             lambda_mse=1.0, lambda_perceptual=2.0, lambda_vsd=1.0, perceptual="lpips", cfg=7.0,
+                             prompt="")
+    groups = {g: osediff[f"unet_lora_{g}_modules"] for g in ("encoder", "decoder", "others")}
+    run = SimpleNamespace(config=config, groups=groups, vae_names=osediff["vae_lora_encoder_modules"],
+                          score=SimpleNamespace(unet=SimpleNamespace(conv_in=conv_in)),
+                          sd=SimpleNamespace(family="sd1"), prediction_type="epsilon", step=10,
+                          last_losses={"mse": 0.1}, ema=weights)
+    return export_kohya(run, weights, dst)
+
+
+@pytest.fixture(scope="module")
+def sd_data_dir(tmp_path_factory) -> Iterator[tuple[Path, Path]]:
+    """(data dir, HF_HOME) for the SD webui: our extension, the probe, the checkpoint, the export.
+    The 2 GB checkpoint is deleted afterwards (pytest keeps its last tmp folders)."""
+    checkout = Path(A1111_DIR).expanduser().resolve()
+    if not _is_a1111(checkout):
+        pytest.skip(f"{checkout} is not AUTOMATIC1111 (no configs/v1-inference.yaml or Lora networks.load_network)")
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        pytest.skip("the OSEDiff export test needs diffusers in this interpreter (pip install -e .[test])")
+    data = prepare_data_dir(tmp_path_factory.mktemp("webui_sd_data"))
+    hf_home = tmp_path_factory.mktemp("hf_home")
+    install_lora_probe(data)
+    checkpoint = data / "models" / "Stable-diffusion" / f"{SD_NAME}.safetensors"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    summary = make_sd15_checkpoint(str(checkout), A1111_PYTHON, checkpoint, hf_home)
+    made = time.perf_counter() - started
+    (data / "models" / "Lora").mkdir(parents=True, exist_ok=True)
+    export_osediff_for(checkpoint, data / "models" / "Lora" / f"{LORA_NAME}.safetensors")
+    print(f"\n[real webui] random SD 1.5 checkpoint {checkpoint.stat().st_size / 2**30:.2f} GiB ({summary}) in "
+          f"{made:.1f} s; OSEDiff export in {time.perf_counter() - started - made:.1f} s")
+    yield data, hf_home
+    checkpoint.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def sd_webui(sd_data_dir) -> WebUI:
+    data, hf_home = sd_data_dir
+    with start_webui(A1111_DIR, A1111_PYTHON, data, A1111_FLAGS, env=offline_hf_env(hf_home)) as server:
+        print(f"\n[real webui] SD webui ready in {server.startup:.1f} s")
+        yield server
+
+
+def _txt2img(webui: WebUI, prompt: str) -> tuple[np.ndarray, str, float]:
+    started = time.perf_counter()
+    status, body = webui.call("/sdapi/v1/txt2img", {
+        "prompt": prompt, "negative_prompt": "", "steps": 1, "width": 64, "height": 64, "seed": 1234,
+        "sampler_name": "Euler", "cfg_scale": 7, "save_images": False,
+        "override_settings": {"sd_model_checkpoint": SD_NAME}})
+    seconds = time.perf_counter() - started
+    assert status == 200, f"{status}: {str(body)[:2000]}\n{webui.log_tail()}"
+    infotext = json.loads(body["info"])["infotexts"][0]
+    return np.asarray(_decode(body["images"][0]), dtype=int), infotext, seconds
+
+
+def _probe(webui: WebUI, name: str) -> dict:
+    status, report = webui.call(f"/onestep-probe/lora?name={name}")
+    assert status == 200 and "error" not in report, report
+    return report
+
+
+def test_an_osediff_export_loads_in_a1111s_lora_extension_with_every_key(sd_webui, sd_data_dir):
+    from safetensors import safe_open
+
+    lora_file = sd_data_dir[0] / "models" / "Lora" / f"{LORA_NAME}.safetensors"
+    with safe_open(str(lora_file), "pt") as f:
+        keys = list(f.keys())
+    modules = {k.partition(".")[0] for k in keys}
+    assert {"lora_unet_conv_in.diff", "lora_unet_conv_in.diff_b"} <= set(keys)
+
+    base, base_info, base_s = _txt2img(sd_webui, "a photo")
+    patched, info, lora_s = _txt2img(sd_webui, f"a photo <lora:{LORA_NAME}:1>")
+    report = _probe(sd_webui, LORA_NAME)
+    difference = np.abs(base - patched)
+    print(f"\n[real webui] txt2img 64x64, 1 step: {base_s:.1f} s without the LoRA (incl. model load), "
+          f"{lora_s:.1f} s with it; pixel difference max {difference.max()}, mean {difference.mean():.2f}")
+    print(f"[real webui] {LORA_NAME}: {len(keys)} keys / {len(modules)} modules in the file; A1111 made "
+          f"{report['modules']} modules {report['module_types']}, {report['didnt_match']} keys unmatched, "
+          f"{report['applied_modules']} layers carry it, {report['moved_layers']} moved; conv_in "
+          f"{report['full']}; LoRA layers vs alpha/rank*up@down: max error {report['lora_change_vs_file']:.2e} "
+          f"(largest delta {report['lora_max_delta']:.3f}); errors {report['errors']}")
+    print(f"[real webui] infotext: {info!r}")
+
+    assert report["file_keys"] == len(keys) and report["file_modules"] == len(modules)
+    assert report["didnt_match"] == 0 and report["didnt_match_log"] == [], report["didnt_match_log"]
+    assert report["modules"] == report["covered_modules"] == len(modules) and report["uncovered"] == []
+    assert report["module_types"] == {"NetworkModuleLora": len(modules) - 1, "NetworkModuleFull": 1}
+    assert report["loaded_networks"] == [LORA_NAME] and report["errors"] == {}
+    assert report["applied_modules"] == report["moved_layers"] == len(modules)
+    conv_in = report["full"]["diffusion_model_input_blocks_0_0"]
+    assert conv_in["max_diff"] > 0.1 and conv_in["weight_change_vs_diff"] < 1e-5
+    assert conv_in["bias_change_vs_diff_b"] is not None and conv_in["bias_change_vs_diff_b"] < 1e-6
+    assert report["lora_max_delta"] > 1e-3 and report["lora_change_vs_file"] < 1e-5
+    assert f"Lora hashes: \"{LORA_NAME}: " in info and "Networks with errors" not in info
+    assert "Lora hashes" not in base_info
+    assert difference.mean() > 1.0
+
+
+def test_the_vae_sibling_in_the_lora_folder_is_listed_but_matches_nothing(sd_webui, sd_data_dir):
+    """``NAME_vae.safetensors`` holds LDM VAE-encoder keys (for our own loader / ComfyUI's VAE
+    patcher). A1111's Lora extension lists it as a network; used in a prompt it loads with no
+    module (every key unmatched, reported only at debug level) and changes nothing."""
+    from safetensors import safe_open
+
+    status, loras = sd_webui.call("/sdapi/v1/loras")
+    assert status == 200 and {LORA_NAME, f"{LORA_NAME}_vae"} <= {x["name"] for x in loras}
+    with safe_open(str(sd_data_dir[0] / "models" / "Lora" / f"{LORA_NAME}_vae.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    base, _, _ = _txt2img(sd_webui, "a photo")
+    with_vae, info, _ = _txt2img(sd_webui, f"a photo <lora:{LORA_NAME}_vae:1>")
+    report = _probe(sd_webui, f"{LORA_NAME}_vae")
+    print(f"\n[real webui] {LORA_NAME}_vae in a prompt: {report['modules']} modules, {report['didnt_match']} of "
+          f"{len(keys)} keys unmatched; max pixel difference to no LoRA {np.abs(base - with_vae).max()}; "
+          f"infotext {info!r}")
+    assert report["modules"] == 0 and report["didnt_match"] == len(keys) == report["file_keys"]
+    assert np.abs(base - with_vae).max() <= 1
