@@ -408,3 +408,98 @@ def test_bad_inputs_give_clear_errors(tiny, tmp_path, capsys):
     assert main(["osediff", "--checkpoint", tiny["ckpt"], "--gt-size", "72", *common]) == 2
     assert "multiple of 32" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# fp16 loss scaling (accelerate's GradScaler path), on a CPU
+
+
+def _scaled_accelerator(init_scale: float):
+    """accelerate's fp16 loss-scaling path (GradScaler: scaled backward, unscale before clipping,
+    scaler.step / update, skipped steps on inf) on a CPU, where accelerate has no scaler. Autocast
+    is switched off (AutocastKwargs), so compute stays fp32, scaling by powers of two is exact and
+    the weights must equal an unscaled run's. The scale grows after every good step
+    (growth_interval=1), as it does now and then in real fp16 runs."""
+    import accelerate
+    from accelerate.utils import AutocastKwargs
+
+    class ScaledAccelerator(accelerate.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "mixed_precision": "fp16",
+                                       "kwargs_handlers": [AutocastKwargs(enabled=False)]})
+            self.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=1)
+            self.native_amp = True
+
+    return ScaledAccelerator
+
+
+@pytest.fixture()
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state whose precision cannot change: reset it around."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    def reset():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+    reset()
+    yield
+    reset()
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_fp16_loss_scaling_gives_the_unscaled_weights(tiny, monkeypatch, grad_accum, fresh_accelerate_state):
+    import accelerate
+
+    from training.osediff import OSEDiffRun
+
+    common = dict(grad_accum=grad_accum, batch_size=1, save_every=100, grad_clip=0.05)   # clipping active
+    plain = OSEDiffRun(_config(tiny, f"fp32_{grad_accum}", 3, **common))
+    plain.train(progress=False)
+    from accelerate.state import AcceleratorState, GradientState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    monkeypatch.setattr(accelerate, "Accelerator", _scaled_accelerator(2.0 ** 10))
+    scaled = OSEDiffRun(_config(tiny, f"fp16_{grad_accum}", 3, **common))
+    scaled.train(progress=False)
+    assert scaled.accelerator.scaler.get_scale() == 2.0 ** 13       # one scaler update per optimiser step
+    for name, p in {**plain.gen_params, **plain.reg_params}.items():
+        other = {**scaled.gen_params, **scaled.reg_params}[name]
+        assert torch.allclose(p.detach(), other.detach(), atol=1e-6, rtol=1e-5), name
+
+
+def test_fp16_overflow_skips_the_step_and_halves_the_scale(tiny, monkeypatch, fresh_accelerate_state):
+    import accelerate
+
+    from training.osediff import OSEDiffRun
+
+    monkeypatch.setattr(accelerate, "Accelerator", _scaled_accelerator(2.0 ** 10))
+    run = OSEDiffRun(_config(tiny, "fp16_overflow", 2, batch_size=1, save_every=100))
+    start = {k: p.detach().clone() for k, p in {**run.gen_params, **run.reg_params}.items()}
+    original, calls, seen = run.generator_losses, [0], {}
+
+    def overflowing(*args, **kwargs):
+        parts, z = original(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 1:                                   # the first step's generator gradients overflow
+            z.register_hook(lambda g: g * float("inf"))
+        return parts, z
+
+    def after_first_step(*args):
+        if not seen:
+            seen.update({k: p.detach().clone() for k, p in {**run.gen_params, **run.reg_params}.items()})
+            seen["scale"] = run.accelerator.scaler.get_scale()
+        return ema_original(*args)
+
+    import training.osediff as osediff
+
+    ema_original = osediff.ema_update
+    monkeypatch.setattr(run, "generator_losses", overflowing)
+    monkeypatch.setattr(osediff, "ema_update", after_first_step)
+    run.train(progress=False)
+    assert seen["scale"] == 2.0 ** 9
+    assert all(torch.equal(seen[k], v) for k, v in start.items())        # nothing moved on the skipped step
+    moved = [k for k, p in {**run.gen_params, **run.reg_params}.items() if not torch.equal(p.detach(), start[k])]
+    assert len(moved) == len(start)                                      # the next step trains everything
+    assert all(torch.isfinite(p).all() for p in run.gen_params.values())
+    assert all(torch.isfinite(v).all() for v in run.ema.values())

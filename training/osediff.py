@@ -7,11 +7,18 @@ Each step (a batch of HR crops, their Real-ESRGAN / bicubic LR and their prompts
    where VSD uses the frozen base UNet with CFG between the negative prompt and the prompt (real
    score) and the LoRA regulariser without CFG (fake score), t ~ U[20, 980) (``osediff_losses``);
 2. **regulariser update**: the fake-score LoRA's eps (or v) MSE on the detached ``z`` at
-   t ~ U[0, 1000), with its own AdamW.
+   t ~ U[0, 1000), with its own learning rate.
 
-Both AdamW (betas 0.9 / 0.999, weight decay 1e-2, linear warm-up, gradient clipping). The run
-folder holds ``config.json``, ``log.csv``, ``checkpoints/step-N/`` (both adapters, conv_in, the
-VAE LoRA, EMA, both optimisers; resumed when the run is started again on the same ``--out``) and
+The two updates of a step are independent: the generator's VSD reads the regulariser without
+gradient, and the regulariser learns from the generator's output detached, so the regulariser's
+loss is the same before and after the generator's update. They therefore run as ONE AdamW step
+with two parameter groups (betas 0.9 / 0.999, weight decay 1e-2, linear warm-up, each group's
+gradient norm clipped on its own): the same numbers as two alternating optimisers, and under fp16
+one loss scale per step, as accelerate's GradScaler expects (with two optimisers, accelerate
+unscales both at each clipping and updates the scale twice per step, which corrupts accumulated
+regulariser gradients). The run folder holds ``config.json``, ``log.csv``, ``checkpoints/step-N/``
+(both adapters, conv_in, the VAE LoRA, EMA, the optimiser; resumed when the run is started again
+on the same ``--out``) and
 the export ``osediff_lora.safetensors`` + ``osediff_lora_vae.safetensors`` (``osediff_export``).
 Timesteps and noise are functions of (seed, step), the pairs of (seed, index).
 """
@@ -129,12 +136,12 @@ class OSEDiffRun:
         self._embeddings: dict[str, torch.Tensor] = {}
         self.gen_params = {**trainable(generator.unet, "unet."), **trainable(generator.vae, "vae.")}
         self.reg_params = trainable(score.unet, "reg.")
-        adamw = dict(betas=(0.9, 0.999), weight_decay=c.weight_decay)
-        self.opt_gen = torch.optim.AdamW(list(self.gen_params.values()), lr=c.lr, **adamw)
-        self.opt_reg = torch.optim.AdamW(list(self.reg_params.values()), lr=c.lr_regulariser, **adamw)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": list(self.gen_params.values()), "lr": c.lr},
+             {"params": list(self.reg_params.values()), "lr": c.lr_regulariser}],
+            betas=(0.9, 0.999), weight_decay=c.weight_decay)
         warm = max(1, c.warmup)
-        self.sched_gen, self.sched_reg = (torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / warm))
-                                          for o in (self.opt_gen, self.opt_reg))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
         self.ema = {k: v.detach().float().cpu().clone() for k, v in self.gen_params.items()}
         self.step = 0
         self.last_losses: dict[str, float] = {}  # the last logged means (export header)
@@ -145,9 +152,8 @@ class OSEDiffRun:
         self.loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(data, range(self.step * per_step, c.steps * per_step)),
             batch_size=c.batch_size, shuffle=False, num_workers=int(c.extra.get("workers", 0)))
-        (self.generator, self.score, self.opt_gen, self.opt_reg, self.loader, self.sched_gen,
-         self.sched_reg) = self.accelerator.prepare(generator, score, self.opt_gen, self.opt_reg, self.loader,
-                                                    self.sched_gen, self.sched_reg)
+        (self.generator, self.score, self.optimizer, self.loader, self.scheduler) = self.accelerator.prepare(
+            generator, score, self.optimizer, self.loader, self.scheduler)
 
     # --- pieces ---
 
@@ -214,10 +220,8 @@ class OSEDiffRun:
             for name, p in {**self.gen_params, **self.reg_params}.items():
                 p.copy_(weights[name])
         self.ema = load_file(latest / "ema.safetensors")
-        for opt, name in ((self.opt_gen, "gen"), (self.opt_reg, "reg")):
-            opt.load_state_dict(torch.load(latest / f"optimizer_{name}.pt", map_location="cpu", weights_only=True))
-        self.sched_gen.load_state_dict(state["scheduler_gen"])
-        self.sched_reg.load_state_dict(state["scheduler_reg"])
+        self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location="cpu", weights_only=True))
+        self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
 
     def save_checkpoint(self) -> Path:
@@ -225,11 +229,9 @@ class OSEDiffRun:
         weights = {k: v.detach().cpu().contiguous() for k, v in {**self.gen_params, **self.reg_params}.items()}
         write_safetensors_atomic(weights, {}, tmp / "trainable.safetensors")
         write_safetensors_atomic({k: v.contiguous() for k, v in self.ema.items()}, {}, tmp / "ema.safetensors")
-        torch.save(self.opt_gen.state_dict(), tmp / "optimizer_gen.pt")
-        torch.save(self.opt_reg.state_dict(), tmp / "optimizer_reg.pt")
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({
-            "step": self.step, "scheduler_gen": self.sched_gen.state_dict(),
-            "scheduler_reg": self.sched_reg.state_dict(), "config": asdict(self.config)}))
+            "step": self.step, "scheduler": self.scheduler.state_dict(), "config": asdict(self.config)}))
         return commit_checkpoint(tmp, final, self.out, self.config.keep)
 
     def export(self, use_ema: bool = True, path: Path | None = None) -> Path:
@@ -241,13 +243,17 @@ class OSEDiffRun:
 
     # --- the loop ---
 
-    def _update(self, loss: torch.Tensor, params, optimizer, scheduler) -> None:
-        self.accelerator.backward(loss)
-        if self.accelerator.sync_gradients and self.config.grad_clip > 0:
-            self.accelerator.clip_grad_norm_(params, self.config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    def _update(self, loss: torch.Tensor) -> None:
+        """Backward of both losses, each group's gradient norm clipped (after unscaling), one step."""
+        acc = self.accelerator
+        acc.backward(loss)
+        if acc.sync_gradients and self.config.grad_clip > 0:
+            acc.unscale_gradients(self.optimizer)
+            for params in (self.gen_params, self.reg_params):
+                torch.nn.utils.clip_grad_norm_(list(params.values()), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def train(self, progress: bool = True) -> Path:
         """Train to ``config.steps``; returns the exported LoRA path."""
@@ -270,9 +276,8 @@ class OSEDiffRun:
                     if not math.isfinite(parts["total"].item()):
                         raise FloatingPointError(f"the generator loss is {parts['total'].item()} at step "
                                                  f"{self.step}; lower --lr or use --mixed-precision no")
-                    self._update(parts["total"], list(self.gen_params.values()), self.opt_gen, self.sched_gen)
                     parts["regulariser"] = self.regulariser_loss(z, prompts, micro)
-                    self._update(parts["regulariser"], list(self.reg_params.values()), self.opt_reg, self.sched_reg)
+                    self._update(parts["total"] + parts["regulariser"])
                 micro += 1
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -288,7 +293,7 @@ class OSEDiffRun:
                     self.last_losses = {k: v / count for k, v in sums.items()}
                     if acc.is_main_process:
                         log.write({"step": self.step, **{f"loss_{k}": v / count for k, v in sums.items()},
-                                   "lr": self.sched_gen.get_last_lr()[0], "seconds": time.perf_counter() - started})
+                                   "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started})
                     sums, count = {}, 0
                 if self.step % c.save_every == 0 or self.step == c.steps:
                     acc.wait_for_everyone()
