@@ -222,8 +222,13 @@ def test_cancel_stops_after_the_current_network_call_and_keeps_finished_results(
             results.append(result)
     assert [r.name for r in results] == ["0.png"]
     assert len(files_under(service.output_dir)) == 2  # the first result and its comparison image only
-    # another session is not affected, and the next run of this one starts afresh
+    # a run still waiting when Cancel is pressed computes nothing; the next request starts afresh
+    with pytest.raises(Cancelled, match="cancelled before 0.png"):
+        next(service.upscale_files(images, "registry:sinsr_v1", Settings(), "me", progress))
+    assert len(list(service.upscale_files(images[:1], "registry:sinsr_v1", Settings(), "other"))) == 1
+    service.arm("me")
     assert len(list(service.upscale_files(images[:1], "registry:sinsr_v1", Settings(), "me"))) == 1
+    assert len(files_under(service.output_dir)) == 6
 
 
 def test_one_model_is_kept_loaded(service, tmp_path):

@@ -153,3 +153,51 @@ def test_download_button_fetches_a_registry_model_with_progress_then_runs_it(bro
         page.screenshot(path=str(artifacts / "app_download.png"), full_page=True)
     finally:
         demo.close()
+
+
+def test_cancel_stops_the_run_and_keeps_the_finished_results(app, browser, tmp_path, monkeypatch, artifacts):
+    """Cancel during the second of four images: the server stops computing within a network call
+    (no third image is started) and the first result stays on the page."""
+    import threading
+    import time
+
+    from onestep_sr.model import OneStepSR
+
+    original, started, finished, lock = OneStepSR.upscale, [], [], threading.Lock()
+
+    def slow(self, image, **kwargs):                    # ten "network calls" of 0.3 s, then the real work
+        with lock:
+            started.append(time.monotonic())
+        for done in range(10):
+            time.sleep(0.3)
+            kwargs["progress"](done, 10)
+        result = original(self, image, **kwargs)
+        finished.append(image.size)
+        return result
+
+    monkeypatch.setattr(OneStepSR, "upscale", slow)
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app)
+    page.wait_for_selector("#run")
+    images = [write_image(tmp_path / f"im{i}.png", (20, 12), seed=i) for i in range(4)]
+    page.set_input_files("#uploads input[type=file]", [str(p) for p in images])
+    page.wait_for_selector("#uploads td.filename[aria-label='im3.png']")
+    page.click("#run")
+    page.wait_for_selector("#log >> text=im0.png")
+    deadline = time.monotonic() + 30
+    while len(started) < 2 and time.monotonic() < deadline:   # the second image is being computed
+        time.sleep(0.05)
+    page.click("#cancel")
+    time.sleep(4 * 0.3 * 10)                           # long enough for two more images, were it running
+    assert len(started) == 2 and len(finished) == 1, (started, finished)   # stopped inside the second
+    page.wait_for_selector("#log >> text=cancelled during im1.png")
+    page.wait_for_function("document.querySelectorAll('#results img').length == 1")
+    assert _natural_sizes(page, "#results img") == [[80, 48]]
+    assert page.locator("text=Error").count() == 0       # the run ended normally, no error badges
+    page.screenshot(path=str(artifacts / "app_cancel.png"), full_page=True)
+    # and the app runs the next batch
+    monkeypatch.setattr(OneStepSR, "upscale", original)
+    page.click("#run")
+    page.wait_for_function("document.querySelectorAll('#results img').length == 4 && "
+                           "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)")

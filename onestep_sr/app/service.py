@@ -160,23 +160,27 @@ class AppService:
         return model
 
     # --- cancellation --------------------------------------------------------------------------
+    # A session's Cancel flag is cleared when a run is requested (``arm``), not when it starts, so
+    # Cancel also drops a run that is still waiting in the queue.
+
+    def cancel_flag(self, session: str) -> threading.Event:
+        return self._cancel.setdefault(session, threading.Event())
+
+    def arm(self, session: str) -> None:
+        self.cancel_flag(session).clear()
 
     def cancel(self, session: str) -> None:
-        self._cancel.setdefault(session, threading.Event()).set()
-
-    def _start(self, session: str) -> threading.Event:
-        event = self._cancel.setdefault(session, threading.Event())
-        event.clear()
-        return event
+        self.cancel_flag(session).set()
 
     # --- upscaling -----------------------------------------------------------------------------
 
     def upscale_files(self, paths: list[str | os.PathLike], source: str, settings: Settings,
                       session: str = "local", progress: Progress | None = None) -> Iterator[Result]:
         """Upscale the files one by one, yielding each one's result as soon as it is done. A bad
-        file gives a result with an error and the batch goes on; Cancel stops after the current
-        network call (raises :class:`Cancelled`, the finished results stay)."""
-        cancelled = self._start(session)
+        file gives a result with an error and the batch goes on; ``cancel(session)`` (since the
+        last ``arm(session)``) stops it after the current network call: :class:`Cancelled` is
+        raised and the results already yielded stay."""
+        cancelled = self.cancel_flag(session)
         options = self._options(settings)
         with self._lock:                     # never held across a yield: a dropped client cannot keep it
             model = self.model(source, progress)

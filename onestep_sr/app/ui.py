@@ -2,7 +2,8 @@
 
 Upscale runs share one queue slot (``concurrency``, default 1), so several browsers never run
 models side by side and out of memory; downloads have a slot of their own. Cancel stops the run
-after the current network call; the images finished so far stay in the gallery.
+after the current network call (or drops it while it waits in the queue); the run then ends
+normally, with the images finished so far in the gallery and a line saying where it stopped.
 """
 from __future__ import annotations
 
@@ -59,6 +60,9 @@ def build(service: AppService, concurrency: int = 1) -> gr.Blocks:
                                   elem_id="downloads")
                 log = gr.Markdown(elem_id="log")
 
+        def session_of(request: gr.Request | None) -> str:
+            return request.session_hash if request is not None and request.session_hash else "local"
+
         def on_model(source):
             if not source:
                 return "no model selected", gr.update(visible=False), gr.update(choices=[], value=None)
@@ -86,7 +90,7 @@ def build(service: AppService, concurrency: int = 1) -> gr.Blocks:
             settings = Settings(steps=steps_value or "1", seed=int(seed_value if seed_value is not None else -1),
                                 tile=int(tile_value), color_fix=fix, scale=float(scale_value))
             done, captions, pairs, lines = [], [], [], []
-            session = request.session_hash if request is not None else "local"
+            session = session_of(request)
             try:
                 for result in service.upscale_files(list(paths), source, settings, session,
                                                     lambda f, what: progress(f, desc=what)):
@@ -109,15 +113,18 @@ def build(service: AppService, concurrency: int = 1) -> gr.Blocks:
         def on_select(pairs, event: gr.SelectData):
             return pairs[event.index] if pairs and event.index < len(pairs) else None
 
+        def on_arm(request: gr.Request):
+            service.arm(session_of(request))
+
         def on_cancel(request: gr.Request):
-            service.cancel(request.session_hash if request is not None else "local")
+            service.cancel(session_of(request))
 
         model.change(on_model, model, [status, download, steps])
         refresh.click(on_refresh, model, [model, status, download, steps])
         download.click(on_download, model, [status, download], concurrency_limit=1, concurrency_id="download")
-        job = run.click(on_run, [files, model, steps, seed, tile, color_fix, scale],
-                        [gallery, outputs, compare, results_state, log],
-                        concurrency_limit=concurrency, concurrency_id="upscale")
-        cancel.click(on_cancel, None, None, cancels=[job], queue=False)  # also drops a run still waiting
+        run.click(on_arm, None, None, queue=False).then(
+            on_run, [files, model, steps, seed, tile, color_fix, scale], [gallery, outputs, compare, results_state, log],
+            concurrency_limit=concurrency, concurrency_id="upscale")
+        cancel.click(on_cancel, None, None, queue=False)
         gallery.select(on_select, results_state, compare)
     return demo
