@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from onestep_sr.cli import main
@@ -336,7 +336,7 @@ def test_conversion_needs_neither_diffusers_nor_peft(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "OSEDiff LoRA as kohya LoRA, 4 UNet modules (rank 4) + conv_in, 2 VAE-encoder modules" in done.stdout
+    assert "OSEDiff LoRA as kohya LoRA, 4 UNet modules (rank 4) + conv_in (set_weight, ComfyUI only; --base for A1111), 2 VAE-encoder modules" in done.stdout
     unet_sd, vae_sd = load_file(str(out)), load_file(str(tmp_path / "out" / "lora_vae.safetensors"))
     assert sorted(unet_sd) == sorted(
         ["diffusion_model.input_blocks.0.0.set_weight", "diffusion_model.input_blocks.0.0.bias.set_weight"]
@@ -524,3 +524,47 @@ def test_conv_in_as_a_difference_to_the_base(osediff, tmp_path):
     assert _max_rel(out_unet, osediff.out_unet) < TOLERANCE and _max_rel(out_vae, osediff.out_vae) < TOLERANCE
     with pytest.raises(lora.LoraFormatError, match="base conv_in"):
         lora.osediff_to_kohya(osediff.ckpt, conv_in_base=(base_conv.weight[:, :2], base_conv.bias))
+
+
+@pytest.mark.parametrize("layout", ["single_file", "diffusers_folder"])
+def test_convert_with_the_base_checkpoint_writes_conv_in_as_a_difference(osediff, tmp_path, layout, capsys):
+    """``onestep-sr convert osediff.pkl OUT --base SD`` reads only the base's conv_in and writes the
+    same files as ``osediff_to_kohya(conv_in_base=...)``: .diff keys, which A1111 applies too."""
+    conv = osediff.base_unet.conv_in
+    if layout == "single_file":
+        base = tmp_path / "sd15.safetensors"
+        save_file({"model.diffusion_model.input_blocks.0.0.weight": conv.weight.detach().clone(),
+                   "model.diffusion_model.input_blocks.0.0.bias": conv.bias.detach().clone(),
+                   "model.diffusion_model.out.2.bias": torch.zeros(4)}, str(base))
+    else:
+        base = tmp_path / "sd15"
+        (base / "unet").mkdir(parents=True)
+        save_file({"conv_in.weight": conv.weight.detach().clone(), "conv_in.bias": conv.bias.detach().clone()},
+                  str(base / "unet" / "diffusion_pytorch_model.safetensors"))
+    out = tmp_path / "lora.safetensors"
+    assert main(["convert", str(osediff.path), str(out), "--base", str(base)]) == 0
+    assert f"conv_in (its difference to {base.name})" in capsys.readouterr().out
+    unet_sd = load_file(str(out))
+    expected, _, _ = lora.osediff_to_kohya(osediff.ckpt, conv_in_base=(conv.weight, conv.bias))
+    assert set(unet_sd) == set(expected) and {"lora_unet_conv_in.diff", "lora_unet_conv_in.diff_b"} <= set(unet_sd)
+    assert all(torch.equal(unet_sd[k], expected[k]) for k in expected)
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["conv_in_base"] == base.name
+    unet, vae = copy.deepcopy(osediff.base_unet), copy.deepcopy(osediff.base_vae)
+    lora.merge_kohya_lora(unet, vae, {**unet_sd, **load_file(str(lora.vae_sibling_path(out)))})
+    out_unet, _ = _outputs(unet, vae, osediff.inputs)
+    assert _max_rel(out_unet, osediff.out_unet) < TOLERANCE
+
+
+def test_convert_base_errors_name_the_problem_and_write_nothing(osediff, tmp_path, capsys):
+    no_unet = tmp_path / "vae_only.safetensors"
+    save_file({"first_stage_model.decoder.conv_in.weight": torch.zeros(1)}, str(no_unet))
+    out = tmp_path / "lora.safetensors"
+    assert main(["convert", str(osediff.path), str(out), "--base", str(no_unet)]) == 2
+    assert "model.diffusion_model.input_blocks.0.0.weight' is missing" in capsys.readouterr().err
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 9, 3, 3)}, str(wrong))
+    assert main(["convert", str(osediff.path), str(out), "--base", str(wrong)]) == 2
+    assert "does not match the trained one" in capsys.readouterr().err
+    assert main(["convert", str(osediff.path), str(out), "--base", str(tmp_path / "gone.safetensors")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae_only.safetensors", "wrong.safetensors"]

@@ -320,13 +320,14 @@ def run_convert_osediff(src: Path, dst: Path, args: argparse.Namespace) -> int:
     vae_dst = lora.vae_sibling_path(dst)
     check_convert_paths(src, vae_dst, args.force)
     try:
-        summary = lora.convert_osediff(src, dst, dtype=DTYPES[args.dtype])
+        summary = lora.convert_osediff(src, dst, dtype=DTYPES[args.dtype], base=args.base)
     except OSError as exc:
         print(f"onestep-sr: error: could not write {dst}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     written = " and ".join(f"{p} ({p.stat().st_size:,} bytes)" for p in summary.paths)
     print(f"{src} -> {written}: OSEDiff LoRA as kohya LoRA, {summary.unet_modules} UNet modules "
-          f"(rank {summary.rank_unet}) + conv_in, {summary.vae_modules} VAE-encoder modules "
+          f"(rank {summary.rank_unet}) + conv_in ({'its difference to ' + Path(args.base).name if args.base else 'set_weight, ComfyUI only; --base for A1111'}), "
+          f"{summary.vae_modules} VAE-encoder modules "
           f"(rank {summary.rank_vae}), alpha {summary.alpha:g}, {summary.tensors} tensors")
     return EXIT_OK
 
@@ -345,6 +346,8 @@ def run_convert(args: argparse.Namespace) -> int:
             if is_osediff_file(src):  # an OSEDiff file renamed to .pth/.pt/...
                 return run_convert_osediff(src, dst, args)
         raise
+    if args.base:
+        raise UsageError(f"--base is for OSEDiff LoRA checkpoints; {src} is not one")
     kind, model = identify(src, args.kind, state, metadata)
     tensors = output_tensors(model, state, DTYPES[args.dtype])
     del state
@@ -390,5 +393,9 @@ def register(sub) -> None:
                       help="auto: a .pkl is an OSEDiff LoRA checkpoint, other files our denoiser or autoencoder")
     conv.add_argument("--dtype", choices=list(DTYPES), default="keep",
                       help="cast floating tensors (integer buffers are kept)")
+    conv.add_argument("--base", metavar="SD_CHECKPOINT",
+                      help="OSEDiff: the SD checkpoint the LoRA was trained on (file or diffusers folder); conv_in "
+                           "is written as its difference to it (.diff keys, applied by ComfyUI and A1111) instead of "
+                           "set_weight (ComfyUI only)")
     conv.add_argument("--force", action="store_true", help="overwrite an existing output")
     conv.set_defaults(run=run_convert)

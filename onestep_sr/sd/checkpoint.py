@@ -280,3 +280,32 @@ def load_sd_model(path, family: str | None = None, prediction_type: str | None =
     if path.is_dir():
         return load_diffusers_folder(path, family, prediction_type)
     return load_single_file(path, family, prediction_type, config_dir)
+
+
+def read_conv_in(path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The UNet's conv_in (weight, bias) of an SD checkpoint, read without building any network (and
+    from a ``.safetensors`` file without reading the rest): ``model.diffusion_model.input_blocks.0.0.*``
+    of a single file, ``conv_in.*`` of a diffusers folder's ``unet/``."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted((path / "unet").glob("diffusion_pytorch_model*.safetensors")) + \
+            sorted((path / "unet").glob("diffusion_pytorch_model*.bin"))
+        if not files:
+            raise CheckpointError(f"{path}: not a diffusers folder with unet/diffusion_pytorch_model.safetensors")
+        path, keys = files[0], ("conv_in.weight", "conv_in.bias")
+    else:
+        keys = (f"{UNET_PREFIX}input_blocks.0.0.weight", f"{UNET_PREFIX}input_blocks.0.0.bias")
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                found = {k: f.get_tensor(k) for k in keys if k in f.keys()}
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    else:
+        state, _ = read_checkpoint(path)
+        found = {k: state[k] for k in keys if k in state}
+    if keys[0] not in found:
+        raise CheckpointError(f"{path}: key {keys[0]!r} is missing; not a Stable Diffusion 1.x/2.x UNet checkpoint")
+    return found[keys[0]].float(), found[keys[1]].float() if keys[1] in found else None

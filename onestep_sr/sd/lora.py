@@ -490,10 +490,18 @@ class ConversionSummary:
 
 
 def convert_osediff(src: str | os.PathLike, dst: str | os.PathLike, alpha: float = DEFAULT_ALPHA,
-                    dtype: Optional[torch.dtype] = None) -> ConversionSummary:
-    """``read_osediff`` + ``osediff_to_kohya`` + ``write_kohya_files``."""
+                    dtype: Optional[torch.dtype] = None, base: str | os.PathLike | None = None) -> ConversionSummary:
+    """``read_osediff`` + ``osediff_to_kohya`` + ``write_kohya_files``. ``base``: the SD checkpoint
+    the LoRA was trained on (file or diffusers folder); conv_in is then written as its difference."""
     ckpt = read_osediff(src)
-    unet_sd, vae_sd, metadata = osediff_to_kohya(ckpt, alpha=alpha, dtype=dtype)
+    conv_in_base = None
+    if base is not None:
+        from .checkpoint import read_conv_in
+
+        conv_in_base = read_conv_in(base)
+    unet_sd, vae_sd, metadata = osediff_to_kohya(ckpt, alpha=alpha, dtype=dtype, conv_in_base=conv_in_base)
+    if base is not None:
+        metadata["conv_in_base"] = Path(base).name
     paths = write_kohya_files(unet_sd, vae_sd, metadata, dst)
     return ConversionSummary(paths, int(metadata["unet_lora_modules"]), int(metadata["vae_lora_modules"]),
                              ckpt.rank_unet, ckpt.rank_vae, alpha, len(unet_sd) + len(vae_sd))
