@@ -194,6 +194,22 @@ def test_scale_seed_steps_and_alpha(service, tmp_path):
     assert not np.array_equal(np.asarray(Image.open(one.output)), np.asarray(Image.open(first.output)))
 
 
+def test_large_results_get_a_thumbnail_and_a_centre_comparison(service, tmp_path):
+    """The page never loads a huge result: the gallery gets a thumbnail, the before/after view the
+    result's centre at full resolution over the same region of the bicubic input."""
+    service.preview_side, service.compare_side = 50, 40
+    image = write_image(tmp_path / "wide.png", (20, 12), seed=4)
+    [result] = service.upscale_files([image], "registry:sinsr_v1", Settings(seed=1))
+    full = Image.open(result.output)
+    assert full.size == (80, 48) and Image.open(result.preview).size == (50, 30)
+    after, before = Image.open(result.after), Image.open(result.before)
+    assert after.size == before.size == (40, 40) and result.cropped
+    assert np.array_equal(np.asarray(after), np.asarray(full.crop((20, 4, 60, 44))))
+    bicubic = Image.open(image).resize((80, 48), Image.Resampling.BICUBIC).crop((20, 4, 60, 44))
+    assert np.abs(np.asarray(before, dtype=int) - np.asarray(bicubic, dtype=int)).mean() < 3
+    assert result.line().endswith("(seed 1); the comparison shows its centre")
+
+
 def test_bad_options_and_models_raise_before_any_image(service, tmp_path):
     image = write_image(tmp_path / "in.png")
     with pytest.raises(ValueError, match="steps must be 1"):

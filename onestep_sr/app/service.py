@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -24,7 +25,9 @@ from ..imageio import ImageInputError, read_image, write_image_atomic
 from ..model import SCALE, OneStepSR, load_model
 from ..registry import models_dir as default_models_dir
 
-DEFAULT_MAX_PIXELS = 4_000_000          # input pixels per image (x4 output: 64 MP)
+DEFAULT_MAX_PIXELS = 16_000_000         # input pixels per image (a 4000x3000 photo; its x4 is 192 MP)
+PREVIEW_SIDE = 1024                     # gallery thumbnails: the result fitted into this square
+COMPARE_SIDE = 1536                     # before/after view: the result's centre, at most this square
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
 
 
@@ -46,8 +49,11 @@ class Settings:
 class Result:
     """One uploaded file: the written result, or the reason there is none."""
     name: str
-    output: Path | None = None
-    before: Path | None = None       # the input resized to the output's size (comparison view)
+    output: Path | None = None       # the full result (PNG)
+    preview: Path | None = None      # the gallery's thumbnail (the result itself when small)
+    before: Path | None = None       # comparison view: the input, bicubic, over the region of ``after``
+    after: Path | None = None        # comparison view: the result's centre at full resolution
+    cropped: bool = False            # the comparison shows only the centre
     error: str | None = None
     seed: int | None = None
     seconds: float = 0.0
@@ -56,7 +62,8 @@ class Result:
     def line(self) -> str:
         if self.error:
             return f"{self.name}: {self.error}"
-        return f"{self.name}: {self.size[0]}x{self.size[1]} in {self.seconds:.1f} s (seed {self.seed})"
+        crop = "; the comparison shows its centre" if self.cropped else ""
+        return f"{self.name}: {self.size[0]}x{self.size[1]} in {self.seconds:.1f} s (seed {self.seed}){crop}"
 
 
 @dataclass
@@ -65,6 +72,8 @@ class AppService:
     folders: list[Path] = field(default_factory=lambda: [default_models_dir()])
     output_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "onestep_sr_app")
     max_pixels: int = DEFAULT_MAX_PIXELS
+    preview_side: int = PREVIEW_SIDE
+    compare_side: int = COMPARE_SIDE
     device: str | None = None
     dtype: str | None = None
     offline: bool | None = None
@@ -225,15 +234,38 @@ class AppService:
             return Result(name, error=f"out of memory at {image.width}x{image.height}; lower the tile size")
         except (RuntimeError, ValueError) as exc:
             return Result(name, error=f"upscaling failed: {exc}")
-        stem = Path(name).stem
-        output = folder / f"{stem}_x{options['scale']:g}.png"
-        before = folder / f"{stem}_before.png"
-        comparison = image.convert("RGBA" if "A" in out.mode else "RGB").resize(out.size, Image.Resampling.BICUBIC)
         try:
-            write_image_atomic(out, output)
-            write_image_atomic(comparison, before)
+            result = self._write(Result(name, seed=options["seed"], size=out.size), image, out, folder,
+                                 f"{Path(name).stem}_x{options['scale']:g}")
         except OSError as exc:
-            output.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
             return Result(name, error=f"cannot write the result into {folder}: {exc}")
-        return Result(name, output, before, seed=options["seed"], seconds=time.perf_counter() - start,
-                      size=out.size)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _write(self, result: Result, image: Image.Image, out: Image.Image, folder: Path, stem: str) -> Result:
+        """The result (full size), and the small images the page shows: a thumbnail when the result
+        is larger than ``preview_side``, and the comparison pair over the result's centre when it is
+        larger than ``compare_side`` (a browser cannot show a 16000 x 12000 image side by side)."""
+        result.output = folder / f"{stem}.png"
+        write_image_atomic(out, result.output)
+        mode = "RGBA" if "A" in out.mode else "RGB"
+        shown = out if out.mode == mode else out.convert(mode)
+        result.preview = result.after = result.output
+        if max(out.size) > self.preview_side:
+            thumb = shown.copy()
+            thumb.thumbnail((self.preview_side, self.preview_side), Image.Resampling.LANCZOS)
+            result.preview = folder / f"{stem}_preview.png"
+            write_image_atomic(thumb, result.preview)
+        width, height = min(out.width, self.compare_side), min(out.height, self.compare_side)
+        left, top = (out.width - width) // 2, (out.height - height) // 2
+        result.cropped = (width, height) != out.size
+        if result.cropped or shown is not out:
+            result.after = folder / f"{stem}_after.png"
+            write_image_atomic(shown.crop((left, top, left + width, top + height)), result.after)
+        sx, sy = image.width / out.width, image.height / out.height
+        before = image.convert(mode).resize((width, height), Image.Resampling.BICUBIC,
+                                            box=(left * sx, top * sy, (left + width) * sx, (top + height) * sy))
+        result.before = folder / f"{stem}_before.png"
+        write_image_atomic(before, result.before)
+        return result

@@ -97,8 +97,8 @@ def build(service: AppService, concurrency: int = 1) -> gr.Blocks:
                     lines.append(("- " if result.error is None else "- **failed:** ") + result.line())
                     if result.output is not None:
                         done.append(str(result.output))
-                        captions.append((str(result.output), f"{result.name} -> {result.size[0]}x{result.size[1]}"))
-                        pairs.append((str(result.before), str(result.output)))
+                        captions.append((str(result.preview), f"{result.name} -> {result.size[0]}x{result.size[1]}"))
+                        pairs.append((str(result.before), str(result.after)))
                     yield _view(done, captions, pairs, lines)
             except Cancelled as exc:
                 lines.append(f"- **{exc}**")
