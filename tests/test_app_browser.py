@@ -73,6 +73,12 @@ def app(tmp_path, monkeypatch):
     demo.close()
 
 
+def _wait_for_results(page, count: int) -> None:
+    """Until the gallery holds ``count`` images, each loaded (its natural size known)."""
+    page.wait_for_function(f"document.querySelectorAll('#results img').length == {count} && "
+                           "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)")
+
+
 def _natural_sizes(page, selector: str) -> list[list[int]]:
     return page.eval_on_selector_all(selector, "els => els.map(e => [e.naturalWidth, e.naturalHeight])")
 
@@ -89,8 +95,7 @@ def test_upload_run_the_bundled_model_and_check_the_result_in_the_browser(app, b
     page.set_input_files("#uploads input[type=file]", [str(p) for p in images])
     page.wait_for_selector("#uploads td.filename[aria-label='wide.png']")
     page.click("#run")
-    page.wait_for_function("document.querySelectorAll('#results img').length >= 2 && "
-                           "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)")
+    _wait_for_results(page, 2)
     page.wait_for_selector("#log >> text=wide.png")
     assert sorted(_natural_sizes(page, "#results img")) == [[80, 48], [132, 68]]
     log = page.inner_text("#log")
@@ -111,7 +116,7 @@ def test_upload_run_the_bundled_model_and_check_the_result_in_the_browser(app, b
     log = page.inner_text("#log")
     assert "failed: notes.png: not an image" in log
     assert "failed: huge.png: 300x200 is 60,000 pixels, over the limit of 50,000" in log
-    page.wait_for_function("document.querySelectorAll('#results img').length == 1")
+    _wait_for_results(page, 1)
     assert _natural_sizes(page, "#results img") == [[80, 48]]
     page.screenshot(path=str(artifacts / "app_bad_upload.png"), full_page=True)
 
@@ -147,8 +152,7 @@ def test_download_button_fetches_a_registry_model_with_progress_then_runs_it(bro
         page.set_input_files("#uploads input[type=file]", [str(write_image(tmp_path / "photo.png", (20, 12)))])
         page.wait_for_selector("#uploads td.filename[aria-label='photo.png']")
         page.click("#run")
-        page.wait_for_function("document.querySelectorAll('#results img').length == 1 && "
-                               "document.querySelector('#results img').naturalWidth > 0")
+        _wait_for_results(page, 1)
         assert _natural_sizes(page, "#results img") == [[80, 48]]
         page.screenshot(path=str(artifacts / "app_download.png"), full_page=True)
     finally:
@@ -192,12 +196,11 @@ def test_cancel_stops_the_run_and_keeps_the_finished_results(app, browser, tmp_p
     time.sleep(4 * 0.3 * 10)                           # long enough for two more images, were it running
     assert len(started) == 2 and len(finished) == 1, (started, finished)   # stopped inside the second
     page.wait_for_selector("#log >> text=cancelled during im1.png")
-    page.wait_for_function("document.querySelectorAll('#results img').length == 1")
+    _wait_for_results(page, 1)
     assert _natural_sizes(page, "#results img") == [[80, 48]]
     assert page.locator("text=Error").count() == 0       # the run ended normally, no error badges
     page.screenshot(path=str(artifacts / "app_cancel.png"), full_page=True)
     # and the app runs the next batch
     monkeypatch.setattr(OneStepSR, "upscale", original)
     page.click("#run")
-    page.wait_for_function("document.querySelectorAll('#results img').length == 4 && "
-                           "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)")
+    _wait_for_results(page, 4)
