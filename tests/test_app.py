@@ -366,6 +366,17 @@ def test_concurrent_users_share_one_queue_slot(served_app, tmp_path, monkeypatch
     assert [len(out[0]) for out in outputs] == [2, 2] and peak[0] == 1
 
 
+def test_a_port_in_use_is_a_clear_error(served_app, tmp_path):
+    from onestep_sr.app import launch
+
+    url, models = served_app
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    args = _args(models, tmp_path / "out2")
+    args.port = port
+    with pytest.raises(SystemExit, match=rf"cannot serve on 127.0.0.1:{port} .*pass another --port"):
+        launch(args, block=False)
+
+
 def test_gradio_is_imported_only_by_the_app():
     """The engine, the CLI's other commands and both hosts' code paths work without gradio."""
     code = ("import sys; sys.modules['gradio'] = None\n"

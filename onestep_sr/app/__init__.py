@@ -60,9 +60,13 @@ def launch(args: argparse.Namespace, block: bool = True):
     service = service_from(args)
     demo = build(service, concurrency=args.concurrency)
     demo.queue(max_size=args.queue_size)
-    _, url, _ = demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                            max_file_size=f"{args.max_upload_mb}mb", allowed_paths=[str(service.output_dir)],
-                            prevent_thread_lock=not block, show_error=True, css=CSS, quiet=not block)
+    try:
+        _, url, _ = demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                                max_file_size=f"{args.max_upload_mb}mb", allowed_paths=[str(service.output_dir)],
+                                prevent_thread_lock=not block, show_error=True, css=CSS, quiet=not block)
+    except OSError as exc:  # the port is taken, or the address cannot be served
+        raise SystemExit(f"onestep-sr app: cannot serve on {args.host}:{args.port} ({exc}); "
+                         "pass another --port") from None
     return demo, url
 
 
