@@ -91,6 +91,15 @@ def test_upload_run_the_bundled_model_and_check_the_result_in_the_browser(app, b
     assert page.input_value("#model input") == "default (bundled)"
     assert "ready (bundled, offline)" in page.inner_text("#model-status")
 
+    # a model saved into the models folder while the app runs is listed at the next page load
+    bundled_stand_in(tmp_path / "models" / "added_later.safetensors")
+    page.reload()
+    page.wait_for_selector("#run")
+    page.click("#model input")
+    page.wait_for_selector("[role=option] >> text=added_later")
+    page.keyboard.press("Escape")
+    assert page.input_value("#model input") == "default (bundled)"
+
     images = [write_image(tmp_path / "photo.png", (20, 12)), write_image(tmp_path / "wide.png", (33, 17), seed=1)]
     page.set_input_files("#uploads input[type=file]", [str(p) for p in images])
     page.wait_for_selector("#uploads td.filename[aria-label='wide.png']")

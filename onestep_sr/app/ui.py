@@ -66,7 +66,10 @@ def build(service: AppService, concurrency: int = 1) -> gr.Blocks:
         def on_model(source):
             if not source:
                 return "no model selected", gr.update(visible=False), gr.update(choices=[], value=None)
-            choices = service.step_choices(source)
+            try:
+                choices = service.step_choices(source)
+            except (ValueError, KeyError, OSError) as exc:   # e.g. the file was removed since the list was made
+                return f"unavailable: {exc}", gr.update(visible=False), gr.update(choices=[], value=None)
             return (service.status(source), gr.update(visible=bool(service.missing(source))),
                     gr.update(choices=choices, value=choices[0][1]))
 
@@ -119,6 +122,7 @@ def build(service: AppService, concurrency: int = 1) -> gr.Blocks:
         def on_cancel(request: gr.Request):
             service.cancel(session_of(request))
 
+        demo.load(on_refresh, model, [model, status, download, steps])   # each page load lists the folders anew
         model.change(on_model, model, [status, download, steps])
         refresh.click(on_refresh, model, [model, status, download, steps])
         download.click(on_download, model, [status, download], concurrency_limit=1, concurrency_id="download")
