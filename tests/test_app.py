@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np

@@ -41,7 +41,8 @@ from onestep_sr.sd.lora import DEFAULT_ALPHA
 from . import osediff_losses as L
 from .data import AUGMENTS, DEGRADATIONS, CaptionedPairDataset
 from .perceptual import PERCEPTUALS, build_perceptual
-from .runs import CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, staging_dir
+from .runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
+                   save_run_state, staging_dir)
 
 NEGATIVE_PROMPT = ("painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, "
                    "unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, "
@@ -213,25 +214,17 @@ class OSEDiffRun:
         saved = checkpoint_dirs(self.out)
         if not saved:
             return
-        latest = saved[-1]
-        state = json.loads((latest / "state.json").read_text())
-        weights = load_file(latest / "trainable.safetensors")
+        weights = load_file(saved[-1] / "trainable.safetensors")
         with torch.no_grad():
             for name, p in {**self.gen_params, **self.reg_params}.items():
                 p.copy_(weights[name])
-        self.ema = load_file(latest / "ema.safetensors")
-        self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location="cpu", weights_only=True))
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
+        self.ema, self.step = restore_run_state(saved[-1], self.optimizer, self.scheduler)
 
     def save_checkpoint(self) -> Path:
         tmp, final = staging_dir(self.out, self.step)
         weights = {k: v.detach().cpu().contiguous() for k, v in {**self.gen_params, **self.reg_params}.items()}
         write_safetensors_atomic(weights, {}, tmp / "trainable.safetensors")
-        write_safetensors_atomic({k: v.contiguous() for k, v in self.ema.items()}, {}, tmp / "ema.safetensors")
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({
-            "step": self.step, "scheduler": self.scheduler.state_dict(), "config": asdict(self.config)}))
+        save_run_state(tmp, self.step, self.ema, self.optimizer, self.scheduler, asdict(self.config))
         return commit_checkpoint(tmp, final, self.out, self.config.keep)
 
     def export(self, use_ema: bool = True, path: Path | None = None) -> Path:

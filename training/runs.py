@@ -3,12 +3,16 @@ CSV log. Used by ``trainer.Run`` (ResShift / SinSR) and ``osediff.OSEDiffRun``."
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
+from safetensors.torch import load_file
+
+from onestep_sr.checkpoint import write_safetensors_atomic
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
@@ -34,6 +38,24 @@ def commit_checkpoint(tmp: Path, final: Path, out: Path, keep: int) -> Path:
     for old in checkpoint_dirs(out)[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_run_state(tmp: Path, step: int, ema: dict[str, torch.Tensor], optimizer, scheduler,
+                   config: dict[str, Any]) -> None:
+    """What a run needs beyond its weights to continue exactly: ``ema.safetensors``,
+    ``optimizer.pt`` and ``state.json`` (step, scheduler, config) in the staging folder ``tmp``."""
+    write_safetensors_atomic({k: v.cpu().contiguous() for k, v in ema.items()}, {}, tmp / "ema.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict(), "config": config}))
+
+
+def restore_run_state(folder: Path, optimizer, scheduler) -> tuple[dict[str, torch.Tensor], int]:
+    """Load the optimiser and scheduler of checkpoint ``folder`` (``save_run_state``); returns
+    (EMA weights, step)."""
+    state = json.loads((folder / "state.json").read_text())
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(state["scheduler"])
+    return load_file(folder / "ema.safetensors"), int(state["step"])
 
 
 def ema_decay(decay: float, step: int) -> float:

@@ -28,7 +28,8 @@ from onestep_sr.pipeline import SCALE, bicubic_upscale
 
 from .data import PairDataset
 from .losses import resshift_loss, sinsr_losses
-from .runs import CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, staging_dir
+from .runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
+                   save_run_state, staging_dir)
 
 MODES = ("resshift", "sinsr")
 ARCHS = {
@@ -162,13 +163,8 @@ class Run:
         saved = self._checkpoint_dirs()
         if not saved:
             return
-        latest = saved[-1]
-        state = json.loads((latest / "state.json").read_text())
-        model.load_state_dict(load_file(latest / "model.safetensors"))
-        self.ema = load_file(latest / "ema.safetensors")
-        self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location="cpu", weights_only=True))
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
+        model.load_state_dict(load_file(saved[-1] / "model.safetensors"))
+        self.ema, self.step = restore_run_state(saved[-1], self.optimizer, self.scheduler)
 
     def save_checkpoint(self) -> Path:
         """``checkpoints/step-N/``, written to a temporary folder first, then renamed."""
@@ -176,10 +172,7 @@ class Run:
         model = self.accelerator.unwrap_model(self.model)
         write_safetensors_atomic({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                                  {"config": json.dumps(model.config.to_dict())}, tmp / "model.safetensors")
-        write_safetensors_atomic({k: v.cpu().contiguous() for k, v in self.ema.items()}, {}, tmp / "ema.safetensors")
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": self.step, "scheduler": self.scheduler.state_dict(),
-                                                    "config": asdict(self.config)}))
+        save_run_state(tmp, self.step, self.ema, self.optimizer, self.scheduler, asdict(self.config))
         return commit_checkpoint(tmp, final, self.out, self.config.keep)
 
     def export(self, use_ema: bool = True) -> Path:
