@@ -14,7 +14,6 @@ with ``POST /prompt`` and its outputs checked. Without ``COMFYUI_DIR`` the whole
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import socket
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ldm_random import RANDOM_LDM_STATE
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
@@ -63,7 +64,7 @@ PROMPT_TIMEOUT = 900
 # channels, one level, one transformer block (~26 M parameters); the full SD VAE and CLIP-L
 # (their configs are fixed). 1-D weights (norm scales) are 1, biases 0, other weights random
 # with a 1/sqrt(fan_in) scale so activations stay finite; stored as fp16.
-SD_GENERATOR = r'''
+SD_GENERATOR = RANDOM_LDM_STATE + r'''
 import json, math, os, sys
 sys.path.insert(0, os.getcwd())
 import torch
@@ -87,19 +88,8 @@ with meta:
 with open(os.path.join("comfy", "sd1_clip_config.json")) as f:
     clip = CLIPTextModel(json.load(f), torch.float32, meta, ops)
 generator = torch.Generator().manual_seed(int(sys.argv[2]))
-state = {}
-for prefix, module in (("model.diffusion_model.", unet), ("first_stage_model.", vae),
-                       ("cond_stage_model.transformer.", clip)):
-    for key, value in module.state_dict().items():
-        if key.endswith("bias"):
-            tensor = torch.zeros(value.shape)
-        elif value.dim() == 1:
-            tensor = torch.ones(value.shape)
-        elif "embedding" in key:
-            tensor = torch.randn(value.shape, generator=generator) * 0.02
-        else:
-            tensor = torch.randn(value.shape, generator=generator) / math.sqrt(math.prod(value.shape[1:]))
-        state[prefix + key] = tensor.half()
+state = random_ldm_state((("model.diffusion_model.", unet), ("first_stage_model.", vae),
+                          ("cond_stage_model.transformer.", clip)), generator)
 save_file(state, sys.argv[1])
 print(len(state), "tensors,", sum(t.numel() for t in state.values()), "parameters")
 '''

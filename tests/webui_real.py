@@ -19,6 +19,8 @@ from typing import Any, Iterator
 
 from PIL import Image, PngImagePlugin
 
+from ldm_random import RANDOM_LDM_STATE
+
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 420
 LAUNCH_FLAGS = ["--nowebui", "--api", "--skip-torch-cuda-test", "--use-cpu", "all", "--no-download-sd-model",
@@ -183,7 +185,7 @@ def offline_hf_env(hf_home: Path) -> dict[str, str]:
 # file). Shapes from the webui's LDM classes built on the meta device with configs/v1-inference.yaml
 # and from transformers' CLIPTextModel; 1-D weights 1, biases 0, embeddings N(0, 0.02), other
 # weights N(0, 1/fan_in); fp16 (position ids int64), safetensors.
-SD15_GENERATOR = r'''
+SD15_GENERATOR = RANDOM_LDM_STATE + r'''
 import json, math, os, sys
 sys.path.insert(0, os.path.join(os.getcwd(), "repositories", "stable-diffusion-stability-ai"))
 import torch
@@ -201,21 +203,8 @@ with torch.device("meta"):
     with open(text_config) as f:
         clip = CLIPTextModel(CLIPTextConfig(**json.load(f)))
 generator = torch.Generator().manual_seed(seed)
-state = {}
-for prefix, module in (("model.diffusion_model.", unet), ("first_stage_model.", vae),
-                       ("cond_stage_model.transformer.", clip)):
-    for key, value in module.state_dict().items():
-        if not value.is_floating_point():
-            tensor = torch.arange(value.shape[-1]).expand(value.shape).clone()
-        elif key.endswith("bias"):
-            tensor = torch.zeros(value.shape)
-        elif value.dim() == 1:
-            tensor = torch.ones(value.shape)
-        elif "embedding" in key:
-            tensor = torch.randn(value.shape, generator=generator) * 0.02
-        else:
-            tensor = torch.randn(value.shape, generator=generator) / math.sqrt(math.prod(value.shape[1:]))
-        state[prefix + key] = tensor.half() if tensor.is_floating_point() else tensor
+state = random_ldm_state((("model.diffusion_model.", unet), ("first_stage_model.", vae),
+                          ("cond_stage_model.transformer.", clip)), generator)
 save_file(state, target)
 print(len(state), "tensors,", sum(t.numel() for t in state.values()), "parameters")
 '''
