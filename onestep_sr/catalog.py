@@ -126,6 +126,7 @@ def weights_for(source: str, folders: list[str | os.PathLike]) -> Weights:
 
 def missing_downloads(source: str, folders: list[str | os.PathLike]) -> list[RegistryEntry]:
     """The registry files an entry still needs (none for bundled and local files whose
-    autoencoder is present): what a download button would fetch."""
+    autoencoder is present): what a download button would fetch. ``weights_for`` names a registry
+    entry only when its file is in none of the folders (a found file is its path)."""
     registry = {e.name: e for e in list_entries()}
-    return [registry[v] for v in weights_for(source, folders).spec.values() if v in registry and not Path(v).exists()]
+    return [registry[v] for v in weights_for(source, folders).spec.values() if v in registry]
