@@ -8,9 +8,12 @@ state dict or a ``{'state_dict': ...}`` wrapper (official trainer layout); ``mod
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import signal
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +48,28 @@ def load_weights_only(path: str | os.PathLike) -> Any:
     return torch.serialization.load(path, map_location="cpu", weights_only=True)
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt.
+
+    safetensors reads tensors in Rust, which turns a KeyboardInterrupt raised in its Python
+    callbacks into an unrelated error ("could not determine the shape of object type
+    'torch.storage.UntypedStorage'"): a complete file would then look corrupt (and a download
+    verifier would delete it). Signals reach only the main thread, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
+            signal.SIG_IGN, None):
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors of a checkpoint file (unwrapped, prefixes stripped) and its text metadata."""
     path = Path(path)
@@ -55,7 +80,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         from safetensors import safe_open
 
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with interrupts_deferred(), safe_open(str(path), framework="pt") as f:
                 metadata = dict(f.metadata() or {})
                 obj: Any = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # safetensors raises its own error types

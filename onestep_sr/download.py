@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import re
 import sys
@@ -32,6 +33,8 @@ USER_AGENT = "onestep-sr/0.1 (weights downloader; Python urllib)"
 TRANSIENT_HTTP = (408, 425, 429, 500, 502, 503, 504)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 Progress = Callable[[int, Optional[int]], None]
+
+log = logging.getLogger("onestep_sr")
 
 
 class DownloadError(RuntimeError):
@@ -289,6 +292,8 @@ def ensure_weights(name_or_entry: str | RegistryEntry, models_dir: str | os.Path
             f"(offline mode): download {entry.url} and save it as {target}"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s (%s) from %s into %s; licence: %s", entry.name, entry.file, entry.url, target.parent,
+             entry.licence)
     part = target.with_name(target.name + ".part")
     bar = progress is None and sys.stderr.isatty()
     try:

@@ -38,11 +38,11 @@ from .tiling import bicubic_crop
 
 log = logging.getLogger("onestep_sr")
 
-# Small models trained with training/ and committed in weights/ (offline). None is committed yet:
-# no CPU-trained one-step student beats bicubic by the goal margin so far (README, "Training"), so
-# the default stays the official SinSR v1.
+# Small models trained with training/ and committed in weights/ (offline, our licence; how it was
+# made: weights/onestep_default_x4.md). The bundled model is the default everywhere; the official
+# SinSR/ResShift weights (non-commercial licences) are one choice away.
 BUNDLED_MODELS = {"onestep_default": REGISTRY_FILE.parent / "onestep_default_x4.safetensors"}
-DEFAULT_MODEL = "sinsr_v1"
+DEFAULT_MODEL = "onestep_default"
 DEFAULT_AUTOENCODER = "vq_f4"
 DEFAULT_SEED = 12345  # the official inference scripts' seed
 SCHEDULES = {"T15": SCHEDULE_T15, "T4": SCHEDULE_T4}
@@ -86,7 +86,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def _weights_path(spec: WeightsSpec, kind: str, models_dir, offline, progress) -> tuple[Path, RegistryEntry | None]:
     """A checkpoint path, a bundled model's name, or a registry name fetched into the models folder."""
     if kind == "denoiser" and str(spec) in BUNDLED_MODELS:
-        return BUNDLED_MODELS[str(spec)], None
+        path = BUNDLED_MODELS[str(spec)]
+        if not path.is_file():
+            raise FileNotFoundError(f"the bundled model {spec!r} is missing from this copy of OneStep SR ({path}); "
+                                    "reinstall the package, or name another model")
+        return path, None
     path = Path(spec)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES or path.exists():
         return path, None
@@ -114,9 +118,10 @@ def load_model(name_or_paths: WeightsSpec | Sequence[WeightsSpec] | Mapping[str,
                download_progress: Callable[[int, int | None], None] | None = None) -> "OneStepSR":
     """A ready-to-use x4 model.
 
-    ``name_or_paths``: a registry name (default ``sinsr_v1``; ``resshift_v3``, ...: its
-    autoencoder, schedule and sampler come from the registry), a bundled model's name (a file in
-    weights/, offline), a denoiser checkpoint path (a model exported by training/
+    ``name_or_paths``: the bundled model (default ``onestep_default``: offline, no download), a
+    registry name (``sinsr_v1``, ``resshift_v3``, ...: downloaded on first use; its
+    autoencoder, schedule and sampler come from the registry; non-commercial licences), a
+    denoiser checkpoint path (a model exported by training/
     names its own autoencoder, schedule and sampler; an official one gets ``vq_f4``), or a pair /
     ``{"denoiser": ..., "autoencoder": ...}`` of names or paths (autoencoder ``"pixel"``: the
     identity autoencoder of pixel-space models).

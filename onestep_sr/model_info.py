@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, atomic_write_text, write_safetensors_atomic
+from .checkpoint import CheckpointError, atomic_write_text, interrupts_deferred, write_safetensors_atomic
 from .models import PIXEL_AUTOENCODER, SwinUNetDenoiser
 from .schedule import SCHEDULE_T15, ResShiftSchedule
 
@@ -60,7 +60,7 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
         from safetensors import safe_open
 
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with interrupts_deferred(), safe_open(str(path), framework="pt") as f:
                 text = (f.metadata() or {}).get(INFO_KEY)
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc

@@ -90,6 +90,9 @@ def test_sinsr_losses_equal_a_hand_computation():
         assert torch.allclose(losses[name], expected, rtol=2e-4, atol=1e-6), name
     losses["total"].mean().backward()  # gradients reach the student only
     assert student.a.grad is not None and teacher.a.grad is None
+    weighted = sinsr_losses(student, teacher, SCHEDULE_T15, x0, y, lq, noise, weights=(2.0, 0.0, 0.5))
+    assert torch.allclose(weighted["total"], 2 * distill + 0.5 * gt, rtol=2e-4, atol=1e-6)
+    assert torch.equal(weighted["inverse"], torch.zeros(3))  # a zero weight skips the term
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -258,3 +261,14 @@ def test_latent_space_training_with_a_vq_autoencoder(tmp_path, goldens):
     model = load_model(path, device="cpu")
     assert model.denoiser.config.out_channels == 3 and type(model.autoencoder).__name__ == "VQAutoencoder"
     assert model.upscale(torch.rand(1, 3, 16, 16), steps=1).shape == (1, 3, 64, 64)
+
+
+def test_cosine_lr_decay_warms_up_then_reaches_zero_at_the_last_step(tmp_path):
+    from training.trainer import lr_factor
+    config = _config(tmp_path, "x", steps=100, warmup=10, lr_decay="cosine")
+    assert lr_factor(config, 0) == pytest.approx(0.1 * 0.5 * (1 + math.cos(0)))
+    assert lr_factor(config, 50) == pytest.approx(0.5)
+    assert lr_factor(config, 99) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.99)))
+    assert lr_factor(_config(tmp_path, "y", steps=100, warmup=10), 60) == 1.0  # "none": constant
+    with pytest.raises(ValueError, match="unknown lr_decay"):
+        _config(tmp_path, "z", lr_decay="linear")

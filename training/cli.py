@@ -17,17 +17,25 @@ from dataclasses import fields
 from . import osediff_cli
 from .trainer import ARCHS, TrainConfig
 
+EVAL_SAMPLERS = ("one_step", "deterministic", "stochastic")
+
 _HELP = {
     "data": "folder of HR images (searched recursively)", "out": "run folder (resumed if it has checkpoints)",
     "steps": "optimiser steps", "batch_size": "images per micro-batch", "grad_accum": "micro-batches per step",
-    "lr": "AdamW learning rate", "warmup": "linear warm-up steps", "ema": "EMA decay of the exported weights",
+    "lr": "AdamW learning rate", "warmup": "linear warm-up steps",
+    "lr_decay": "none (constant after the warm-up) or cosine (decays to 0 at --steps)", "ema": "EMA decay of the exported weights",
     "gt_size": "HR crop size (the LR is gt_size / 4)", "degradation": "realesrgan (second order) or bicubic",
     "augment": "flip (random horizontal flips) or all (also 90-degree rotations and RGB channel permutations)",
     "autoencoder": "'pixel' (identity, pixel space) or a VQ-f4 checkpoint / registry name (latent space)",
     "arch": f"denoiser size: {', '.join(ARCHS)} or a JSON file of DenoiserConfig fields",
     "schedule": "T15 or T4",
     "kappa": "noise scale kappa of the schedule (0: the schedule's own, 2.0); sinsr always uses the teacher's",
+    "min_noise_level": "noise std at the first step, kappa sqrt(eta_0) (0: the schedule's own, 0.04; "
+                       "clamped so that sqrt(eta_0) <= sqrt(0.001)); sinsr uses the teacher's",
     "teacher": "sinsr: teacher checkpoint (the student starts from it)",
+    "lambda_distill": "sinsr: weight of L_distill (student one step vs the teacher's deterministic T steps)",
+    "lambda_inverse": "sinsr: weight of L_inverse (the student at t = 0 maps the teacher's output back to x_T)",
+    "lambda_gt": "sinsr: weight of L_gt (the x_T the student assigns to the ground truth maps back onto it)",
     "init": "resshift: start from these weights", "mixed_precision": "no, fp16 or bf16 (GPU)",
     "seed": "seed of the pairs, timesteps and noise", "log_every": "steps between log.csv rows",
     "save_every": "steps between checkpoints", "keep": "checkpoints kept",
@@ -36,7 +44,8 @@ _HELP = {
 
 def _add_train_options(parser: argparse.ArgumentParser, mode: str) -> None:
     for f in fields(TrainConfig):
-        if f.name in ("mode", "extra") or (f.name == "teacher" and mode != "sinsr") or (f.name == "init" and mode == "sinsr"):
+        if f.name in ("mode", "extra") or (f.name == "init" and mode == "sinsr") or (
+                mode != "sinsr" and (f.name == "teacher" or f.name.startswith("lambda_"))):
             continue
         flag = "--" + f.name.replace("_", "-")
         required = f.name in ("data", "out") or f.name == "teacher"
@@ -55,7 +64,11 @@ def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="PSNR/SSIM (Y) of a model vs GT and vs bicubic on a folder")
     ev.add_argument("--model", required=True, help="checkpoint path or model name (as load_model takes)")
     ev.add_argument("--data", required=True, help="folder of HR images; the LR is their bicubic x1/4")
-    ev.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    ev.add_argument("--sampler", choices=EVAL_SAMPLERS, default=None,
+                    help="one_step (one network call), deterministic (SinSR's deterministic ResShift, T steps) or "
+                         "stochastic (original ResShift, T steps); default: the model's own")
+    ev.add_argument("--steps", type=int, default=None,
+                    help="sampler steps: 1 or the schedule's T (default: 1 for one_step, else T)")
     ev.add_argument("--seed", type=int, default=12345)
     ev.add_argument("--json", help="also write the rows and summary to this JSON file")
     return parser
@@ -68,16 +81,38 @@ def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_folder, format_table, summarise
 
     model = load_model(args.model, device="cpu")
+    try:
+        steps, stochastic = sampler_options(args.sampler, args.steps, model.schedule.steps)
+        sampler = model.plan(steps=steps, stochastic=stochastic).sampler
+    except ValueError as exc:
+        print(f"eval: error: {exc}", file=sys.stderr)
+        return 2
 
     def upscale(lr):
-        return model.upscale(lr, steps=args.steps, seed=args.seed).clamp(0, 1)
+        return model.upscale(lr, steps=steps, stochastic=stochastic, seed=args.seed).clamp(0, 1)
 
     rows = evaluate_folder(upscale, args.data)
     summary = summarise(rows)
+    calls = 1 if sampler == "one_step" else model.schedule.steps
+    print(f"model {args.model}: sampler {sampler}, {calls} network call(s) per tile, seed {args.seed}")
     print(format_table(rows, summary))
     if args.json:
-        atomic_write_text(args.json, json.dumps({"model": str(args.model), "rows": rows, "summary": summary}, indent=1))
+        atomic_write_text(args.json, json.dumps({"model": str(args.model), "sampler": sampler, "steps": calls,
+                                                 "seed": args.seed, "rows": rows, "summary": summary}, indent=1))
     return 0
+
+
+def sampler_options(sampler: str | None, steps: int | None, schedule_steps: int) -> tuple[int | None, bool | None]:
+    """(steps, stochastic) for ``OneStepSR.upscale`` from the eval options; ValueError if they disagree."""
+    if sampler is None:
+        return steps, None
+    if sampler == "one_step":
+        if steps not in (None, 1):
+            raise ValueError(f"--sampler one_step runs 1 step, not --steps {steps}")
+        return 1, None
+    if steps not in (None, schedule_steps):
+        raise ValueError(f"--sampler {sampler} runs the schedule's {schedule_steps} steps, not --steps {steps}")
+    return schedule_steps, sampler == "stochastic"
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m training") -> int:

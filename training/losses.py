@@ -68,14 +68,21 @@ def teacher_target(teacher: Denoiser, schedule: ResShiftSchedule, y: torch.Tenso
 
 
 def sinsr_losses(student: Denoiser, teacher: Denoiser, schedule: ResShiftSchedule, x0: torch.Tensor,
-                 y: torch.Tensor, lq: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
-    """SinSR's three terms and their sum, each per sample."""
+                 y: torch.Tensor, lq: torch.Tensor, noise: torch.Tensor,
+                 weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict[str, torch.Tensor]:
+    """SinSR's three terms and their weighted sum (``weights`` of distill, inverse, gt; equal as
+    released), each per sample. A zero weight skips its term's computation."""
     last = schedule.steps - 1
     x_T = prior_sample(y, schedule, noise)
     target = teacher_target(teacher, schedule, y, lq, noise)
+    w_distill, w_inverse, w_gt = weights
+    zero = torch.zeros(x0.shape[0], device=x0.device)
     distill = per_sample_mse(call(student, schedule, x_T, last, lq), target)
-    inverse = per_sample_mse(call(student, schedule, target, 0, lq, divisor_step=last), x_T)
-    with torch.no_grad():
-        x_T_of_gt = call(student, schedule, x0, 0, lq, divisor_step=last)
-    gt = per_sample_mse(call(student, schedule, x_T_of_gt, last, lq), x0)
-    return {"distill": distill, "inverse": inverse, "gt": gt, "total": distill + inverse + gt}
+    inverse = per_sample_mse(call(student, schedule, target, 0, lq, divisor_step=last), x_T) if w_inverse else zero
+    gt = zero
+    if w_gt:
+        with torch.no_grad():
+            x_T_of_gt = call(student, schedule, x0, 0, lq, divisor_step=last)
+        gt = per_sample_mse(call(student, schedule, x_T_of_gt, last, lq), x0)
+    return {"distill": distill, "inverse": inverse, "gt": gt,
+            "total": w_distill * distill + w_inverse * inverse + w_gt * gt}

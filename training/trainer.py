@@ -23,7 +23,7 @@ from onestep_sr.checkpoint import atomic_write_text, load_denoiser, write_safete
 from onestep_sr.model import SCHEDULES
 from onestep_sr.model_info import ModelInfo, read_model_info, save_model
 from onestep_sr.models import (PIXEL_AUTOENCODER, DenoiserConfig, PixelSpaceAutoencoder, PixelSpaceConfig,
-                               build_denoiser)
+                               build_denoiser, zero_init_outputs_)
 from onestep_sr.pipeline import SCALE, bicubic_upscale
 
 from .data import PairDataset
@@ -36,9 +36,13 @@ ARCHS = {
     # CI-sized: seconds per hundred steps on a CPU
     "tiny": dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), attention_resolutions=(32,),
                  swin_embed_dim=32, num_head_channels=16, image_size=64),
-    # the bundled default model: a few MB
+    # a small Swin-UNet: a few MB
     "small": dict(model_channels=64, channel_mult=(1, 2), num_res_blocks=(2, 2), attention_resolutions=(32,),
                   swin_embed_dim=64, num_head_channels=32, image_size=64),
+    # the bundled default model (chosen by measurement, see README "Training"): no attention, x0 as a
+    # correction of the bicubic upsampled LR image; pixel space only
+    "compact": dict(model_channels=32, channel_mult=(1,), num_res_blocks=(3,), attention_resolutions=(),
+                    mid_attention=False, residual="lq_bicubic", image_size=64),
     "official": {},
 }
 
@@ -53,6 +57,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 5e-5
     warmup: int = 0
+    lr_decay: str = "none"  # "none" (constant after the warm-up) or "cosine" (to 0 at the last step)
     ema: float = 0.999  # EMA decay of the exported weights (warmed up, see Run.ema_decay)
     gt_size: int = 256
     degradation: str = "realesrgan"
@@ -61,7 +66,11 @@ class TrainConfig:
     arch: str = "tiny"  # a name of ARCHS or a JSON file of DenoiserConfig fields
     schedule: str = "T15"
     kappa: float = 0.0  # noise scale of the schedule; 0 keeps the named schedule's (2.0)
+    min_noise_level: float = 0.0  # noise std at the first step, kappa sqrt(eta_0); 0 keeps the schedule's (0.04)
     teacher: str | None = None  # sinsr: the teacher checkpoint (the student starts from it)
+    lambda_distill: float = 1.0  # sinsr: weights of the three terms (equal as released)
+    lambda_inverse: float = 1.0
+    lambda_gt: float = 1.0
     init: str | None = None  # resshift: start from these weights
     mixed_precision: str = "no"  # "no", "fp16", "bf16" (GPU)
     seed: int = 0
@@ -71,6 +80,8 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.lr_decay not in ("none", "cosine"):
+            raise ValueError(f"unknown lr_decay {self.lr_decay!r}; use none or cosine")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.mode == "sinsr" and not self.teacher:
@@ -79,8 +90,22 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         if not (self.kappa >= 0 and math.isfinite(self.kappa)):
             raise ValueError(f"kappa must be a positive number (0: the schedule's own), got {self.kappa}")
+        if not (self.min_noise_level >= 0 and math.isfinite(self.min_noise_level)):
+            raise ValueError(f"min_noise_level must be a positive number (0: the schedule's own), got {self.min_noise_level}")
+        weights = (self.lambda_distill, self.lambda_inverse, self.lambda_gt)
+        if not all(w >= 0 and math.isfinite(w) for w in weights) or not any(weights):
+            raise ValueError(f"the SinSR loss weights must be >= 0 and not all 0, got {weights}")
         if min(self.steps, self.batch_size, self.grad_accum) < 1:
             raise ValueError("steps, batch size and gradient accumulation must be at least 1")
+
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """The learning rate at ``step`` (0-based) as a fraction of ``lr``: linear warm-up, then
+    constant or a cosine decay that reaches 0 at ``steps``."""
+    factor = min(1.0, (step + 1) / max(1, config.warmup))
+    if config.lr_decay == "cosine":
+        factor *= 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
+    return factor
 
 
 # --- networks ----------------------------------------------------------------------------------
@@ -126,6 +151,8 @@ class Run:
         self.schedule = SCHEDULES[c.schedule]
         if c.kappa:
             self.schedule = replace(self.schedule, kappa=c.kappa)
+        if c.min_noise_level:
+            self.schedule = replace(self.schedule, min_noise_level=c.min_noise_level)
         self.teacher = None
         if c.mode == "sinsr":
             teacher, info = load_start(c.teacher)
@@ -139,11 +166,10 @@ class Run:
             model = load_denoiser(c.init)
         else:
             torch.manual_seed(c.seed)
-            model = build_denoiser(denoiser_config(c.arch, self.autoencoder))
+            model = zero_init_outputs_(build_denoiser(denoiser_config(c.arch, self.autoencoder)))
         self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0)
-        warmup = max(1, c.warmup)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(c, s))
         self.step = 0
         self._resume(model)
         data = PairDataset(c.data, c.gt_size, SCALE, c.degradation, seed=c.seed, augment=c.augment)
@@ -201,7 +227,8 @@ class Run:
         if self.config.mode == "resshift":
             t = torch.randint(0, self.schedule.steps, (x0.shape[0],), generator=generator).to(x0.device)
             return {"total": resshift_loss(self.model, self.schedule, x0, y, lq, t, noise)}
-        return sinsr_losses(self.model, self.teacher, self.schedule, x0, y, lq, noise)
+        weights = (self.config.lambda_distill, self.config.lambda_inverse, self.config.lambda_gt)
+        return sinsr_losses(self.model, self.teacher, self.schedule, x0, y, lq, noise, weights)
 
     def ema_decay(self) -> float:
         """The configured decay, warmed up as (1 + step) / (10 + step) so the average forgets the

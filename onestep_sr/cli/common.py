@@ -4,6 +4,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1  # some inputs failed, others were written (batch upscale)
 EXIT_USAGE = 2   # bad input, nothing written
+EXIT_INTERRUPTED = 130  # Ctrl-C: the shell's code for SIGINT
 
 
 class UsageError(Exception):

@@ -44,10 +44,9 @@ from ..model import (DEFAULT_MODEL, DEFAULT_SEED, SCHEDULES, OneStepSR,
                      OutOfMemoryError, load_model)
 from ..pipeline import NonFiniteError
 from ..registry import UnknownModelError
-from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from .progress import TextBar
 
-EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 FORMATS = ("png", "jpg", "webp", "tif")
 DTYPE_CHOICES = ("fp32", "fp16", "bf16")
 GLOB_CHARS = "*?["
@@ -297,7 +296,9 @@ def register(sub) -> None:
                     help="output format in a folder (default png)")
     model = up.add_argument_group("model")
     model.add_argument("--model", metavar="NAME", default=None,
-                       help=f"registry model (default {DEFAULT_MODEL}); weights downloaded on first use")
+                       help=f"model name (default {DEFAULT_MODEL}: the bundled model, offline); a registry model "
+                            "(sinsr_v1, resshift_v3, ...: official weights, non-commercial licences) is "
+                            "downloaded on first use")
     model.add_argument("--denoiser", metavar="PATH", default=None,
                        help="denoiser checkpoint (.safetensors/.pth) instead of --model")
     model.add_argument("--autoencoder", metavar="PATH|NAME", default=None,

@@ -33,7 +33,7 @@ from ..checkpoint import (CHECKPOINT_SUFFIXES, PICKLE_SUFFIXES, CheckpointError,
                           read_checkpoint, write_safetensors_atomic)
 from ..model import BUNDLED_MODELS
 from ..registry import RegistryEntry, UnknownModelError
-from .common import EXIT_FAILED, EXIT_OK, UsageError
+from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
 
 NON_COMMERCIAL_NOTE = ("Note: these weights are licensed for non-commercial use only (see each licence "
                        "above); they come from the authors' releases and are not redistributed.")
@@ -215,6 +215,7 @@ def run_download(args: argparse.Namespace) -> int:
     plan = download_plan(args.names, args.all, _registry_file())
     done: list[RegistryEntry] = []
     code = EXIT_OK
+    entry = None
     try:
         for entry in plan:
             path, fetched = _fetch(entry, args.models_dir)
@@ -226,6 +227,16 @@ def run_download(args: argparse.Namespace) -> int:
     except (download.DownloadError, OSError) as exc:  # HashMismatchError is a DownloadError
         print(f"onestep-sr: error: {_one_line(exc)}", file=sys.stderr)
         code = EXIT_FAILED
+    except KeyboardInterrupt:
+        name, kept = "", ""
+        if entry is not None:
+            target = download.target_path(entry, args.models_dir)
+            part = target.with_name(target.name + ".part")
+            name = f" of {entry.name}"
+            if part.exists():
+                kept = f"; the partial download {part} is kept and the same command resumes it"
+        print(f"\nonestep-sr: download{name} interrupted{kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if _is_non_commercial(done):
         print(NON_COMMERCIAL_NOTE)
     return code

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 
+RESIDUAL_MODES = ("none", "lq_bicubic")
+
+
 @dataclass(frozen=True)
 class DenoiserConfig:
     """Constructor arguments of the ResShift/SinSR Swin-UNet (``UNetModelSwin``)."""
@@ -30,6 +33,12 @@ class DenoiserConfig:
     swin_embed_dim: int = 192
     window_size: int = 8
     mlp_ratio: float = 4.0
+    # Our additions for compact students (the defaults are the official architecture):
+    mid_attention: bool = True  # False: the middle block is two residual blocks, no Swin layer
+    # "none": the network's output is x0 (official). "lq_bicubic": x0 = base + output, where the
+    # base is the bicubic x4 upsampled LR input, space-to-depth (pixel-space models only:
+    # out_channels = 3 r^2, r the scale), so the network learns the correction of bicubic.
+    residual: str = "none"
 
     def __post_init__(self) -> None:
         res_blocks = self.num_res_blocks
@@ -44,6 +53,12 @@ class DenoiserConfig:
             raise ValueError("num_res_blocks must have one entry per channel_mult level")
         if self.model_channels % 32:
             raise ValueError("model_channels must be a multiple of 32 (GroupNorm with 32 groups)")
+        if self.residual not in RESIDUAL_MODES:
+            raise ValueError(f"unknown residual {self.residual!r}; use one of {', '.join(RESIDUAL_MODES)}")
+        if self.residual == "lq_bicubic" and (self.residual_scale < 2 or self.residual_scale ** 2 * 3 != self.out_channels
+                                              or self.lq_channels != 3):
+            raise ValueError("residual 'lq_bicubic' needs a pixel-space model (out_channels = 3 x scale^2, scale >= 2, "
+                             f"3 LR channels), got out_channels={self.out_channels}, in_channels={self.in_channels}")
 
     @property
     def swin_heads(self) -> int:
@@ -52,9 +67,20 @@ class DenoiserConfig:
         return self.swin_embed_dim // self.num_head_channels
 
     @property
+    def has_attention(self) -> bool:
+        return self.mid_attention or bool(self.attention_resolutions)
+
+    @property
     def latent_multiple(self) -> int:
-        """Latent H and W must be multiples of this (window size at the coarsest level)."""
-        return self.window_size * 2 ** (len(self.channel_mult) - 1)
+        """Latent H and W must be multiples of this: the window size at the coarsest level, or
+        only the down-sampling factor for a model without attention."""
+        window = self.window_size if self.has_attention else 1
+        return window * 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def residual_scale(self) -> int:
+        """r of a "lq_bicubic" residual model: its latent is the image space-to-depth by r."""
+        return int(round((self.out_channels / 3) ** 0.5))
 
     @property
     def lq_channels(self) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .configs import DenoiserConfig
@@ -55,7 +56,8 @@ class SwinUNetDenoiser(nn.Module):
                 skip_channels.append(ch)
                 ds *= 2
 
-        self.middle_block = _Step(resblock(ch, ch), swin(ch, ds), resblock(ch, ch))
+        middle = [resblock(ch, ch), swin(ch, ds), resblock(ch, ch)] if cfg.mid_attention else [resblock(ch, ch), resblock(ch, ch)]
+        self.middle_block = _Step(*middle)
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
@@ -72,6 +74,15 @@ class SwinUNetDenoiser(nn.Module):
         self.out = nn.Sequential(
             GroupNorm32(32, ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
         )
+
+    def residual_base(self, lq: torch.Tensor) -> torch.Tensor:
+        """The latent x0 is a correction of ("lq_bicubic"): the bicubic upsampled LR, space-to-depth.
+        x0 = base + network output. Our proposal, not the papers': with the output convolution at
+        zero the untrained model is bicubic. (A learnt per-step gate on the input's own detail,
+        x0 = base + g(t) (x - base) + output, measured worse: see README "Training".)"""
+        r = self.config.residual_scale
+        up = F.interpolate(lq.float(), scale_factor=r, mode="bicubic", align_corners=False)
+        return F.pixel_unshuffle(up, r)
 
     def check_input(self, x: torch.Tensor, lq: torch.Tensor) -> None:
         cfg = self.config
@@ -102,4 +113,23 @@ class SwinUNetDenoiser(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h).to(x.dtype)
+        out = self.out(h)
+        if self.config.residual == "lq_bicubic":
+            return (self.residual_base(lq) + out.float()).to(x.dtype)
+        return out.to(x.dtype)
+
+
+def zero_init_outputs_(model: SwinUNetDenoiser) -> SwinUNetDenoiser:
+    """Initialise as the official architecture does when it is built for training: the last
+    convolution of every residual block and the output convolution start at zero (guided-diffusion's
+    ``zero_module``), so each block starts as the identity and the network's first output is 0 (or
+    the residual base). In place; returns the model."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, TimestepResBlock):
+                conv = module.out_layers[-1]
+                conv.weight.zero_()
+                conv.bias.zero_()
+        model.out[-1].weight.zero_()
+        model.out[-1].bias.zero_()
+    return model

@@ -1,0 +1,177 @@
+"""Reproduce the bundled default model ``weights/onestep_default_x4.safetensors`` on a CPU, in one
+resumable command: a compact pixel-space ResShift teacher (x4), a one-step SinSR student distilled
+from it, the evaluation on ../shared/images/val (LR = bicubic x1/4, PSNR/SSIM on Y, border 4), and
+the export with its record.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_default_model.py --out runs/default_model
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_default_model.py --out runs/default_model --install
+
+Run it again with the same --out to continue after an interruption (each stage resumes from its
+newest checkpoint, exactly). ``--install`` copies the student into weights/ with
+``onestep_default_x4.training.json`` (the record: command, data, steps, wall time, figures). Set
+OMP_WAIT_POLICY=PASSIVE before Python starts: with the default policy, OpenMP threads spin and a
+loaded 2-core machine runs the same step up to 12x slower.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from onestep_sr import load_model  # noqa: E402
+from onestep_sr.checkpoint import atomic_write_text  # noqa: E402
+from onestep_sr.model import BUNDLED_MODELS  # noqa: E402
+from training.degradations import bicubic_degrade  # noqa: E402
+from training.evaluate import evaluate_folder, list_images, load_rgb, summarise  # noqa: E402
+from training.metrics import psnr_y  # noqa: E402
+from training.trainer import Run, TrainConfig  # noqa: E402
+
+IMAGES = ROOT.parent / "shared" / "images"
+
+
+def stage_seconds(log: Path) -> float:
+    """Training seconds of a stage over all its invocations: log.csv's clock restarts at each resume."""
+    if not log.is_file():
+        return 0.0
+    total, last = 0.0, 0.0
+    with open(log) as f:
+        for row in csv.DictReader(f):
+            seconds = float(row["seconds"])
+            if seconds < last:
+                total += last
+            last = seconds
+    return total + last
+
+
+def quantised(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def evaluate(teacher_path: Path, student_path: Path, val: str, seed: int) -> dict:
+    teacher, student = load_model(teacher_path, device="cpu"), load_model(student_path, device="cpu")
+    steps = teacher.schedule.steps
+    runs = {
+        "student, 1 step": lambda lr: student.upscale(lr, steps=1, seed=seed),
+        "teacher, 1 step": lambda lr: teacher.upscale(lr, steps=1, seed=seed),
+        f"teacher, {steps} steps deterministic": lambda lr: teacher.upscale(lr, steps=steps, stochastic=False, seed=seed),
+    }
+    rows = {name: evaluate_folder(lambda lr, f=f: f(lr).clamp(0, 1), val) for name, f in runs.items()}
+    agreement = []
+    for path in list_images(val):
+        lr = bicubic_degrade(load_rgb(path, scale=4), 4)
+        agreement.append(psnr_y(quantised(runs["student, 1 step"](lr)),
+                                quantised(runs[f"teacher, {steps} steps deterministic"](lr))))
+    return {"rows": rows, "summaries": {k: summarise(v) for k, v in rows.items()}, "agreement_psnr_y": agreement,
+            "names": [p.name for p in list_images(val)]}
+
+
+def table(result: dict) -> str:
+    names = result["names"]
+    first = next(iter(result["rows"].values()))
+    lines = [f"{'PSNR-Y dB (gain over bicubic)':40s}" + "".join(f"{n:>18s}" for n in names) + f"{'mean':>18s}"]
+    lines.append(f"{'bicubic':40s}" + "".join(f"{r['bicubic_psnr_y']:18.2f}" for r in first)
+                 + f"{result['summaries'][next(iter(result['rows']))]['bicubic_psnr_y']:18.2f}")
+    for name, rows in result["rows"].items():
+        s = result["summaries"][name]
+        cells = "".join(f"{r['psnr_y']:9.2f} ({r['psnr_y'] - r['bicubic_psnr_y']:+.2f})" for r in rows)
+        lines.append(f"{name:40s}{cells}{s['psnr_y']:9.2f} ({s['psnr_gain']:+.2f})")
+    for name, rows in result["rows"].items():
+        s = result["summaries"][name]
+        lines.append(f"{'SSIM-Y ' + name:40s}" + "".join(f"{r['ssim_y']:18.4f}" for r in rows) + f"{s['ssim_y']:18.4f}")
+    agreement = result["agreement_psnr_y"]
+    lines.append(f"{'PSNR(student 1 step, teacher T steps)':40s}" + "".join(f"{a:18.2f}" for a in agreement)
+                 + f"{sum(agreement) / len(agreement):18.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/default_model")
+    parser.add_argument("--train", default=str(IMAGES / "train"))
+    parser.add_argument("--val", default=str(IMAGES / "val"))
+    parser.add_argument("--arch", default="compact")
+    parser.add_argument("--schedule", default="T4")
+    parser.add_argument("--kappa", type=float, default=128.0)
+    parser.add_argument("--min-noise-level", type=float, default=4.0,
+                        help="noise std at the first step (ResShift's 0.04): high, so the T-step sample stays at "
+                             "the one-step mean (README, 'The bundled default model')")
+    parser.add_argument("--teacher-steps", type=int, default=6000)
+    parser.add_argument("--teacher-lr", type=float, default=1e-3)
+    parser.add_argument("--student-steps", type=int, default=800)
+    parser.add_argument("--student-lr", type=float, default=2e-4)
+    parser.add_argument("--lambda-inverse", type=float, default=0.0,
+                        help="SinSR's L_inverse weight (1 as released; see README for why 0 here)")
+    parser.add_argument("--lambda-gt", type=float, default=0.0, help="SinSR's L_gt weight (1 as released)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--gt-size", type=int, default=96)
+    parser.add_argument("--student-batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=12345, help="noise seed of the evaluation")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--install", action="store_true", help="copy the student into weights/ with its record")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    common = dict(data=args.train, degradation="bicubic", augment="all", gt_size=args.gt_size, log_every=50,
+                  save_every=100, seed=0)
+
+    teacher = Run(TrainConfig(mode="resshift", out=str(out / "teacher"), arch=args.arch, schedule=args.schedule,
+                              kappa=args.kappa, min_noise_level=args.min_noise_level, steps=args.teacher_steps, batch_size=args.batch_size,
+                              lr=args.teacher_lr, warmup=100, lr_decay="cosine", ema=0.999, **common)).train()
+    student = Run(TrainConfig(mode="sinsr", out=str(out / "student"), teacher=str(teacher), steps=args.student_steps,
+                              batch_size=args.student_batch_size, lr=args.student_lr, warmup=20, ema=0.99,
+                              lr_decay="cosine", lambda_inverse=args.lambda_inverse, lambda_gt=args.lambda_gt,
+                              **common)).train()
+    seconds = {"teacher": stage_seconds(out / "teacher" / "log.csv"),
+               "student": stage_seconds(out / "student" / "log.csv")}
+    started = time.perf_counter()
+    result = evaluate(teacher, student, args.val, args.seed)
+    seconds["evaluation"] = time.perf_counter() - started
+
+    print(f"compact pixel-space x4 model ({args.arch}, {args.schedule}, kappa {args.kappa}, min noise level "
+          f"{args.min_noise_level}) trained on {args.train} "
+          f"(bicubic degradation, {args.gt_size}px crops, rotations/flips/RGB permutations), "
+          f"{torch.get_num_threads()} CPU threads")
+    print(f"teacher: {args.teacher_steps} steps x batch {args.batch_size} in {seconds['teacher'] / 60:.1f} min; "
+          f"student: {args.student_steps} steps x batch {args.student_batch_size} in {seconds['student'] / 60:.1f} min")
+    print(f"on {args.val} (LR = bicubic x1/4, Y channel, border 4, noise seed {args.seed}):")
+    print(table(result))
+    gain = result["summaries"]["student, 1 step"]["psnr_gain"]
+    worst = min(r["psnr_y"] - r["bicubic_psnr_y"] for r in result["rows"]["student, 1 step"])
+    agreement = min(result["agreement_psnr_y"])
+    print(f"goals: mean gain {gain:+.2f} dB (>= +1.0), worst image {worst:+.2f} dB (>= 0), "
+          f"lowest PSNR(student, teacher T steps) {agreement:.2f} dB (>= 35)")
+
+    record = {
+        "command": "OMP_WAIT_POLICY=PASSIVE python " + " ".join(sys.argv),
+        "data": {"train": sorted(p.name for p in list_images(args.train)), "val": result["names"],
+                 "licences": "../shared/images/README.md (public domain / CC0 / no known restrictions)"},
+        "teacher": {"arch": args.arch, "schedule": args.schedule, "kappa": args.kappa,
+                    "min_noise_level": args.min_noise_level, "steps": args.teacher_steps,
+                    "batch_size": args.batch_size, "gt_size": args.gt_size, "lr": args.teacher_lr},
+        "student": {"steps": args.student_steps, "batch_size": args.student_batch_size, "lr": args.student_lr,
+                    "lambda": {"distill": 1.0, "inverse": args.lambda_inverse, "gt": args.lambda_gt}},
+        "wall_seconds": seconds, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "results": result,
+    }
+    atomic_write_text(out / "record.json", json.dumps(record, indent=1) + "\n")
+    if args.install:
+        target = BUNDLED_MODELS["onestep_default"]
+        shutil.copyfile(student, target.with_suffix(".tmp"))
+        target.with_suffix(".tmp").replace(target)
+        record_path = target.with_name(target.stem + ".training.json")
+        atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
+        print(f"installed {target} ({target.stat().st_size / 1e6:.2f} MB) and {record_path.name}")
+
+
+if __name__ == "__main__":
+    main()
