@@ -6,9 +6,10 @@ reports the output buffer (16*H*W*3 bytes for uint8), RSS after loading (model +
 parent prints a table, peak(largest)/peak(smallest) (goal <= 2.0 for 512 vs 2048 LR) and the
 growth above the after-load RSS next to the output buffer size. All figures come from this run.
 
-    python benchmarks/bench_memory.py [--sizes 512 2048] [--arch golden|full|stub] [--threads 2]
+    python benchmarks/bench_memory.py [--sizes 512 2048] [--arch golden|full|stub|bundled] [--threads 2]
         [--device cpu] [--tile 256] [--vq-tile 128] [--steps 1] [--max-seconds S]
 
+``--arch bundled``: the bundled default model (weights/onestep_default_x4.safetensors).
 ``--arch golden``: the reduced-width goldens (../shared/reference/goldens); ``--arch full``: the
 released architectures with random weights (a 512^2 LR input takes 10-20 min on 2 CPU cores);
 ``--arch stub``: the goldens with the networks replaced by cheap stand-ins of the same shapes (VQ:
@@ -70,6 +71,8 @@ def synthetic_image(size: int, seed: int = 0, band: int = 256) -> np.ndarray:
 
 
 def build(arch: str, device: str) -> OneStepSR:
+    if arch == "bundled":
+        return load_model("onestep_default", device=device, dtype="fp32")
     if arch in ("golden", "stub"):
         model = load_model((GOLDENS / "unet.safetensors", GOLDENS / "vq.safetensors"), device=device, dtype="fp32")
         if arch == "stub":  # instance attributes shadow the methods / forward
@@ -141,7 +144,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048], help="LR side lengths")
-    parser.add_argument("--arch", choices=["golden", "full", "stub"], default="golden")
+    parser.add_argument("--arch", choices=["golden", "full", "stub", "bundled"], default="golden")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tile", type=int, default=None, help="denoiser tile, LR px (default: the engine's)")

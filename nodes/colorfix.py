@@ -1,4 +1,4 @@
-"""OneStep Colour Fix: pull an image's colours towards a reference (e.g. the LR input)."""
+"""OneStep Color Fix: pull an image's colours towards a reference (e.g. the LR input)."""
 from __future__ import annotations
 
 import torch
@@ -12,14 +12,17 @@ class OneStepColorFix(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="OneStepSR_ColorFix", display_name="OneStep Colour Fix", category="image/upscaling/OneStep SR",
+            node_id="OneStepSR_ColorFix", display_name="OneStep Color Fix", category="image/upscaling/OneStep SR",
             description="Wavelet: the image's details on the reference's low frequencies. AdaIN: match each "
                         "channel's mean and spread. The reference may have any size (it is resized); one "
                         "reference for the whole batch or one per image. Alpha is kept.",
             inputs=[
-                io.Image.Input("image"),
-                io.Image.Input("reference"),
-                io.Combo.Input("method", options=["wavelet", "adain"], default="wavelet"),
+                io.Image.Input("image", tooltip="The images to correct (e.g. an upscale); alpha is kept."),
+                io.Image.Input("reference", tooltip="The colours to match (e.g. the low-resolution input): one "
+                                                    "image for the batch or one per image, any size."),
+                io.Combo.Input("method", options=["wavelet", "adain"], default="wavelet",
+                               tooltip="wavelet: the image's details on the reference's low frequencies; "
+                                       "adain: match each channel's mean and spread."),
             ],
             outputs=[io.Image.Output()],
         )

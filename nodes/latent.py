@@ -25,7 +25,7 @@ def to_latent(latent: SRLatent) -> dict[str, Any]:
 def from_latent(latent: dict[str, Any]) -> SRLatent:
     if "onestep_lq" not in latent or "onestep_size" not in latent:
         raise ValueError("this LATENT was not made by OneStep SR Encode (it has no LR image to condition on); "
-                         "connect OneStep SR Encode -> ResShift Sampler -> OneStep SR Decode")
+                         "connect OneStep SR Encode -> OneStep SR ResShift Sampler -> OneStep SR Decode")
     h, w = latent["onestep_size"]
     return SRLatent(latent["samples"], latent["onestep_lq"], (int(h), int(w)))
 
@@ -36,8 +36,8 @@ class OneStepEncode(io.ComfyNode):
         return io.Schema(
             node_id="OneStepSR_Encode", display_name="OneStep SR Encode", category=CATEGORY,
             description="Encode the low-resolution image (bicubic x4 through the VQ encoder) for the "
-                        "ResShift Sampler. Only RGB goes through; use OneStep Upscale to keep alpha.",
-            inputs=[model_input(), io.Image.Input("image")],
+                        "OneStep SR ResShift Sampler. Only RGB goes through; use OneStep Upscale to keep alpha.",
+            inputs=[model_input(), io.Image.Input("image", tooltip="The low-resolution images (RGB).")],
             outputs=[io.Latent.Output()],
         )
 
@@ -53,13 +53,15 @@ class ResShiftSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="OneStepSR_ResShiftSampler", display_name="ResShift Sampler", category=CATEGORY,
+            node_id="OneStepSR_ResShiftSampler", display_name="OneStep SR ResShift Sampler", category=CATEGORY,
             description="Sample the SR latent: deterministic (SinSR's ODE form; 1 step = one-step) or "
                         "stochastic (the original ResShift sampler, the model's full schedule).",
             inputs=[
                 model_input(),
                 io.Latent.Input("latent", tooltip="From OneStep SR Encode."),
-                io.Combo.Input("sampler", options=["deterministic", "stochastic"], default="deterministic"),
+                io.Combo.Input("sampler", options=["deterministic", "stochastic"], default="deterministic",
+                               tooltip="deterministic: SinSR's ODE form of ResShift (1 step = the one-step "
+                                       "model); stochastic: the original ResShift sampler, the full schedule."),
                 io.Int.Input("steps", default=15, min=1, max=50,
                              tooltip="1 (deterministic only) or the model's schedule length (15 or 4)."),
                 seed_input(),
@@ -88,7 +90,7 @@ class OneStepDecode(io.ComfyNode):
         return io.Schema(
             node_id="OneStepSR_Decode", display_name="OneStep SR Decode", category=CATEGORY,
             description="Quantise and decode a sampled latent into the 4x image.",
-            inputs=[model_input(), io.Latent.Input("latent", tooltip="From ResShift Sampler.")],
+            inputs=[model_input(), io.Latent.Input("latent", tooltip="From OneStep SR ResShift Sampler.")],
             outputs=[io.Image.Output()],
         )
 

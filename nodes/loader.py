@@ -92,12 +92,17 @@ class LoadOneStepModel(io.ComfyNode):
             node_id="OneStepSR_LoadModel",
             display_name="Load OneStep SR Model",
             category="image/upscaling/OneStep SR",
-            description="Load a SinSR / ResShift x4 super-resolution model with its VQ autoencoder. "
-                        "Models marked (auto-download) are fetched into models/onestep_sr on first use; "
-                        "files you put in models/onestep_sr (or an extra_model_paths.yaml onestep_sr entry) "
-                        "are listed by name.",
+            description="Load a one-step x4 super-resolution model. The first choice, onestep_default (bundled), "
+                        "is our small model: offline, no download, trained on openly licensed images. "
+                        "Models marked (auto-download) are the official SinSR / ResShift weights, fetched into "
+                        "models/onestep_sr on first use; their licences are non-commercial (SinSR: CC BY-NC-SA "
+                        "4.0, ResShift: NTU S-Lab License 1.0). Files you put in models/onestep_sr (or an "
+                        "extra_model_paths.yaml onestep_sr entry) are listed by name.",
             inputs=[
-                io.Combo.Input("model_name", options=model_choices(), tooltip="Registry model or local checkpoint."),
+                io.Combo.Input("model_name", options=model_choices(),
+                               tooltip="onestep_default (bundled): offline, our licence. (auto-download): official "
+                                       "SinSR/ResShift weights, non-commercial licences, fetched on first use. "
+                                       "Other names: checkpoint files in models/onestep_sr."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="Weights' dtype; auto = fp16 where ComfyUI finds it safe, else fp32. "
                                        "A NaN/Inf result in fp16/bf16 is recomputed in fp32."),

@@ -227,7 +227,7 @@ class OneStepSDUpscale(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="Load Checkpoint's MODEL, after LoraLoader with the student LoRA."),
                 io.Vae.Input("vae", tooltip="The checkpoint's VAE (it is not modified)."),
-                io.Image.Input("image"),
+                io.Image.Input("image", tooltip="The images to upscale."),
                 io.Conditioning.Input("positive", optional=True,
                                       tooltip="Text conditioning (e.g. CLIP Text Encode; OSEDiff uses tags or "
                                               "an empty prompt). Takes precedence over 'clip'."),
@@ -247,7 +247,8 @@ class OneStepSDUpscale(io.ComfyNode):
                 io.Combo.Input("vae_lora", options=[NO_VAE_LORA, *host.lora_files()], default=NO_VAE_LORA,
                                tooltip="The student's VAE-encoder LoRA (the '_vae' file next to the UNet "
                                        "LoRA in models/loras), applied to a copy of the VAE."),
-                io.Float.Input("vae_lora_strength", default=1.0, min=-10.0, max=10.0, step=0.01),
+                io.Float.Input("vae_lora_strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                               tooltip="Strength of vae_lora (1 = as trained; ignored without a VAE LoRA)."),
             ],
             outputs=[io.Image.Output()],
         )

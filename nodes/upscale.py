@@ -34,7 +34,8 @@ class OneStepUpscale(io.ComfyNode):
                         "in latent space without seams; alpha is upscaled separately and re-attached.",
             inputs=[
                 model_input(),
-                io.Image.Input("image"),
+                io.Image.Input("image", tooltip="The images to upscale (a 4th channel is alpha, upscaled "
+                                                "separately)."),
                 io.Int.Input("steps", default=1, min=1, max=50,
                              tooltip="1 = one step (SinSR). The model's schedule length (15 for SinSR / "
                                      "ResShift v1-v2, 4 for ResShift v3) = deterministic ResShift sampling."),

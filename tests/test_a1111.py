@@ -58,7 +58,8 @@ def test_the_upscaler_is_discovered_with_one_entry_per_model(webui):
     names = [u.name for u in webui.sd_upscalers]
     assert names[:3] == ["None", "Lanczos", "Nearest"]
     ours = [n for n in names if n.startswith("OneStepSR")]
-    assert set(ours) == {SINSR, "OneStepSR 4x SinSR v2", "OneStepSR 4x ResShift v1 (15 steps)",
+    assert ours[0] == "OneStepSR 4x default"  # the bundled model, offline
+    assert set(ours) == {"OneStepSR 4x default", SINSR, "OneStepSR 4x SinSR v2", "OneStepSR 4x ResShift v1 (15 steps)",
                          "OneStepSR 4x ResShift v2 (15 steps)", "OneStepSR 4x ResShift v3 (4 steps)",
                          "OneStepSR 4x ResShift bicubic (4 steps)", TINY, TEACHER}
     data = webui_fake.upscaler(webui, TINY)
@@ -69,6 +70,24 @@ def test_the_upscaler_is_discovered_with_one_entry_per_model(webui):
     # checkout off sys.path and the plain `onestep_sr` package unimportable)
     assert "onestep_sr_webui.onestep_sr.model" in sys.modules
     assert type(data.scaler).__module__ == "onestep_sr_webui.extensions.a1111.upscaler"
+
+
+def test_the_committed_bundled_model_is_the_first_entry_and_runs_offline(webui, monkeypatch):
+    """The real weights/onestep_default_x4.safetensors, with no models folder content and no
+    network: listed first as `OneStepSR 4x default`, exact x4 (and x2) sizes, equal to the engine."""
+    from modules import modelloader
+    from onestep_sr_webui.onestep_sr import model as engine_model
+
+    monkeypatch.setenv("ONESTEP_SR_OFFLINE", "1")
+    assert engine_model.BUNDLED_MODELS["onestep_default"].is_file()
+    modelloader.load_upscalers()
+    ours = [u for u in webui.sd_upscalers if u.name.startswith("OneStepSR")]
+    assert ours[0].name == "OneStepSR 4x default"
+    out = webui_fake.extras(webui, _image(), "OneStepSR 4x default", 4)
+    expected = engine_model.load_model("onestep_default", device="cpu").upscale(_image(), seed=12345)
+    assert np.array_equal(np.asarray(out), np.asarray(expected))
+    assert webui_fake.extras(webui, _image(), "OneStepSR 4x default", 2).size == (_image().width * 2,
+                                                                                  _image().height * 2)
 
 
 def test_a_bundled_model_is_the_first_entry_and_runs(webui, tiny):

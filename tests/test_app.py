@@ -93,12 +93,20 @@ def test_picker_lists_bundled_registry_and_local_models_and_prefers_the_bundled_
     assert service.status("bundled:onestep_default") == "ready (bundled, offline)"
 
 
-def test_without_a_bundled_model_the_default_is_one_that_needs_no_download(tmp_path, tiny):
+def test_the_committed_bundled_model_is_the_default_and_needs_no_download(tmp_path):
+    (tmp_path / "models").mkdir()
+    service = AppService(folders=[tmp_path / "models"])
+    assert engine_model.BUNDLED_MODELS["onestep_default"].is_file()
+    assert service.default_source() == "bundled:onestep_default"
+    assert service.status("bundled:onestep_default") == "ready (bundled, offline)"
+
+
+def test_without_a_bundled_model_the_default_is_one_that_needs_no_download(tmp_path, tiny, monkeypatch):
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(tiny / "tiny_sinsr.safetensors", models / "mine.safetensors")
+    monkeypatch.setitem(engine_model.BUNDLED_MODELS, "onestep_default", tmp_path / "deleted.safetensors")
     service = AppService(folders=[models])
-    assert not engine_model.BUNDLED_MODELS["onestep_default"].is_file()  # the default model is not trained yet
     # mine.safetensors needs the VQ-f4 autoencoder, which is not there either: nothing is ready
     assert service.default_source() == "registry:sinsr_v1"
     shutil.copy(tiny / "autoencoder_vq_f4.pth", models / "autoencoder_vq_f4.pth")

@@ -4,8 +4,7 @@ browser download). Skipped unless both are there: ``apt install chromium`` and
 
 It uploads images, runs the bundled default model and checks the result's size as the page shows
 it, checks a bad upload's message, and saves screenshots to ``test-artifacts/`` (or
-ONESTEP_SR_ARTIFACTS). Until weights/onestep_default_x4.safetensors is committed (issue 5), the
-bundled entry is served by a small random stand-in saved the same way."""
+ONESTEP_SR_ARTIFACTS). The bundled entry is the committed weights/onestep_default_x4.safetensors."""
 from __future__ import annotations
 
 import json
@@ -62,9 +61,7 @@ def browser():
 def app(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     monkeypatch.setenv("ONESTEP_SR_OFFLINE", "1")
-    if not engine_model.BUNDLED_MODELS["onestep_default"].is_file():
-        stand_in = bundled_stand_in(tmp_path / "weights" / "onestep_default_x4.safetensors")
-        monkeypatch.setitem(engine_model.BUNDLED_MODELS, "onestep_default", stand_in)
+    assert engine_model.BUNDLED_MODELS["onestep_default"].is_file()  # the page runs the real bundled model
     from onestep_sr.app import launch
 
     (tmp_path / "models").mkdir()
@@ -152,6 +149,9 @@ def test_download_button_fetches_a_registry_model_with_progress_then_runs_it(bro
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
         page.wait_for_selector("#run")
+        assert page.input_value("#model input") == "default (bundled)"  # the bundled model needs no download
+        page.click("#model input")
+        page.click("[role=option] >> text=served")
         assert page.input_value("#model input") == "served"
         page.wait_for_selector("#model-status >> text=not downloaded: den.pth, ae.pth")
         page.click("#download")

@@ -95,12 +95,23 @@ def test_root_init_is_a_v3_entry_without_node_class_mappings(comfy):
 def test_node_ids_are_prefixed_stable_and_complete(comfy):
     assert set(comfy.nodes) == ALL_NODES
     names = {n.GET_SCHEMA().display_name for n in comfy.nodes.values()}
-    assert {"Load OneStep SR Model", "OneStep Upscale", "ResShift Sampler", "OneStep Colour Fix",
+    assert {"Load OneStep SR Model", "OneStep Upscale", "OneStep SR ResShift Sampler", "OneStep Color Fix",
             "OneStep SD Upscale"} <= names
     model_sockets = {n.GET_SCHEMA().node_id: i.io_type for n in comfy.nodes.values() for i in n.GET_SCHEMA().inputs
                      if i.id == "model"}
     assert set(model_sockets.values()) == {"ONESTEP_SR_MODEL", "MODEL"}
     assert [k for k, v in model_sockets.items() if v == "MODEL"] == ["OneStepSR_SDUpscale"]  # the user's SD MODEL
+
+
+def test_every_node_title_and_input_follows_one_convention(comfy):
+    """Every title carries the pack's prefix, every input has a tooltip, one spelling of color."""
+    for node in comfy.nodes.values():
+        schema = node.GET_SCHEMA()
+        assert schema.display_name.startswith(("OneStep ", "Load OneStep")), schema.display_name
+        missing = [i.id for i in schema.inputs if not getattr(i, "tooltip", None)]
+        assert not missing, f"{schema.node_id}: inputs without a tooltip: {missing}"
+        assert "colour" not in schema.display_name.lower()
+        assert not any("colour" in i.id for i in schema.inputs)
 
 
 def test_pinned_api_version_with_fallback_to_latest(tmp_path):
@@ -425,6 +436,21 @@ def test_an_exported_pixel_space_model_needs_no_autoencoder_file(comfy):
     assert model.sr.sampler == "one_step" and type(model.sr.autoencoder).__name__ == "PixelSpaceAutoencoder"
     (out,) = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=_images(1, 8, 12))
     assert out.shape == (1, 32, 48, 3)
+
+
+def test_the_committed_bundled_model_is_the_loaders_default_and_runs_offline(comfy):
+    """The real weights/onestep_default_x4.safetensors: the first option (ComfyUI's default for a
+    combo), loaded with no autoencoder file and no download, equal to the engine's result."""
+    bundled = sys.modules["onestep_sr_pack.onestep_sr.model"].BUNDLED_MODELS["onestep_default"]
+    assert bundled.is_file()
+    assert _model_options(comfy.nodes)[0] == "onestep_default (bundled)"
+    (comfy.folder / "autoencoder_vq_f4.pth").unlink()
+    model = _load(comfy, "onestep_default (bundled)")
+    image = _images(1, 10, 14)
+    (out,) = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=image, color_fix="none")
+    expected = load_model("onestep_default", device="cpu").upscale(image.permute(0, 3, 1, 2))
+    assert out.shape == (1, 40, 56, 3)
+    assert torch.allclose(out, expected.permute(0, 2, 3, 1), atol=1e-5)
 
 
 def test_the_bundled_default_model_comes_first(comfy, tmp_path, monkeypatch):

@@ -33,7 +33,10 @@ class Option:
 
 OPTIONS = [
     Option("onestepsr_models_path", "", "OneStepSR: extra models folder, searched first and used for downloads "
-           "(empty: --onestepsr-models-path, else models/OneStepSR; Reload UI to list its files)", "text"),
+           "(empty: --onestepsr-models-path, else models/OneStepSR; Reload UI to list its files). "
+           "'OneStepSR 4x default' is bundled (offline, our licence); the SinSR / ResShift entries are the "
+           "official weights, downloaded on first use, under non-commercial licences (SinSR: CC BY-NC-SA 4.0, "
+           "ResShift: NTU S-Lab License 1.0)", "text"),
     Option("onestepsr_tile", Tiling.tile, "OneStepSR: tile size in input pixels (a multiple of 64; out of memory "
            "halves it)", "slider", {"minimum": 64, "maximum": 2048, "step": 64}),
     Option("onestepsr_tile_overlap", Tiling.overlap, "OneStepSR: tile overlap in input pixels", "slider",
