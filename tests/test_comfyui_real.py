@@ -48,6 +48,7 @@ INPUT_SIZE = (32, 24)  # width, height
 LATENT_SIZE = 64  # EmptyLatentImage width/height for the txt2img example
 SD_CHECKPOINT = "synthetic_sd15.safetensors"
 MODEL_CHOICE = "sinsr_v1 (auto-download)"
+BUNDLED_CHOICE = "onestep_default (bundled)"  # the committed default model: offline, no download
 OUR_NODES = {"OneStepSR_LoadModel", "OneStepSR_Upscale", "OneStepSR_Encode", "OneStepSR_ResShiftSampler",
              "OneStepSR_Decode", "OneStepSR_ColorFix", "OneStepSR_SDUpscale"}
 STUDENT_LORA = "tiny_student.safetensors"  # kohya UNet LoRA (LoraLoader) for the synthetic SD1.5 UNet
@@ -481,7 +482,7 @@ def test_the_nodes_are_registered_with_the_registry_models(object_info):
     for node_id in OUR_NODES:
         assert object_info[node_id]["python_module"].startswith("custom_nodes."), object_info[node_id]
     choices = _options(object_info["OneStepSR_LoadModel"]["input"]["required"]["model_name"])
-    assert MODEL_CHOICE in choices, choices
+    assert choices[0] == BUNDLED_CHOICE and MODEL_CHOICE in choices, choices
     # the models folder is listed too; the autoencoder file is not a model on its own
     assert "SinSR_v1.pth" in choices and "autoencoder_vq_f4.pth" not in choices, choices
 
@@ -504,7 +505,7 @@ def test_example_workflow_runs(server, object_info, path):
     saves = [n["inputs"]["filename_prefix"] for n in prompt.values() if n["class_type"] == "SaveImage"]
     assert saves and len(set(saves)) == len(saves), f"{path.name}: SaveImage prefixes must be distinct: {saves}"
     if not any(n["class_type"] == "OneStepSR_SDUpscale" for n in prompt.values()):
-        assert any(n["class_type"] == "OneStepSR_LoadModel" and n["inputs"]["model_name"] == MODEL_CHOICE
+        assert any(n["class_type"] == "OneStepSR_LoadModel" and n["inputs"]["model_name"] in (MODEL_CHOICE, BUNDLED_CHOICE)
                    for n in prompt.values()), path.name
     outputs, seconds = run_workflow(server, prompt)
     w, h = _input_size(prompt)
@@ -653,6 +654,8 @@ def test_cancel_stops_a_long_upscale(server, object_info, base_dir):
     next(n for n in prompt.values() if n["class_type"] == "LoadImage")["inputs"]["image"] = "onestep_test_big.png"
     upscale = next(n for n in prompt.values() if n["class_type"] == "OneStepSR_Upscale")
     upscale["inputs"].update(steps=15, tile=64, overlap=16, seed=4242)
+    loader = next(n for n in prompt.values() if n["class_type"] == "OneStepSR_LoadModel")
+    loader["inputs"]["model_name"] = MODEL_CHOICE  # a 15-step schedule (the bundled model has 4)
     prompt_id = server.queue(prompt)
     deadline = time.monotonic() + 120
     while not server.request("/queue")["queue_running"]:
