@@ -299,6 +299,9 @@ def ensure_weights(name_or_entry: str | RegistryEntry, models_dir: str | os.Path
     try:
         _fetch_with_retries(entry.url, part, _terminal_progress if bar else progress,
                             retries, backoff, timeout)
+    except DownloadError as exc:  # network failure: say how to do it by hand, as offline mode does
+        raise DownloadError(f"{exc}. To install it by hand, download {entry.url} and save it as {target} "
+                            f"(file name {entry.file}, folder {target.parent})") from exc
     finally:
         if bar:
             sys.stderr.write("\n")

@@ -3,6 +3,7 @@ make. Nothing here reaches beyond loopback; every server answers within seconds 
 more than a few dozen requests."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import sys
@@ -144,6 +145,21 @@ def test_missing_file_is_not_retried_and_names_the_url(tmp_path, server):
         fetch(entry(server, file="missing.pth"), tmp_path / "models", retries=3)
     assert server.url + "missing.pth" in str(err.value)
     assert len(server.requests) == 1
+
+
+def test_a_network_failure_says_what_to_download_by_hand_and_where(tmp_path, server):
+    """Not only offline mode: an unreachable or failing server names the URL, the file name and the
+    folder to save it in."""
+    folder = tmp_path / "models"
+    with pytest.raises(DownloadError) as err:
+        fetch(entry(server, file="missing.pth"), folder, retries=1)
+    message = str(err.value)
+    assert f"download {server.url}missing.pth and save it as {folder / 'missing.pth'}" in message
+    assert "file name missing.pth" in message and f"folder {folder}" in message
+    closed = entry(server, file="model.pth")
+    closed = dataclasses.replace(closed, url="http://127.0.0.1:9/model.pth")  # nothing listens on port 9
+    with pytest.raises(DownloadError, match=r"download http://127.0.0.1:9/model.pth and save it as"):
+        fetch(closed, folder, retries=1)
 
 
 def test_wrong_hash_leaves_nothing(tmp_path, server):
