@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..onestep_sr.download import ensure_weights
+from ..onestep_sr.download import DownloadError, WeightsUnavailableError, ensure_weights
 from ..onestep_sr.model import BUNDLED_MODELS, OneStepSR, autoencoder_for, load_model
 from ..onestep_sr.models import PIXEL_AUTOENCODER
 from ..onestep_sr.registry import RegistryEntry, get_entry, list_entries
@@ -81,7 +81,10 @@ def resolve_weights(choice: str) -> tuple[dict[str, str], RegistryEntry | None]:
                                     f"({', '.join(host.model_folders())})")
         entry = _entry_for_file(choice)  # a registry file placed by hand keeps its schedule and sampler
     name = (entry.autoencoder or "vq_f4") if entry else autoencoder_for(denoiser)
-    autoencoder = PIXEL_AUTOENCODER if name == PIXEL_AUTOENCODER else _local_or_download(get_entry(name))
+    try:
+        autoencoder = PIXEL_AUTOENCODER if name == PIXEL_AUTOENCODER else _local_or_download(get_entry(name))
+    except (WeightsUnavailableError, DownloadError) as exc:  # say whose autoencoder it is
+        raise type(exc)(f"{os.path.basename(denoiser)} also needs its autoencoder {name}: {exc}") from exc
     return {"denoiser": denoiser, "autoencoder": autoencoder}, entry
 
 

@@ -25,7 +25,7 @@ import torch
 
 from .checkpoint import CHECKPOINT_SUFFIXES, load_autoencoder, load_denoiser
 from .colorfix import COLOR_FIXES, color_fix_buffer
-from .download import ensure_weights
+from .download import DownloadError, WeightsUnavailableError, ensure_weights
 from .imageio import Prepared, from_unit_float, prepare, resize_array
 from .models import PIXEL_AUTOENCODER, PixelSpaceAutoencoder, PixelSpaceConfig, SwinUNetDenoiser, VQAutoencoder
 from .pipeline import (SCALE, NonFiniteError, Sampler, Tiling, check_finite, decode_rows, encode_tiled,
@@ -160,7 +160,10 @@ def load_model(name_or_paths: WeightsSpec | Sequence[WeightsSpec] | Mapping[str,
     if str(ae_spec) == PIXEL_AUTOENCODER:
         autoencoder = PixelSpaceAutoencoder(PixelSpaceConfig(scale=SCALE)).to(device)
     else:
-        ae_path, _ = _weights_path(ae_spec, "autoencoder", **fetch)
+        try:
+            ae_path, _ = _weights_path(ae_spec, "autoencoder", **fetch)
+        except (WeightsUnavailableError, DownloadError) as exc:  # say whose autoencoder it is
+            raise type(exc)(f"{den_path.name} also needs its autoencoder {ae_spec}: {exc}") from exc
         autoencoder = load_autoencoder(ae_path, device=device, dtype=dtype)
     name = entry.name if entry else next((k for k, v in BUNDLED_MODELS.items() if v == den_path), den_path.name)
     return OneStepSR(denoiser, autoencoder, schedule, sampler, name=name)

@@ -340,3 +340,19 @@ def test_sample_refuses_a_latent_of_another_model(model):
         model.sample(sd_like)
     with pytest.raises(ValueError, match="does not match its LR image"):
         model.decode(SRLatent(latent.samples[..., :32], latent.lq, latent.size))
+
+
+def test_a_local_denoiser_without_its_autoencoder_says_which_file_it_needs_and_where(tmp_path, goldens):
+    """Offline, a checkpoint file whose VQ-f4 autoencoder is missing: the error names the model, the
+    autoencoder file, its URL and the folder to save it in."""
+    from onestep_sr.registry import get_entry
+    models = tmp_path / "models"
+    models.mkdir()
+    denoiser = models / "my_sinsr.safetensors"
+    denoiser.write_bytes((goldens / "unet.safetensors").read_bytes())
+    with pytest.raises(WeightsUnavailableError) as err:
+        load_model(denoiser, device="cpu", models_dir=models, offline=True)
+    vq = get_entry("vq_f4")
+    message = str(err.value)
+    assert message.startswith("my_sinsr.safetensors also needs its autoencoder vq_f4")
+    assert vq.url in message and str(models / vq.file) in message

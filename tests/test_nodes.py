@@ -189,7 +189,8 @@ def _registry_file(name: str) -> str:
 
 def test_loader_errors_name_the_missing_file(comfy):
     (comfy.folder / "autoencoder_vq_f4.pth").unlink()
-    with pytest.raises(Exception, match=r"vq_f4 \(autoencoder_vq_f4.pth\) is not in .*onestep_sr.*offline"):
+    with pytest.raises(Exception, match=rf"{DENOISER_FILE} also needs its autoencoder vq_f4: "
+                                        r"vq_f4 \(autoencoder_vq_f4.pth\) is not in .*onestep_sr.*offline"):
         _load(comfy)
     with pytest.raises(Exception, match=r"sinsr_v1 \(SinSR_v1.pth\) is not in"):
         _load(comfy, "sinsr_v1 (auto-download)")
