@@ -168,6 +168,8 @@ def main() -> None:
         target = BUNDLED_MODELS["onestep_default"]
         shutil.copyfile(student, target.with_suffix(".tmp"))
         target.with_suffix(".tmp").replace(target)
+        # the model info + architecture as readable JSON beside it (the header holds the same)
+        atomic_write_text(target.with_suffix(".json"), Path(student).with_suffix(".json").read_text())
         record_path = target.with_name(target.stem + ".training.json")
         atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
         print(f"installed {target} ({target.stat().st_size / 1e6:.2f} MB) and {record_path.name}")

@@ -39,7 +39,7 @@ from .tiling import bicubic_crop
 log = logging.getLogger("onestep_sr")
 
 # Small models trained with training/ and committed in weights/ (offline, our licence; how it was
-# made: weights/onestep_default_x4.md). The bundled model is the default everywhere; the official
+# made: weights/README.md and onestep_default_x4.training.json). The bundled model is the default everywhere; the official
 # SinSR/ResShift weights (non-commercial licences) are one choice away.
 BUNDLED_MODELS = {"onestep_default": REGISTRY_FILE.parent / "onestep_default_x4.safetensors"}
 DEFAULT_MODEL = "onestep_default"
