@@ -1,4 +1,4 @@
-"""CPU-scale demonstration of the OSEDiff trainer (``training/osediff.py``) end to end: a tiny
+"""CPU-scale demonstration of the OSEDiff trainer (``training/sd/osediff.py``) end to end: a tiny
 SD-like model trained briefly on ../shared/images/train, its one-step student (the exported LoRA)
 against bicubic on ../shared/images/val. No download; everything is seeded and runs on the CPU.
 
@@ -25,7 +25,7 @@ A random tiny SD cannot upscale anything, so the script first makes one that is 
    osediff``) on that checkpoint: ``--degradation bicubic``, ``--perceptual vae``, ``--gt-size``,
    ``--steps``; the real score's CFG is ``--cfg`` (1 by default: the tiny UNet was trained on the
    empty prompt only, so a guidance against OSEDiff's negative prompt would be meaningless).
-4. **Evaluate** on every val image with ``training.evaluate.evaluate_folder`` (HR cropped to a
+4. **Evaluate** on every val image with ``training.common.evaluate.evaluate_folder`` (HR cropped to a
    multiple of 4, LR = bicubic x1/4, results rounded to 8 bit, PSNR / SSIM on Y with a 4 px border):
    the student (``SDOneStepSR.from_checkpoint(..., lora=osediff_lora.safetensors)``, which merges the
    ``_vae`` sibling too), the base tiny SD one-step without LoRA, and bicubic. Prints a table and
@@ -52,8 +52,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from onestep_sr.sd.formulas import scaled_linear_alphas_cumprod  # noqa: E402
-from training.data import list_images, load_rgb  # noqa: E402
-from training.evaluate import evaluate_folder, format_table, summarise  # noqa: E402
+from training.common.data import list_images, load_rgb  # noqa: E402
+from training.common.evaluate import evaluate_folder, format_table, summarise  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
 
@@ -219,7 +219,7 @@ def main() -> None:
     del unet, vae, text
 
     # 3. the OSEDiff trainer
-    from training.osediff import OSEDiffConfig, OSEDiffRun
+    from training.sd.osediff import OSEDiffConfig, OSEDiffRun
 
     started = time.perf_counter()
     run_dir = out / "osediff"

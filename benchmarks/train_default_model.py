@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 from onestep_sr import load_model  # noqa: E402
 from onestep_sr.checkpoint import atomic_write_text  # noqa: E402
 from onestep_sr.model import BUNDLED_MODELS  # noqa: E402
-from training.degradations import bicubic_degrade  # noqa: E402
-from training.evaluate import evaluate_folder, list_images, load_rgb, summarise  # noqa: E402
-from training.metrics import psnr_y  # noqa: E402
-from training.trainer import Run, TrainConfig  # noqa: E402
+from training.common.degradations import bicubic_degrade  # noqa: E402
+from training.common.evaluate import evaluate_folder, list_images, load_rgb, summarise  # noqa: E402
+from training.common.metrics import psnr_y  # noqa: E402
+from training.resshift.trainer import Run, TrainConfig  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
 

@@ -144,7 +144,7 @@ def _is_a1111(checkout: Path) -> bool:
 
 
 def export_osediff_for(checkpoint: Path, dst: Path) -> Path:
-    """``training.osediff_export.export_kohya`` for a run on ``checkpoint`` (an SD 1.5 single file):
+    """``training.sd.osediff_export.export_kohya`` for a run on ``checkpoint`` (an SD 1.5 single file):
     random OSEDiff-layout weights (``osediff_layout.synthetic_osediff``, rank 4, on every OSEDiff
     target of the SD 1.5 UNet / VAE built on the meta device from weights/configs/sd1), the run's
     base conv_in being the checkpoint's. Writes ``dst`` and its ``_vae`` sibling."""
@@ -154,7 +154,7 @@ def export_osediff_for(checkpoint: Path, dst: Path) -> Path:
     from types import SimpleNamespace
 
     from osediff_layout import synthetic_osediff
-    from training.osediff_export import export_kohya
+    from training.sd.osediff_export import export_kohya
 
     configs = ROOT / "weights" / "configs" / "sd1"
     with torch.device("meta"):

@@ -15,9 +15,9 @@ from onestep_sr import DEFAULT_MODEL, load_model
 from onestep_sr.cli import main as cli_main
 from onestep_sr.model import BUNDLED_MODELS
 from onestep_sr.model_info import read_model_info
-from training.degradations import bicubic_degrade
-from training.evaluate import bicubic_upsample, load_rgb
-from training.metrics import psnr_y
+from training.common.degradations import bicubic_degrade
+from training.common.evaluate import bicubic_upsample, load_rgb
+from training.common.metrics import psnr_y
 
 BUNDLED = BUNDLED_MODELS["onestep_default"]
 EXAMPLE = REPO / "examples" / "chelsea_lr.png"

@@ -16,7 +16,7 @@ from onestep_sr.models import (OFFICIAL_DENOISER, DenoiserConfig, SwinUNetDenois
 from onestep_sr.models.layers import TimestepResBlock
 from onestep_sr.models.swin import SwinLayer
 from training.cli import main as train_main
-from training.trainer import ARCHS, Run, TrainConfig
+from training.resshift.trainer import ARCHS, Run, TrainConfig
 
 from .test_training import _image_folder
 
@@ -129,7 +129,7 @@ def test_eval_reports_the_chosen_sampler(tmp_path, capsys):
         assert f"sampler {sampler}" in capsys.readouterr().out
     assert [results[s]["steps"] for s in ("one_step", "deterministic", "stochastic")] == [1, 4, 4]
     # the figures are those of the model run with that sampler
-    from training.evaluate import evaluate_folder
+    from training.common.evaluate import evaluate_folder
     model = load_model(teacher, device="cpu")
     rows = evaluate_folder(lambda lr: model.upscale(lr, steps=4, stochastic=False, seed=12345).clamp(0, 1), val)
     assert results["deterministic"]["rows"][0]["psnr_y"] == pytest.approx(rows[0]["psnr_y"], abs=1e-9)

@@ -1,4 +1,4 @@
-"""training.degradations: kernels, building blocks and the Real-ESRGAN two-stage pipeline."""
+"""training.common.degradations: kernels, building blocks and the Real-ESRGAN two-stage pipeline."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from helpers import SHARED
-from training.degradations import (
+from training.common.degradations import (
     DegradationConfig,
     add_gaussian_noise,
     add_poisson_noise,

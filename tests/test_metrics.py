@@ -1,4 +1,4 @@
-"""PSNR / SSIM on Y (training.metrics) and the folder benchmark (training.evaluate)."""
+"""PSNR / SSIM on Y (training.common.metrics) and the folder benchmark (training.common.evaluate)."""
 from __future__ import annotations
 
 import math
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.evaluate import evaluate_folder, format_table, load_rgb, summarise
-from training.metrics import SSIM_C1, SSIM_C2, psnr_y, rgb_to_y, ssim_y
+from training.common.evaluate import evaluate_folder, format_table, load_rgb, summarise
+from training.common.metrics import SSIM_C1, SSIM_C2, psnr_y, rgb_to_y, ssim_y
 
 
 def _image(h: int, w: int, seed: int) -> torch.Tensor:
@@ -277,9 +277,9 @@ def test_evaluate_folder_uses_bicubic_degrade_by_default(folder, monkeypatch):
         used.append((tuple(hr.shape), scale))
         return _lr_antialiased(hr, scale)
 
-    fake = types.ModuleType("training.degradations")
+    fake = types.ModuleType("training.common.degradations")
     fake.bicubic_degrade = fake_degrade
-    monkeypatch.setitem(sys.modules, "training.degradations", fake)
+    monkeypatch.setitem(sys.modules, "training.common.degradations", fake)
     rows = evaluate_folder(_bicubic_up, folder)
     assert used == [((3, 48, 44), 4), ((3, 36, 52), 4)]
     assert len(rows) == 2
@@ -308,7 +308,7 @@ def test_evaluate_folder_scale_two(folder):
 
 
 def test_real_bicubic_degrade_if_present(folder):
-    degradations = pytest.importorskip("training.degradations")
+    degradations = pytest.importorskip("training.common.degradations")
     rows = evaluate_folder(_bicubic_up, folder)
     assert [r["size"] for r in rows] == [(48, 44), (36, 52)]
     hr = load_rgb(folder / "b_first.png", 4)

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from training import osediff_losses as L
-from training.perceptual import build_perceptual, feature_distance
+from training.common.perceptual import build_perceptual, feature_distance
 
 pytest.importorskip("peft")
 pytest.importorskip("diffusers")
@@ -143,7 +143,7 @@ def test_lpips_without_weights_and_unknown_kinds_are_refused(tmp_path):
 def test_lpips_vgg_from_torchvision_and_lpips_layouts_equals_a_hand_computation(tmp_path):
     """Random weights in the two files' layouts (torchvision ``features.N``, LPIPS ``linK.model.1``,
     read as .pth with weights_only); the distance is checked against the formula written out."""
-    from training.lpips_vgg import CONVS, POOLS, SCALE, SHIFT, TAPS, TAP_CHANNELS
+    from training.common.lpips_vgg import CONVS, POOLS, SCALE, SHIFT, TAPS, TAP_CHANNELS
 
     g = torch.Generator().manual_seed(0)
     vgg = {}
@@ -201,7 +201,7 @@ def tiny(tmp_path_factory):
 
 
 def _config(tiny, out: str, steps: int, **kw):
-    from training.osediff import OSEDiffConfig
+    from training.sd.osediff import OSEDiffConfig
 
     options = dict(checkpoint=tiny["ckpt"], data=tiny["data"], out=str(tiny["root"] / out), steps=steps, gt_size=64,
                    batch_size=2, config_dir=tiny["config_dir"], warmup=0, lr=3e-3, lr_regulariser=1e-3,
@@ -211,7 +211,7 @@ def _config(tiny, out: str, steps: int, **kw):
 
 @pytest.fixture(scope="module")
 def trained(tiny):
-    from training.osediff import OSEDiffRun
+    from training.sd.osediff import OSEDiffRun
 
     run = OSEDiffRun(_config(tiny, "run", 10))
     data = run.loader.dataset.dataset
@@ -259,7 +259,7 @@ def test_the_real_score_is_the_plain_base_unet_and_the_fake_score_is_not(trained
 def test_resume_continues_exactly(trained, tiny):
     """A copy of the run stopped at step 5 (its step-10 checkpoint removed) resumes there and
     reaches the very weights, EMA and log values of the uninterrupted run at step 10."""
-    from training.osediff import OSEDiffRun
+    from training.sd.osediff import OSEDiffRun
 
     run = trained["run"]
     copy_out = tiny["root"] / "resumed"
@@ -346,7 +346,7 @@ def test_the_generator_forward_is_the_engine_path_for_a_v_prediction_sd2(tiny):
     """Before training (LoRA B = 0) the generator is the base model: its forward must be the
     one-step engine's, here on SD 2.x with v-prediction."""
     from onestep_sr.sd import SDOneStepSR
-    from training.osediff import OSEDiffRun
+    from training.sd.osediff import OSEDiffRun
 
     config_dir, ckpt, _ = make_tiny_sd(tiny["root"] / "sd2", "sd2", seed=3)
     run = OSEDiffRun(_config(tiny, "sd2", 1, checkpoint=str(ckpt), config_dir=str(config_dir),
@@ -360,7 +360,7 @@ def test_the_generator_forward_is_the_engine_path_for_a_v_prediction_sd2(tiny):
 
 
 def test_captions_beside_images_are_the_prompts(tiny):
-    from training.data import CaptionedPairDataset
+    from training.common.data import CaptionedPairDataset
 
     data = CaptionedPairDataset(tiny["data"], 64, 4, "bicubic", seed=0, prompt="default")
     assert data.prompts == ["default", "a photo of waves", "default"]
@@ -451,7 +451,7 @@ def fresh_accelerate_state():
 def test_fp16_loss_scaling_gives_the_unscaled_weights(tiny, monkeypatch, grad_accum, fresh_accelerate_state):
     import accelerate
 
-    from training.osediff import OSEDiffRun
+    from training.sd.osediff import OSEDiffRun
 
     common = dict(grad_accum=grad_accum, batch_size=1, save_every=100, grad_clip=0.05)   # clipping active
     plain = OSEDiffRun(_config(tiny, f"fp32_{grad_accum}", 3, **common))
@@ -471,7 +471,7 @@ def test_fp16_loss_scaling_gives_the_unscaled_weights(tiny, monkeypatch, grad_ac
 def test_fp16_overflow_skips_the_step_and_halves_the_scale(tiny, monkeypatch, fresh_accelerate_state):
     import accelerate
 
-    from training.osediff import OSEDiffRun
+    from training.sd.osediff import OSEDiffRun
 
     monkeypatch.setattr(accelerate, "Accelerator", _scaled_accelerator(2.0 ** 10))
     run = OSEDiffRun(_config(tiny, "fp16_overflow", 2, batch_size=1, save_every=100))
@@ -491,7 +491,7 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale(tiny, monkeypatch, fr
             seen["scale"] = run.accelerator.scaler.get_scale()
         return ema_original(*args)
 
-    import training.osediff as osediff
+    import training.sd.osediff as osediff
 
     ema_original = osediff.ema_update
     monkeypatch.setattr(run, "generator_losses", overflowing)

@@ -18,10 +18,10 @@ from onestep_sr import load_model
 from onestep_sr.model_info import read_model_info
 from onestep_sr.schedule import SCHEDULE_T15
 from training.cli import main as train_main
-from training.data import PairDataset
-from training.degradations import bicubic_degrade
-from training.losses import q_sample, resshift_loss, sinsr_losses
-from training.trainer import Run, TrainConfig
+from training.common.data import PairDataset
+from training.common.degradations import bicubic_degrade
+from training.resshift.losses import q_sample, resshift_loss, sinsr_losses
+from training.resshift.trainer import Run, TrainConfig
 
 # spec section 5, T = 15: sqrt(eta_t) and the network input divisors sqrt(1 + kappa^2 eta_t)
 SQRT_ETA = [0.02, 0.117165, 0.176305, 0.233629, 0.291574, 0.351009, 0.412356, 0.475858, 0.541672, 0.60991,
@@ -264,7 +264,7 @@ def test_latent_space_training_with_a_vq_autoencoder(tmp_path, goldens):
 
 
 def test_cosine_lr_decay_warms_up_then_reaches_zero_at_the_last_step(tmp_path):
-    from training.trainer import lr_factor
+    from training.resshift.trainer import lr_factor
     config = _config(tmp_path, "x", steps=100, warmup=10, lr_decay="cosine")
     assert lr_factor(config, 0) == pytest.approx(0.1 * 0.5 * (1 + math.cos(0)))
     assert lr_factor(config, 50) == pytest.approx(0.5)

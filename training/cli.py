@@ -14,8 +14,8 @@ import json
 import sys
 from dataclasses import fields
 
-from . import osediff_cli
-from .trainer import ARCHS, TrainConfig
+from .sd import osediff_cli
+from .resshift.trainer import ARCHS, TrainConfig
 
 EVAL_SAMPLERS = ("one_step", "deterministic", "stochastic")
 
@@ -78,7 +78,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from onestep_sr import load_model
     from onestep_sr.checkpoint import atomic_write_text
 
-    from .evaluate import evaluate_folder, format_table, summarise
+    from .common.evaluate import evaluate_folder, format_table, summarise
 
     model = load_model(args.model, device="cpu")
     try:
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
         return run_eval(args)
     if args.command == "osediff":
         return osediff_cli.run(args, prog)
-    from .trainer import Run
+    from .resshift.trainer import Run
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "no_progress")}
     try:

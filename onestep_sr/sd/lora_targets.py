@@ -6,7 +6,7 @@
 * VAE: the encoder's convolutions / attention projections (:data:`VAE_PATTERNS`) and
   ``quant_conv``; the decoder has none.
 
-Used by the OSEDiff trainer (``training/osediff.py``) and the conversion tests. A model built on
+Used by the OSEDiff trainer (``training/sd/osediff.py``) and the conversion tests. A model built on
 the meta device is enough: only names and module types are read.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 For every image: load RGB, crop to a multiple of ``scale`` (top-left corner kept), degrade to
 LR, upscale, and measure the result and a plain bicubic upsampling of the same LR against the
-HR image with :mod:`training.metrics`.
+HR image with :mod:`training.common.metrics`.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def evaluate_folder(upscale: Callable[[Tensor], Tensor], folder, scale: int = 4,
 
     ``upscale`` takes a float (3, h, w) LR tensor in [0, 1] on the CPU and returns (3, H, W) in
     [0, 1] (it may return it on another device; it is moved back). ``make_lr(hr, scale)`` makes the
-    LR; by default ``training.degradations.bicubic_degrade`` (the ``degrade`` name selects it; only
+    LR; by default ``training.common.degradations.bicubic_degrade`` (the ``degrade`` name selects it; only
     "bicubic" exists). ``crop_border`` defaults to ``scale``, the usual SR convention. With
     ``quantize`` (the default) both the result and the bicubic baseline are clamped and rounded to
     1/255 before measuring, as the benchmarks measure saved 8-bit images.
@@ -53,7 +53,7 @@ def evaluate_folder(upscale: Callable[[Tensor], Tensor], folder, scale: int = 4,
     if make_lr is None:
         if degrade not in DEGRADATIONS:
             raise ValueError(f"unknown degradation {degrade!r}; known: {', '.join(DEGRADATIONS)}")
-        from training.degradations import bicubic_degrade  # lazy: a sibling module
+        from training.common.degradations import bicubic_degrade  # lazy: a sibling module
         make_lr = bicubic_degrade
     border = scale if crop_border is None else crop_border
     paths = list_images(folder)

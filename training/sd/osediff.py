@@ -39,9 +39,9 @@ from onestep_sr.sd.formulas import scaled_linear_alphas_cumprod
 from onestep_sr.sd.lora import DEFAULT_ALPHA
 
 from . import osediff_losses as L
-from .data import AUGMENTS, DEGRADATIONS, CaptionedPairDataset
-from .perceptual import PERCEPTUALS, build_perceptual
-from .runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
+from ..common.data import AUGMENTS, DEGRADATIONS, CaptionedPairDataset
+from ..common.perceptual import PERCEPTUALS, build_perceptual
+from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
                    save_run_state, staging_dir)
 
 NEGATIVE_PROMPT = ("painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, "

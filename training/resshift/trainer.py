@@ -26,9 +26,9 @@ from onestep_sr.models import (PIXEL_AUTOENCODER, DenoiserConfig, PixelSpaceAuto
                                build_denoiser, zero_init_outputs_)
 from onestep_sr.pipeline import SCALE, bicubic_upscale
 
-from .data import PairDataset
+from ..common.data import PairDataset
 from .losses import resshift_loss, sinsr_losses
-from .runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
+from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
                    save_run_state, staging_dir)
 
 MODES = ("resshift", "sinsr")

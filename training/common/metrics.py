@@ -15,7 +15,7 @@ Conventions (those of the SR benchmark tables, after the MATLAB evaluation scrip
 Inputs are either torch tensors holding RGB in [0, 1], shaped (3, H, W) (a leading batch axis of
 size 1 is accepted), or numpy arrays H x W x 3 (uint8 in 0..255, or float in [0, 1]). The metrics
 measure the values they are given: to reproduce numbers of saved 8-bit images, round to 1/255
-first (``training.evaluate`` does).
+first (``training.common.evaluate`` does).
 """
 from __future__ import annotations
 
