@@ -15,7 +15,6 @@ loaded 2-core machine runs the same step up to 12x slower.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import shutil
@@ -34,23 +33,10 @@ from onestep_sr.model import BUNDLED_MODELS  # noqa: E402
 from training.common.degradations import bicubic_degrade  # noqa: E402
 from training.common.evaluate import evaluate_folder, list_images, load_rgb, summarise  # noqa: E402
 from training.common.metrics import psnr_y  # noqa: E402
+from training.common.runs import stage_seconds  # noqa: E402
 from training.resshift.trainer import Run, TrainConfig  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
-
-
-def stage_seconds(log: Path) -> float:
-    """Training seconds of a stage over all its invocations: log.csv's clock restarts at each resume."""
-    if not log.is_file():
-        return 0.0
-    total, last = 0.0, 0.0
-    with open(log) as f:
-        for row in csv.DictReader(f):
-            seconds = float(row["seconds"])
-            if seconds < last:
-                total += last
-            last = seconds
-    return total + last
 
 
 def quantised(x: torch.Tensor) -> torch.Tensor:

@@ -99,3 +99,33 @@ def sample_stochastic(predict_x0: X0Predictor, y: torch.Tensor, schedule: ResShi
         if t > 0:
             x = x + std[t] * eps
     return x
+
+
+def level_grid(schedule_steps: int, calls: int) -> list[int]:
+    """The levels an N-call sampler visits on a T-level schedule: T-1, then every ``stride``-th
+    level below it with stride (T + 1) // N (T15: 8 calls 14, 12, .., 0; 4 calls 14, 10, 6, 2;
+    2 calls 14, 6; 1 call 14; the grids of progressive distillation). ``calls`` = T gives every level."""
+    if not 1 <= calls <= schedule_steps:
+        raise ValueError(f"a {schedule_steps}-step schedule runs 1 to {schedule_steps} network calls, got {calls}")
+    stride = (schedule_steps + 1) // calls
+    return [schedule_steps - 1 - i * stride for i in range(calls)]
+
+
+def sample_levels(predict_x0: X0Predictor, y: torch.Tensor, schedule: ResShiftSchedule, noise: Noise,
+                  levels: Sequence[int], callback: Callback = None) -> torch.Tensor:
+    """Deterministic ResShift sampling on a subset of levels (descending, starting at T-1): at
+    each level one x0 prediction, then the generalised move to the next level (the last moves to
+    the clean end, so the output is the last prediction). With every level it is
+    :func:`sample_deterministic`; with the single level T-1 it is :func:`sample_one_step`."""
+    levels = [int(t) for t in levels]
+    if not levels or levels[0] != schedule.steps - 1 or any(a <= b for a, b in zip(levels, levels[1:])) or levels[-1] < 0:
+        raise ValueError(f"levels must descend from {schedule.steps - 1} to >= 0, got {levels}")
+    x = prior_sample(y, schedule, noise)
+    for i, t in enumerate(levels):
+        x0 = predict_x0(x, t)
+        if callback:
+            callback(i, t, x0)
+        s = levels[i + 1] if i + 1 < len(levels) else -1
+        k, m, j = schedule.step_coefficients(t, s)
+        x = (k * x0 + m * x) + j * y
+    return x

@@ -86,6 +86,19 @@ class ResShiftSchedule:
     def k(self) -> torch.Tensor:
         return 1 - self.etas_prev + (self.etas_prev * self.etas).sqrt() - self.m
 
+    def step_coefficients(self, t: int, s: int) -> tuple[float, float, float]:
+        """(k, m, j) of the deterministic move x_s = k x0_hat + m x_t + j y from level t to an
+        earlier level s (s = -1: the clean end, eta = 0). The same algebra as k/m/j above with
+        eta_s in place of eta_{t-1}: m = sqrt(eta_s/eta_t), j = eta_s - sqrt(eta_s eta_t),
+        k = 1 - eta_s - m + sqrt(eta_s eta_t) = (1 - m)(1 + m eta_t); equals them for s = t - 1."""
+        if not (0 <= t < self.steps and -1 <= s < t):
+            raise ValueError(f"a deterministic move needs 0 <= t < {self.steps} and -1 <= s < t, got t={t}, s={s}")
+        eta_t = float(self.etas[t])
+        eta_s = 0.0 if s < 0 else float(self.etas[s])
+        m = math.sqrt(eta_s / eta_t)
+        root = math.sqrt(eta_s * eta_t)
+        return 1 - eta_s + root - m, m, eta_s - root
+
     # -- original ResShift posterior q(x_{t-1} | x_t, x0) -------------------------------------
     @property
     def posterior_mean_coef_x_t(self) -> torch.Tensor:

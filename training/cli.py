@@ -1,8 +1,12 @@
 """``python -m training`` / ``onestep-sr train``: ``resshift`` (teacher), ``sinsr`` (one-step
-distillation), ``osediff`` (a one-step LoRA from your SD checkpoint) and ``eval`` (PSNR/SSIM on Y against GT and against bicubic).
+distillation), ``yonos`` (scale distillation: a x2 teacher trains a x4 student, x4 a x8),
+``osediff`` (a one-step LoRA from your SD checkpoint) and ``eval`` (PSNR/SSIM on Y against GT and against bicubic).
 
     python -m training resshift --data HR_FOLDER --out runs/teacher --steps 20000
     python -m training sinsr --teacher runs/teacher/model.safetensors --data HR_FOLDER --out runs/student
+    python -m training resshift --scale 2 --data HR_FOLDER --out runs/x2          # the ladder's first rung
+    python -m training yonos --teacher runs/x2/model.safetensors --data HR_FOLDER --out runs/x4
+    python -m training yonos --teacher runs/x4/model.safetensors --data HR_FOLDER --out runs/x8
     python -m training osediff --checkpoint SD.safetensors --data HR_FOLDER --out runs/osediff
     python -m training eval --model runs/student/model.safetensors --data VAL_FOLDER
     accelerate launch -m training sinsr ...      # several GPUs
@@ -32,10 +36,17 @@ _HELP = {
     "kappa": "noise scale kappa of the schedule (0: the schedule's own, 2.0); sinsr always uses the teacher's",
     "min_noise_level": "noise std at the first step, kappa sqrt(eta_0) (0: the schedule's own, 0.04; "
                        "clamped so that sqrt(eta_0) <= sqrt(0.001)); sinsr uses the teacher's",
-    "teacher": "sinsr: teacher checkpoint (the student starts from it)",
+    "teacher": "sinsr, yonos: teacher checkpoint (the student starts from it; yonos: trained at half the student's scale)",
+    "scale": "LR scale of the training pairs: 2, 4 or 8 (0: 4 for resshift, the teacher's for sinsr, twice the "
+             "teacher's for yonos)",
+    "lq_mode": "LR condition of a new network: lq3 (the LR image, x4 only, as the official models) or unshuffle48 "
+               "(the upsampled LR space-to-depth, any scale; the YONOS ladder); default lq3 at x4, else unshuffle48",
+    "last_step_weight": "yonos: share of each batch trained at t = T-1, the step the one-step sampler calls "
+                        "(our proposal; the rest uniform over all t)",
     "lambda_distill": "sinsr: weight of L_distill (student one step vs the teacher's deterministic T steps)",
     "lambda_inverse": "sinsr: weight of L_inverse (the student at t = 0 maps the teacher's output back to x_T)",
-    "lambda_gt": "sinsr: weight of L_gt (the x_T the student assigns to the ground truth maps back onto it)",
+    "lambda_gt": "sinsr: weight of L_gt (the x_T the student assigns to the ground truth maps back onto it; "
+                 "default 1); yonos: weight of an extra MSE to the ground truth (default 0: the paper's loss)",
     "init": "resshift: start from these weights", "mixed_precision": "no, fp16 or bf16 (GPU)",
     "seed": "seed of the pairs, timesteps and noise", "log_every": "steps between log.csv rows",
     "save_every": "steps between checkpoints", "keep": "checkpoints kept",
@@ -44,15 +55,27 @@ _HELP = {
 
 def _add_train_options(parser: argparse.ArgumentParser, mode: str) -> None:
     for f in fields(TrainConfig):
-        if f.name in ("mode", "extra") or (f.name == "init" and mode == "sinsr") or (
-                mode != "sinsr" and (f.name == "teacher" or f.name.startswith("lambda_"))):
+        if f.name in ("mode", "extra") or not _applies(f.name, mode):
             continue
         flag = "--" + f.name.replace("_", "-")
         required = f.name in ("data", "out") or f.name == "teacher"
-        kind = {int: int, float: float}.get(type(f.default), str)
+        kind = float if f.name.startswith("lambda_") else {int: int, float: float}.get(type(f.default), str)
         parser.add_argument(flag, dest=f.name, type=kind, required=required,
                             default=None if required else f.default, help=_HELP.get(f.name))
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _applies(name: str, mode: str) -> bool:
+    """Whether TrainConfig field ``name`` is an option of ``mode``."""
+    if name == "init":
+        return mode == "resshift"
+    if name in ("teacher", "lambda_gt"):
+        return mode in ("sinsr", "yonos")
+    if name in ("lambda_distill", "lambda_inverse"):
+        return mode == "sinsr"
+    if name == "last_step_weight":
+        return mode == "yonos"
+    return True
 
 
 def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
@@ -60,6 +83,8 @@ def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_options(sub.add_parser("resshift", help="train a ResShift teacher (MSE on x0)"), "resshift")
     _add_train_options(sub.add_parser("sinsr", help="distil a one-step SinSR student from a teacher"), "sinsr")
+    _add_train_options(sub.add_parser("yonos", help="YONOS scale distillation: a student at twice the scale of a "
+                                                     "frozen teacher, on the teacher's x0 predictions"), "yonos")
     osediff_cli.add_parser(sub)
     ev = sub.add_parser("eval", help="PSNR/SSIM (Y) of a model vs GT and vs bicubic on a folder")
     ev.add_argument("--model", required=True, help="checkpoint path or model name (as load_model takes)")

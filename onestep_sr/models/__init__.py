@@ -5,7 +5,7 @@ import torch
 
 from .autoencoder import VQAutoencoder
 from .configs import OFFICIAL_AUTOENCODER, OFFICIAL_DENOISER, AutoencoderConfig, DenoiserConfig
-from .denoiser import SwinUNetDenoiser, zero_init_outputs_
+from .denoiser import SwinUNetDenoiser, lq_condition, zero_init_outputs_
 from .pixel import PIXEL_AUTOENCODER, PixelSpaceAutoencoder, PixelSpaceConfig
 
 
@@ -31,6 +31,6 @@ def build_official_autoencoder(device: str | torch.device | None = None) -> VQAu
 
 __all__ = [
     "AutoencoderConfig", "DenoiserConfig", "OFFICIAL_AUTOENCODER", "OFFICIAL_DENOISER", "PIXEL_AUTOENCODER",
-    "PixelSpaceAutoencoder", "PixelSpaceConfig", "SwinUNetDenoiser", "VQAutoencoder", "build_autoencoder", "build_denoiser",
+    "PixelSpaceAutoencoder", "PixelSpaceConfig", "SwinUNetDenoiser", "lq_condition", "VQAutoencoder", "build_autoencoder", "build_denoiser",
     "build_official_autoencoder", "build_official_denoiser", "zero_init_outputs_",
 ]

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 
 RESIDUAL_MODES = ("none", "lq_bicubic")
+LQ_MODES = ("lq3", "unshuffle48")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class DenoiserConfig:
     # base is the bicubic x4 upsampled LR input, space-to-depth (pixel-space models only:
     # out_channels = 3 r^2, r the scale), so the network learns the correction of bicubic.
     residual: str = "none"
+    # The LR conditioning concatenated to x_t. "lq3" (official): the LR image itself, which has the
+    # latent's size only for x4 with an f4 latent. "unshuffle48" (our YONOS adaptation, any scale):
+    # the LR bicubic upsampled to the HR size, space-to-depth by 4: 48 channels at the latent grid
+    # whatever the scale, so x2, x4 and x8 models share one architecture (see ``lq_condition``).
+    lq_mode: str = "lq3"
 
     def __post_init__(self) -> None:
         res_blocks = self.num_res_blocks
@@ -55,8 +61,16 @@ class DenoiserConfig:
             raise ValueError("model_channels must be a multiple of 32 (GroupNorm with 32 groups)")
         if self.residual not in RESIDUAL_MODES:
             raise ValueError(f"unknown residual {self.residual!r}; use one of {', '.join(RESIDUAL_MODES)}")
-        if self.residual == "lq_bicubic" and (self.residual_scale < 2 or self.residual_scale ** 2 * 3 != self.out_channels
-                                              or self.lq_channels != 3):
+        if self.lq_mode not in LQ_MODES:
+            raise ValueError(f"unknown lq_mode {self.lq_mode!r}; use one of {', '.join(LQ_MODES)}")
+        if self.lq_mode == "unshuffle48" and self.lq_channels != 48:
+            raise ValueError(f"lq_mode 'unshuffle48' needs in_channels = out_channels + 48, got "
+                             f"in_channels={self.in_channels}, out_channels={self.out_channels}")
+        if self.residual == "lq_bicubic" and self.lq_mode == "unshuffle48" and self.out_channels != 48:
+            raise ValueError("residual 'lq_bicubic' with lq_mode 'unshuffle48' needs a pixel-space f4 model "
+                             f"(out_channels 48), got out_channels={self.out_channels}")
+        if self.residual == "lq_bicubic" and self.lq_mode == "lq3" and (
+                self.residual_scale < 2 or self.residual_scale ** 2 * 3 != self.out_channels or self.lq_channels != 3):
             raise ValueError("residual 'lq_bicubic' needs a pixel-space model (out_channels = 3 x scale^2, scale >= 2, "
                              f"3 LR channels), got out_channels={self.out_channels}, in_channels={self.in_channels}")
 

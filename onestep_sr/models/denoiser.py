@@ -22,7 +22,8 @@ class _Step(nn.Sequential):
 
 class SwinUNetDenoiser(nn.Module):
     """``forward(x, t, lq)``: x is the already scaled noisy latent x_t / sqrt(1 + kappa^2 eta_t),
-    t the integer step index (0..T-1), lq the LR image in [-1, 1] at the latent's H x W.
+    t the integer step index (0..T-1), lq the LR condition in [-1, 1] at the latent's H x W (the LR
+    image itself, or for ``lq_mode`` "unshuffle48" its 48-channel form, see ``lq_condition``).
     Returns the predicted clean latent x0 (unclamped)."""
 
     def __init__(self, config: DenoiserConfig):
@@ -80,6 +81,8 @@ class SwinUNetDenoiser(nn.Module):
         x0 = base + network output. Our proposal, not the papers': with the output convolution at
         zero the untrained model is bicubic. (A learnt per-step gate on the input's own detail,
         x0 = base + g(t) (x - base) + output, measured worse: see README "Training".)"""
+        if self.config.lq_mode == "unshuffle48":  # the condition already is that base
+            return lq.float()
         r = self.config.residual_scale
         up = F.interpolate(lq.float(), scale_factor=r, mode="bicubic", align_corners=False)
         return F.pixel_unshuffle(up, r)
@@ -117,6 +120,21 @@ class SwinUNetDenoiser(nn.Module):
         if self.config.residual == "lq_bicubic":
             return (self.residual_base(lq) + out.float()).to(x.dtype)
         return out.to(x.dtype)
+
+
+def lq_condition(lq: torch.Tensor, lq_mode: str, scale: int, latent_factor: int = 4) -> torch.Tensor:
+    """The LR condition a denoiser with ``lq_mode`` takes for an LR image ``lq`` (B x 3 x h x w in
+    [-1, 1]) of a x``scale`` model: "lq3" the image itself (the latent grid is the LR grid: x4
+    with an f4 latent only); "unshuffle48" the bicubic x``scale`` upsampled image, space-to-depth
+    by the latent factor (48 channels at the latent grid for f4; lossless for scale <= 4)."""
+    if lq_mode == "lq3":
+        if scale != latent_factor:
+            raise ValueError(f"a model with the LR image as its condition (lq3) runs x{latent_factor} only, not x{scale}")
+        return lq
+    if lq_mode != "unshuffle48":
+        raise ValueError(f"unknown lq_mode {lq_mode!r}")
+    up = F.interpolate(lq, scale_factor=scale, mode="bicubic", align_corners=False)
+    return F.pixel_unshuffle(up, latent_factor)
 
 
 def zero_init_outputs_(model: SwinUNetDenoiser) -> SwinUNetDenoiser:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .degradations import DegradationConfig, bicubic_degrade, degrade
+from .degradations import DegradationConfig, bicubic_degrade, degrade, degrade_coupled
 
 DEGRADATIONS = ("realesrgan", "bicubic")
 AUGMENTS = ("flip", "all")
@@ -113,3 +113,26 @@ class CaptionedPairDataset(PairDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         lq, gt, source = self.pair(index)
         return lq, gt, self.prompts[source]
+
+
+class CoupledPairDataset(PairDataset):
+    """Pairs at two scales from ONE draw, for scale distillation: ``(lq, lq_teacher, gt)``, where
+    ``lq`` is the x``scale`` LR and ``lq_teacher`` the x``teacher_scale`` LR of the same crop with
+    the same degradation draw (bicubic: both are plain downscales; realesrgan: every random
+    choice is shared, see ``degradations.degrade_coupled``). ``lq`` equals what a
+    :class:`PairDataset` of the same arguments at ``scale`` gives for the same index."""
+
+    def __init__(self, *args, teacher_scale: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.gt_size % teacher_scale:
+            raise ValueError(f"the GT crop ({self.gt_size}) must be a multiple of the teacher's scale ({teacher_scale})")
+        self.teacher_scale = teacher_scale
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(index)])
+        gt = self.crop_with_index(rng)[0].contiguous()
+        if self.degradation == "bicubic":
+            lq, lq_teacher = (bicubic_degrade(gt, s) for s in (self.scale, self.teacher_scale))
+        else:
+            lq, lq_teacher = degrade_coupled(gt, (self.scale, self.teacher_scale), rng, self.config)
+        return lq.float(), lq_teacher.float(), gt.float()

@@ -365,11 +365,21 @@ def _random_mode(rng: np.random.Generator, config: DegradationConfig) -> str:
 def _random_noise(x: torch.Tensor, rng: np.random.Generator, gaussian_prob: float,
                   sigma_range: tuple[float, float], poisson_range: tuple[float, float],
                   gray_prob: float) -> torch.Tensor:
+    """The noise field comes from a child generator seeded by ONE draw of ``rng``, so the main
+    stream consumes the same number of values whatever the image size: two calls of ``degrade``
+    from equal generator states at different scales make the same random choices (coupled LR
+    images for scale distillation, see ``degrade_coupled``)."""
     if rng.random() < gaussian_prob:
         sigma = rng.uniform(*sigma_range) / 255.0
-        return add_gaussian_noise(x, sigma, bool(rng.random() < gray_prob), rng)
+        gray = bool(rng.random() < gray_prob)
+        return add_gaussian_noise(x, sigma, gray, _child(rng))
     scale = rng.uniform(*poisson_range)
-    return add_poisson_noise(x, scale, bool(rng.random() < gray_prob), rng)
+    gray = bool(rng.random() < gray_prob)
+    return add_poisson_noise(x, scale, gray, _child(rng))
+
+
+def _child(rng: np.random.Generator) -> np.random.Generator:
+    return np.random.default_rng(int(rng.integers(2**63)))
 
 
 def _check_hr(hr: torch.Tensor, scale: int) -> None:
@@ -424,6 +434,20 @@ def degrade(hr: torch.Tensor, scale: int, rng: np.random.Generator,
         x = random_resize(x, lr_size, _random_mode(rng, c))
         x = filter2d(x, final_kernel)
     return quantise(x)[0].to(torch.float32)
+
+
+def degrade_coupled(hr: torch.Tensor, scales: tuple[int, ...], rng: np.random.Generator,
+                    config: DegradationConfig = DegradationConfig()) -> list[torch.Tensor]:
+    """One Real-ESRGAN degradation draw applied at several final scales: every random choice
+    (kernels, resize factors and modes, noise levels and fields' seeds, JPEG qualities, the order
+    of the final stage) is the same; only the final down-scale (and the sizes that follow from
+    it) differ. Leaves ``rng`` as one call of :func:`degrade` would."""
+    state = rng.bit_generator.state
+    out = []
+    for scale in scales:
+        rng.bit_generator.state = state
+        out.append(degrade(hr, scale, rng, config))
+    return out
 
 
 def bicubic_degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:

@@ -99,3 +99,20 @@ class CsvLog:
 
     def __exit__(self, *exc) -> None:
         self.file.close()
+
+
+def stage_seconds(log: Path) -> float:
+    """Training seconds of a run over all its invocations, from its log.csv (whose clock restarts
+    at each resume); 0 without a log."""
+    import csv
+
+    if not Path(log).is_file():
+        return 0.0
+    total, last = 0.0, 0.0
+    with open(log) as f:
+        for row in csv.DictReader(f):
+            seconds = float(row["seconds"])
+            if seconds < last:
+                total += last
+            last = seconds
+    return total + last

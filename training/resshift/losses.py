@@ -11,6 +11,16 @@ s_T = sqrt(1 + kappa^2 eta_T) and T' = T - 1:
 - L_gt = MSE(student(sg[student(x0 / s_T, 0, lq)] / s_T, T', lq), x0): the x_T the student
   assigns to the ground truth must map back onto it.
 Total = L_distill + L_inverse + L_gt (equal weights, as released).
+
+YONOS scale distillation (Noroozi et al. 2024, see ../shared/specs/yonos.md): a frozen teacher at
+scale s/2 gives the target, its single-call x0 prediction, for the student at scale s.
+- Paper: the same noisy state z_t, the same t, the teacher sees the easier LR; L2 to the
+  teacher's x0 prediction replaces the GT target.
+- Our adaptation to residual shifting (the state depends on the LR, so "the same z_t" cannot
+  hold): the same HR crop x0, the same eps and t, each model on its own state
+  x_t^S = x0 + eta_t (y_s - x0) + kappa sqrt(eta_t) eps and x_t^T likewise with y_{s/2};
+  L_scale = MSE(student(x_t^S, t, c_s), sg teacher(x_t^T, t, c_{s/2})), plus an optional
+  lambda_gt MSE(student(...), x0) (0 by default).
 """
 from __future__ import annotations
 
@@ -86,3 +96,18 @@ def sinsr_losses(student: Denoiser, teacher: Denoiser, schedule: ResShiftSchedul
         gt = per_sample_mse(call(student, schedule, x_T_of_gt, last, lq), x0)
     return {"distill": distill, "inverse": inverse, "gt": gt,
             "total": w_distill * distill + w_inverse * inverse + w_gt * gt}
+
+
+def yonos_losses(student: Denoiser, teacher: Denoiser, schedule: ResShiftSchedule, x0: torch.Tensor,
+                 student_inputs: tuple[torch.Tensor, torch.Tensor], teacher_inputs: tuple[torch.Tensor, torch.Tensor],
+                 t: torch.Tensor, noise: torch.Tensor, lambda_gt: float = 0.0) -> dict[str, torch.Tensor]:
+    """L_scale (+ lambda_gt L_gt) per sample. ``*_inputs`` = (y, lq condition) of each model's
+    scale; both states share ``x0``, ``t`` and ``noise``."""
+    y_s, c_s = student_inputs
+    y_t, c_t = teacher_inputs
+    with torch.no_grad():
+        target = call(teacher, schedule, q_sample(schedule, x0, y_t, t, noise), t, c_t)
+    prediction = call(student, schedule, q_sample(schedule, x0, y_s, t, noise), t, c_s)
+    scale = per_sample_mse(prediction, target)
+    gt = per_sample_mse(prediction, x0) if lambda_gt else torch.zeros_like(scale)
+    return {"scale": scale, "gt": gt, "total": scale + lambda_gt * gt}

@@ -1,4 +1,6 @@
-"""One training loop for the ResShift teacher and the SinSR student, on accelerate.
+"""One training loop for the ResShift-space methods, on accelerate: the ResShift teacher
+(``resshift``), SinSR one-step distillation (``sinsr``) and YONOS scale distillation (``yonos``: a
+frozen teacher at scale s/2 gives the x0 targets of a student at scale s that starts as the teacher).
 
 A run folder holds ``config.json``, ``log.csv`` (one row per logged step), ``checkpoints/step-N/``
 (weights, EMA, optimiser; resumable) and the export ``model.safetensors`` + ``model.json`` that
@@ -23,15 +25,17 @@ from onestep_sr.checkpoint import atomic_write_text, load_denoiser, write_safete
 from onestep_sr.model import SCHEDULES
 from onestep_sr.model_info import ModelInfo, read_model_info, save_model
 from onestep_sr.models import (PIXEL_AUTOENCODER, DenoiserConfig, PixelSpaceAutoencoder, PixelSpaceConfig,
-                               build_denoiser, zero_init_outputs_)
+                               build_denoiser, lq_condition, zero_init_outputs_)
+from onestep_sr.models.configs import LQ_MODES
 from onestep_sr.pipeline import SCALE, bicubic_upscale
 
-from ..common.data import PairDataset
-from .losses import resshift_loss, sinsr_losses
+from ..common.data import CoupledPairDataset, PairDataset
+from .losses import resshift_loss, sinsr_losses, yonos_losses
 from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
                    save_run_state, staging_dir)
 
-MODES = ("resshift", "sinsr")
+MODES = ("resshift", "sinsr", "yonos")
+DISTILLING = ("sinsr", "yonos")  # modes that start from --teacher
 ARCHS = {
     # CI-sized: seconds per hundred steps on a CPU
     "tiny": dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), attention_resolutions=(32,),
@@ -49,7 +53,7 @@ ARCHS = {
 
 @dataclass
 class TrainConfig:
-    mode: str  # "resshift" (teacher) or "sinsr" (one-step student)
+    mode: str  # "resshift" (teacher), "sinsr" (one-step student) or "yonos" (scale distillation)
     data: str  # folder of HR images
     out: str  # run folder
     steps: int = 1000  # optimiser steps
@@ -67,10 +71,13 @@ class TrainConfig:
     schedule: str = "T15"
     kappa: float = 0.0  # noise scale of the schedule; 0 keeps the named schedule's (2.0)
     min_noise_level: float = 0.0  # noise std at the first step, kappa sqrt(eta_0); 0 keeps the schedule's (0.04)
-    teacher: str | None = None  # sinsr: the teacher checkpoint (the student starts from it)
+    scale: int = 0  # LR scale of the pairs; 0: 4 (resshift), the teacher's (sinsr), twice the teacher's (yonos)
+    lq_mode: str = ""  # LR condition of a new network: "lq3" or "unshuffle48"; "": lq3 at x4, else unshuffle48
+    teacher: str | None = None  # sinsr, yonos: the teacher checkpoint (the student starts from it)
     lambda_distill: float = 1.0  # sinsr: weights of the three terms (equal as released)
     lambda_inverse: float = 1.0
-    lambda_gt: float = 1.0
+    lambda_gt: float | None = None  # sinsr: 1 (as released); yonos: weight of the GT term, 0 (the paper's loss)
+    last_step_weight: float = 0.25  # yonos: share of samples at t = T-1, the step a one-step sampler calls
     init: str | None = None  # resshift: start from these weights
     mixed_precision: str = "no"  # "no", "fp16", "bf16" (GPU)
     seed: int = 0
@@ -84,8 +91,16 @@ class TrainConfig:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; use none or cosine")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
-        if self.mode == "sinsr" and not self.teacher:
-            raise ValueError("SinSR distillation needs --teacher (a trained ResShift checkpoint)")
+        if self.mode in DISTILLING and not self.teacher:
+            raise ValueError(f"{self.mode} distillation needs --teacher (a trained ResShift checkpoint)")
+        if self.lambda_gt is None:
+            self.lambda_gt = 1.0 if self.mode == "sinsr" else 0.0
+        if self.lq_mode and self.lq_mode not in LQ_MODES:
+            raise ValueError(f"unknown lq_mode {self.lq_mode!r}; use one of {', '.join(LQ_MODES)}")
+        if self.scale not in (0, 2, 4, 8):
+            raise ValueError(f"scale must be 2, 4 or 8 (0: the method's default), got {self.scale}")
+        if not 0 <= self.last_step_weight <= 1:
+            raise ValueError(f"last_step_weight is a share of the batch in [0, 1], got {self.last_step_weight}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         if not (self.kappa >= 0 and math.isfinite(self.kappa)):
@@ -93,7 +108,7 @@ class TrainConfig:
         if not (self.min_noise_level >= 0 and math.isfinite(self.min_noise_level)):
             raise ValueError(f"min_noise_level must be a positive number (0: the schedule's own), got {self.min_noise_level}")
         weights = (self.lambda_distill, self.lambda_inverse, self.lambda_gt)
-        if not all(w >= 0 and math.isfinite(w) for w in weights) or not any(weights):
+        if self.mode == "sinsr" and not all(w >= 0 and math.isfinite(w) for w in weights) or not any(weights):
             raise ValueError(f"the SinSR loss weights must be >= 0 and not all 0, got {weights}")
         if min(self.steps, self.batch_size, self.grad_accum) < 1:
             raise ValueError("steps, batch size and gradient accumulation must be at least 1")
@@ -121,13 +136,15 @@ def build_autoencoder(spec: str, device: torch.device) -> torch.nn.Module:
     return load_autoencoder(path, device=device).requires_grad_(False)
 
 
-def denoiser_config(arch: str, autoencoder: torch.nn.Module) -> DenoiserConfig:
+def denoiser_config(arch: str, autoencoder: torch.nn.Module, lq_mode: str = "lq3") -> DenoiserConfig:
     if arch in ARCHS:
         fields = dict(ARCHS[arch])
     else:
         fields = json.loads(Path(arch).read_text())
     channels = autoencoder.config.embed_dim
-    return DenoiserConfig(**{**fields, "in_channels": channels + 3, "out_channels": channels})
+    lq_channels = 48 if lq_mode == "unshuffle48" else 3
+    return DenoiserConfig(**{**fields, "in_channels": channels + lq_channels, "out_channels": channels,
+                             "lq_mode": lq_mode})
 
 
 def load_start(path: str) -> tuple[torch.nn.Module, ModelInfo | None]:
@@ -153,32 +170,57 @@ class Run:
             self.schedule = replace(self.schedule, kappa=c.kappa)
         if c.min_noise_level:
             self.schedule = replace(self.schedule, min_noise_level=c.min_noise_level)
-        self.teacher = None
-        if c.mode == "sinsr":
+        self.teacher, self.teacher_scale = None, None
+        self.scale = c.scale or SCALE
+        if c.mode in DISTILLING:
             teacher, info = load_start(c.teacher)
             if info and info.autoencoder != c.autoencoder:
                 raise ValueError(f"the teacher works with the {info.autoencoder!r} autoencoder, not {c.autoencoder!r}")
-            if info:  # the student learns the teacher's trajectories: the teacher's schedule
+            if info:  # the student learns from the teacher's predictions: the teacher's schedule
                 self.schedule = info.resshift_schedule()
+            self.teacher_scale = info.scale if info else SCALE
+            self.scale = self._student_scale(c, self.teacher_scale)
             self.teacher = teacher.to(device).eval().requires_grad_(False)
             model = load_denoiser(c.teacher)  # the student starts as the teacher
         elif c.init:
             model = load_denoiser(c.init)
         else:
             torch.manual_seed(c.seed)
-            model = zero_init_outputs_(build_denoiser(denoiser_config(c.arch, self.autoencoder)))
+            lq_mode = c.lq_mode or ("lq3" if self.scale == SCALE else "unshuffle48")
+            model = zero_init_outputs_(build_denoiser(denoiser_config(c.arch, self.autoencoder, lq_mode)))
+        self.lq_mode = model.config.lq_mode
+        if c.lq_mode and c.lq_mode != self.lq_mode:
+            raise ValueError(f"--lq-mode {c.lq_mode} differs from the starting model's {self.lq_mode}")
+        if self.lq_mode == "lq3" and self.scale != SCALE:
+            raise ValueError(f"a model with the LR image as its condition (lq3) trains at x{SCALE} only; "
+                             f"use --lq-mode unshuffle48 for x{self.scale}")
         self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(c, s))
         self.step = 0
         self._resume(model)
-        data = PairDataset(c.data, c.gt_size, SCALE, c.degradation, seed=c.seed, augment=c.augment)
+        if c.mode == "yonos":
+            data = CoupledPairDataset(c.data, c.gt_size, self.scale, c.degradation, seed=c.seed, augment=c.augment,
+                                      teacher_scale=self.teacher_scale)
+        else:
+            data = PairDataset(c.data, c.gt_size, self.scale, c.degradation, seed=c.seed, augment=c.augment)
         self.loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(data, range(self.step * c.batch_size * c.grad_accum,
                                                 c.steps * c.batch_size * c.grad_accum)),
             batch_size=c.batch_size, shuffle=False, num_workers=int(c.extra.get("workers", 0)))
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             model, self.optimizer, self.loader, self.scheduler)
+
+    @staticmethod
+    def _student_scale(c: TrainConfig, teacher_scale: int) -> int:
+        if c.mode == "sinsr":
+            if c.scale and c.scale != teacher_scale:
+                raise ValueError(f"SinSR keeps the teacher's scale x{teacher_scale}, not --scale {c.scale}")
+            return teacher_scale
+        scale = c.scale or 2 * teacher_scale
+        if scale <= teacher_scale:
+            raise ValueError(f"scale distillation needs a student scale above the teacher's x{teacher_scale}, got x{scale}")
+        return scale
 
     # --- checkpoints ---
 
@@ -206,29 +248,42 @@ class Run:
         model = self.accelerator.unwrap_model(self.model)
         net = build_denoiser(model.config)
         net.load_state_dict(self.ema if use_ema else {k: v.cpu() for k, v in model.state_dict().items()})
-        sampler = "one_step" if self.config.mode == "sinsr" else "stochastic"
-        info = ModelInfo(autoencoder=self.config.autoencoder, scale=SCALE, schedule=asdict(self.schedule),
-                         sampler=sampler, description=f"{self.config.mode} model trained with onestep-sr train")
+        sampler = "one_step" if self.config.mode in DISTILLING else "stochastic"
+        description = f"{self.config.mode} model trained with onestep-sr train"
+        if self.config.mode == "yonos":
+            description += f" (scale-distilled from a x{self.teacher_scale} teacher)"
+        info = ModelInfo(autoencoder=self.config.autoencoder, scale=self.scale, schedule=asdict(self.schedule),
+                         sampler=sampler, description=description)
         path, _ = save_model(self.out / "model.safetensors", net, info)
         return path
 
     # --- steps ---
 
-    def _latents(self, lq: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x0 = Enc(gt), y = Enc(bicubic x4 of lq), lq) in the model's [-1, 1] domain."""
-        lq, gt = lq * 2 - 1, gt * 2 - 1
+    def _inputs(self, lq: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y = Enc(bicubic x``scale`` of lq), the LR condition) for ``lq`` in [0, 1]."""
+        lq = lq * 2 - 1
         with torch.no_grad():
-            return self.autoencoder.encode(gt), self.autoencoder.encode(bicubic_upscale(lq)), lq
+            return self.autoencoder.encode(bicubic_upscale(lq, scale)), lq_condition(lq, self.lq_mode, scale)
 
-    def losses(self, lq: torch.Tensor, gt: torch.Tensor, micro: int) -> dict[str, torch.Tensor]:
-        x0, y, lq = self._latents(lq, gt)
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + micro)
+    def losses(self, batch: tuple[torch.Tensor, ...], micro: int) -> dict[str, torch.Tensor]:
+        """The loss terms of one micro-batch (``batch``: (lq, gt), or (lq, lq_teacher, gt) for yonos)."""
+        c = self.config
+        lq, gt = batch[0], batch[-1]
+        with torch.no_grad():
+            x0 = self.autoencoder.encode(gt * 2 - 1)
+        y, cond = self._inputs(lq, self.scale)
+        generator = torch.Generator().manual_seed(c.seed * 1_000_003 + micro)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        if self.config.mode == "resshift":
-            t = torch.randint(0, self.schedule.steps, (x0.shape[0],), generator=generator).to(x0.device)
-            return {"total": resshift_loss(self.model, self.schedule, x0, y, lq, t, noise)}
-        weights = (self.config.lambda_distill, self.config.lambda_inverse, self.config.lambda_gt)
-        return sinsr_losses(self.model, self.teacher, self.schedule, x0, y, lq, noise, weights)
+        if c.mode == "sinsr":
+            weights = (c.lambda_distill, c.lambda_inverse, c.lambda_gt)
+            return sinsr_losses(self.model, self.teacher, self.schedule, x0, y, cond, noise, weights)
+        t = torch.randint(0, self.schedule.steps, (x0.shape[0],), generator=generator)
+        if c.mode == "resshift":
+            return {"total": resshift_loss(self.model, self.schedule, x0, y, cond, t.to(x0.device), noise)}
+        last = torch.rand(x0.shape[0], generator=generator) < c.last_step_weight  # our up-weighting of T-1
+        t = torch.where(last, torch.full_like(t, self.schedule.steps - 1), t).to(x0.device)
+        return yonos_losses(self.model, self.teacher, self.schedule, x0, (y, cond),
+                            self._inputs(batch[1], self.teacher_scale), t, noise, c.lambda_gt)
 
     def ema_decay(self) -> float:
         """The configured decay, warmed up as (1 + step) / (10 + step) so the average forgets the
@@ -252,9 +307,9 @@ class Run:
         micro = self.step * c.grad_accum
         self.model.train()
         with CsvLog(self.out / "log.csv") as log:
-            for lq, gt in self.loader:
+            for batch in self.loader:
                 with self.accelerator.accumulate(self.model):
-                    parts = self.losses(lq, gt, micro)
+                    parts = self.losses(batch, micro)
                     loss = parts["total"].mean()
                     if not math.isfinite(loss.item()):
                         raise FloatingPointError(f"the loss is {loss.item()} at step {self.step}; lower --lr "
