@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--arch", default="compact")
     parser.add_argument("--teacher-steps", type=int, default=2000)
     parser.add_argument("--teacher-lr", type=float, default=1e-3)
-    parser.add_argument("--steps", type=int, default=1000, help="steps of S4-scale and S4-direct")
+    parser.add_argument("--steps", type=int, default=600, help="steps of S4-scale and S4-direct")
     parser.add_argument("--lr", type=float, default=5e-4, help="learning rate of S4-scale and S4-direct")
     parser.add_argument("--sinsr-steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)

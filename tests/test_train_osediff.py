@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from training import osediff_losses as L
+from training.sd import osediff_losses as L
 from training.common.perceptual import build_perceptual, feature_distance
 
 pytest.importorskip("peft")
@@ -503,3 +503,42 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale(tiny, monkeypatch, fr
     assert len(moved) == len(start)                                      # the next step trains everything
     assert all(torch.isfinite(p).all() for p in run.gen_params.values())
     assert all(torch.isfinite(v).all() for v in run.ema.values())
+
+
+def test_scale_curriculum_starts_from_the_x2_run_and_targets_its_latent_on_the_coupled_lr(trained, tiny):
+    """--scale 4 --init X2 --scale-teacher X2 (yonos.md 3.2 (ii-b)): the x4 run starts from the x2
+    run's exported (EMA) generator, each step adds lambda_scale MSE(z(LR4), sg z_x2(LR2)) on the same
+    crop, the teacher latent is the x2 generator's, and the student's weights are put back after it."""
+    from training.sd.osediff import OSEDiffRun, run_weights
+
+    x2 = OSEDiffRun(_config(tiny, "x2", 2, scale=2))
+    x2.train(progress=False)
+    x2_weights = run_weights(str(x2.out))
+    run = OSEDiffRun(_config(tiny, "x4_curriculum", 2, scale=4, init=str(x2.out), scale_teacher=str(x2.out),
+                             lambda_scale=0.5))
+    for name, p in run.gen_params.items():
+        assert torch.equal(p.detach(), x2_weights[name].to(p.dtype)), name   # starts as the x2 generator
+    lq, lq_teacher, gt, prompt = run.loader.dataset.dataset[0]
+    assert lq.shape == (3, 16, 16) and lq_teacher.shape == (3, 32, 32) and gt.shape == (3, 64, 64)
+    with torch.no_grad():
+        for p in run.gen_params.values():   # make the student differ from its teacher
+            p.add_(0.01)
+    own = {k: p.detach().clone() for k, p in run.gen_params.items()}
+    context = run.embeddings([prompt])
+    target = run.teacher_latent(lq_teacher[None], context, (64, 64))
+    assert all(torch.equal(p.detach(), own[k]) for k, p in run.gen_params.items())  # weights put back
+    # the target is what the x2 run's generator gives for the x2 LR
+    reference = OSEDiffRun(_config(tiny, "x2_reference", 1, scale=2, init=str(x2.out)))
+    with torch.no_grad():
+        expected = reference.generator.latent(lq_teacher[None], reference.embeddings([prompt]), (64, 64))
+    assert torch.allclose(target, expected, atol=1e-5)
+    parts, z = run.generator_losses(lq[None], gt[None], [prompt], 0, lq_teacher[None])
+    assert float(parts["scale"].detach()) == pytest.approx(float((z.detach() - target).pow(2).mean()), rel=1e-4)
+    base = parts["total"] - 0.5 * parts["scale"]
+    plain, _ = run.generator_losses(lq[None], gt[None], [prompt], 0)
+    assert "scale" not in plain and float(plain["total"]) == pytest.approx(float(base), rel=1e-5)
+    run.train(progress=False)
+    rows = list(csv.DictReader(open(run.out / "log.csv")))
+    assert all(math.isfinite(float(r["loss_scale"])) for r in rows)
+    with pytest.raises(ValueError, match="needs --scale 4 or 8"):
+        _config(tiny, "bad", 1, scale=2, scale_teacher=str(x2.out))

@@ -101,14 +101,19 @@ class PairDataset(torch.utils.data.Dataset):
         return self.pair(index)[:2]
 
 
+def captions(files: list[Path], prompt: str) -> list[str]:
+    """The prompt of each image: the text of the ``<image stem>.txt`` file beside it, else ``prompt``."""
+    return [p.with_suffix(".txt").read_text(encoding="utf-8").strip() if p.with_suffix(".txt").is_file() else prompt
+            for p in files]
+
+
 class CaptionedPairDataset(PairDataset):
     """Pairs with a prompt: ``(lq, gt, prompt)``. The prompt of a crop is the text of the
     ``<image stem>.txt`` file beside its source image when there is one, else ``prompt``."""
 
     def __init__(self, *args, prompt: str = "", **kwargs):
         super().__init__(*args, **kwargs)
-        self.prompts = [p.with_suffix(".txt").read_text(encoding="utf-8").strip()
-                        if p.with_suffix(".txt").is_file() else prompt for p in self.files]
+        self.prompts = captions(self.files, prompt)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         lq, gt, source = self.pair(index)
@@ -128,11 +133,29 @@ class CoupledPairDataset(PairDataset):
             raise ValueError(f"the GT crop ({self.gt_size}) must be a multiple of the teacher's scale ({teacher_scale})")
         self.teacher_scale = teacher_scale
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def coupled(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(lq, lq_teacher, gt, index in ``files`` of the source image) of pair ``index``."""
         rng = np.random.default_rng([self.seed, int(index)])
-        gt = self.crop_with_index(rng)[0].contiguous()
+        gt, source = self.crop_with_index(rng)
+        gt = gt.contiguous()
         if self.degradation == "bicubic":
             lq, lq_teacher = (bicubic_degrade(gt, s) for s in (self.scale, self.teacher_scale))
         else:
             lq, lq_teacher = degrade_coupled(gt, (self.scale, self.teacher_scale), rng, self.config)
-        return lq.float(), lq_teacher.float(), gt.float()
+        return lq.float(), lq_teacher.float(), gt.float(), source
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.coupled(index)[:3]
+
+
+class CaptionedCoupledPairDataset(CoupledPairDataset):
+    """Coupled pairs with a prompt: ``(lq, lq_teacher, gt, prompt)`` (prompts as in
+    :class:`CaptionedPairDataset`)."""
+
+    def __init__(self, *args, prompt: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prompts = captions(self.files, prompt)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+        lq, lq_teacher, gt, source = self.coupled(index)
+        return lq, lq_teacher, gt, self.prompts[source]

@@ -21,6 +21,13 @@ regulariser gradients). The run folder holds ``config.json``, ``log.csv``, ``che
 on the same ``--out``) and
 the export ``osediff_lora.safetensors`` + ``osediff_lora_vae.safetensors`` (``osediff_export``).
 Timesteps and noise are functions of (seed, step), the pairs of (seed, index).
+
+Scale curriculum (YONOS's scale distillation on this path, ../shared/specs/yonos.md 3.2 (ii-b),
+our adaptation): train a x2 run first (``--scale 2``), then the x4 run from it (``--init X2_RUN``)
+with ``--scale-teacher X2_RUN``: an extra ``lambda_scale * MSE(z_student(LR4), sg z_x2(LR2))`` on
+the same HR crop with coupled degradations, on top of MSE + perceptual + VSD. Only the paper's
+second reason applies (an easier task gives an accurate target): this generator has no noise
+levels to adapt the target to.
 """
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ from onestep_sr.sd.formulas import scaled_linear_alphas_cumprod
 from onestep_sr.sd.lora import DEFAULT_ALPHA
 
 from . import osediff_losses as L
-from ..common.data import AUGMENTS, DEGRADATIONS, CaptionedPairDataset
+from ..common.data import AUGMENTS, DEGRADATIONS, CaptionedCoupledPairDataset, CaptionedPairDataset
 from ..common.perceptual import PERCEPTUALS, build_perceptual
 from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
                    save_run_state, staging_dir)
@@ -65,6 +72,10 @@ class OSEDiffConfig:
     grad_clip: float = 1.0
     ema: float = 0.999
     gt_size: int = 512
+    scale: int = 4  # LR scale of the pairs (the generator resizes the LR to the HR crop size)
+    init: str | None = None  # a run folder (its newest checkpoint): start from its weights
+    scale_teacher: str | None = None  # the x(scale/2) run of the scale curriculum (a run folder)
+    lambda_scale: float = 1.0  # weight of the latent term against the scale teacher
     degradation: str = "realesrgan"
     augment: str = "flip"
     rank: int = 4
@@ -97,6 +108,11 @@ class OSEDiffConfig:
             raise ValueError(f"unknown perceptual loss {self.perceptual!r}; use one of {', '.join(PERCEPTUALS)}")
         if self.degradation not in DEGRADATIONS or self.augment not in AUGMENTS:
             raise ValueError(f"degradation must be one of {DEGRADATIONS}, augment one of {AUGMENTS}")
+        if self.scale not in (2, 4, 8) or self.gt_size % (8 * self.scale):
+            raise ValueError(f"--scale must be 2, 4 or 8 and --gt-size a multiple of 8 x scale, got {self.scale}, "
+                             f"{self.gt_size}")
+        if self.scale_teacher and self.scale < 4:
+            raise ValueError("a scale teacher works at half the scale: --scale-teacher needs --scale 4 or 8")
         if self.gt_size % 32:
             raise ValueError(f"--gt-size must be a multiple of 32 (the LR is gt/4, the latent gt/8), got {self.gt_size}")
         if min(self.steps, self.batch_size, self.grad_accum, self.rank) < 1:
@@ -137,6 +153,9 @@ class OSEDiffRun:
         self._embeddings: dict[str, torch.Tensor] = {}
         self.gen_params = {**trainable(generator.unet, "unet."), **trainable(generator.vae, "vae.")}
         self.reg_params = trainable(score.unet, "reg.")
+        if c.init:
+            self._load_trainable(run_weights(c.init, generator_ema=True))
+        self.scale_teacher = run_weights(c.scale_teacher, generator_ema=True) if c.scale_teacher else None
         self.optimizer = torch.optim.AdamW(
             [{"params": list(self.gen_params.values()), "lr": c.lr},
              {"params": list(self.reg_params.values()), "lr": c.lr_regulariser}],
@@ -147,8 +166,12 @@ class OSEDiffRun:
         self.step = 0
         self.last_losses: dict[str, float] = {}  # the last logged means (export header)
         self._resume()
-        data = CaptionedPairDataset(c.data, c.gt_size, 4, c.degradation, seed=c.seed, augment=c.augment,
-                                    prompt=c.prompt)
+        if self.scale_teacher is not None:
+            data = CaptionedCoupledPairDataset(c.data, c.gt_size, c.scale, c.degradation, seed=c.seed, augment=c.augment,
+                                               prompt=c.prompt, teacher_scale=c.scale // 2)
+        else:
+            data = CaptionedPairDataset(c.data, c.gt_size, c.scale, c.degradation, seed=c.seed, augment=c.augment,
+                                        prompt=c.prompt)
         per_step = c.batch_size * c.grad_accum * self.accelerator.num_processes  # pairs per optimiser step
         self.loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(data, range(self.step * per_step, c.steps * per_step)),
@@ -175,14 +198,23 @@ class OSEDiffRun:
         noise = torch.randn(z.shape, generator=generator)
         return t.to(z.device), noise.to(z.device, z.dtype)
 
-    def generator_losses(self, lq, gt, prompts, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """({"mse", "perceptual", "vsd", "total"}, z) of one micro-batch."""
+    def generator_losses(self, lq, gt, prompts, step: int,
+                         lq_teacher: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """({"mse", "perceptual", "vsd", ("scale",) "total"}, z) of one micro-batch; ``lq_teacher``:
+        the coupled x(scale/2) LR of the scale curriculum."""
         c = self.config
         context = self.embeddings(list(prompts))
         lq, x_hq = lq.to(context.device), gt.to(context.device) * 2 - 1
-        z, x_hat = self.generator(lq, context)
+        size = tuple(x_hq.shape[-2:])
+        target = None
+        if lq_teacher is not None and c.lambda_scale:  # first: it swaps weights the graph must not see change
+            target = self.teacher_latent(lq_teacher.to(context.device), context, size)
+        z, x_hat = self.generator(lq, context, size)
         parts = {"mse": L.data_loss(x_hat, x_hq).mean()}
         total = c.lambda_mse * parts["mse"]
+        if target is not None:
+            parts["scale"] = (z.float() - target.float()).pow(2).mean()
+            total = total + c.lambda_scale * parts["scale"]
         if self.perceptual is not None and c.lambda_perceptual:
             parts["perceptual"] = self.perceptual(x_hat.float(), x_hq).mean()
             total = total + c.lambda_perceptual * parts["perceptual"]
@@ -207,6 +239,26 @@ class OSEDiffRun:
         z_t = L.add_noise(z, noise, t, self.alphas_cumprod)
         target = L.diffusion_target(z, noise, t, self.alphas_cumprod, self.prediction_type)
         return L.regulariser_loss(self.score(z_t, t, context), target)
+
+    @torch.no_grad()
+    def teacher_latent(self, lq: torch.Tensor, context: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The scale teacher's latent: the same network with the teacher's generator weights swapped
+        in for one forward (no second UNet in memory), then the student's weights put back."""
+        own = {k: p.detach().clone() for k, p in self.gen_params.items()}
+        generator = self.accelerator.unwrap_model(self.generator)
+        try:
+            for k, p in self.gen_params.items():
+                p.copy_(self.scale_teacher[k].to(p))
+            return generator.latent(lq, context, size)
+        finally:
+            for k, p in self.gen_params.items():
+                p.copy_(own[k])
+
+    def _load_trainable(self, weights: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, p in {**self.gen_params, **self.reg_params}.items():
+                if name in weights:
+                    p.copy_(weights[name])
 
     # --- checkpoints ---
 
@@ -263,9 +315,11 @@ class OSEDiffRun:
         self.generator.train()
         self.score.train()
         with CsvLog(self.out / "log.csv") as log:
-            for lq, gt, prompts in self.loader:
+            for batch in self.loader:
+                lq, gt, prompts = batch[0], batch[-2], batch[-1]
+                lq_teacher = batch[1] if len(batch) == 4 else None
                 with acc.accumulate(self.generator, self.score), acc.autocast():
-                    parts, z = self.generator_losses(lq, gt, prompts, micro)
+                    parts, z = self.generator_losses(lq, gt, prompts, micro, lq_teacher)
                     if not math.isfinite(parts["total"].item()):
                         raise FloatingPointError(f"the generator loss is {parts['total'].item()} at step "
                                                  f"{self.step}; lower --lr or use --mixed-precision no")
@@ -297,3 +351,15 @@ class OSEDiffRun:
         self.generator.eval()
         self.score.eval()
         return self.export() if acc.is_main_process else self.out / LORA_FILE
+
+
+def run_weights(folder: str, generator_ema: bool = True) -> dict[str, torch.Tensor]:
+    """The trainable weights of an earlier run (its newest checkpoint), with the generator's EMA
+    (what the run exports) in place of its raw weights when ``generator_ema``."""
+    saved = checkpoint_dirs(Path(folder))
+    if not saved:
+        raise FileNotFoundError(f"{folder}: not an osediff run folder with a checkpoint (checkpoints/step-N/)")
+    weights = load_file(saved[-1] / "trainable.safetensors")
+    if generator_ema:
+        weights.update(load_file(saved[-1] / "ema.safetensors"))
+    return weights

@@ -33,6 +33,11 @@ HELP = {
     "gradient_checkpointing": "trade compute for memory (UNets and VAE)",
     "mixed_precision": "no, fp16 or bf16 (GPU)", "seed": "seed of the pairs, timesteps, noise and LoRA init",
     "log_every": "steps between log.csv rows", "save_every": "steps between checkpoints", "keep": "checkpoints kept",
+    "scale": "LR scale of the pairs: 2, 4 or 8 (the generator resizes the LR to the HR crop)",
+    "init": "start from an earlier osediff run folder (its newest checkpoint; the generator's EMA)",
+    "scale_teacher": "scale curriculum: the x(scale/2) run folder whose generator gives a latent target on the same "
+                     "HR crop (coupled degradations); e.g. --scale 4 --init runs/x2 --scale-teacher runs/x2",
+    "lambda_scale": "weight of the latent MSE against --scale-teacher",
 }
 
 
