@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .checkpoint import new_file_mode
 
@@ -364,43 +363,19 @@ def read_image(path, max_pixels: int | None = None) -> Image.Image:
     """Decode an image file completely and return it with its EXIF orientation applied.
 
     The file is closed before returning. Only the first frame of animated / multi-page files is
-    read. Errors are :class:`ImageInputError`: missing path, a folder, not an image, truncated or
-    corrupt data, more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` (decompression-bomb guard) or
-    than ``max_pixels`` (checked from the header, before any pixel is decoded).
+    read. Errors are :class:`ImageInputError`: those of :func:`onestep_sr.imagefile.open_image`
+    (missing path, a folder, not an image, more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` or
+    than ``max_pixels``, from the header, before any pixel is decoded), then truncated or corrupt data.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ImageInputError(f"input not found: {path}")
-    if path.is_dir():
-        raise ImageInputError(f"{path}: is a folder, not an image file")
-    try:
-        handle = open(path, "rb")
-    except OSError as error:
-        raise ImageInputError(f"{path}: cannot read the file ({error.strerror or error})") from error
-    with handle, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = _open_image(handle, path)
-        if max_pixels is not None and image.width * image.height > max_pixels:
-            raise ImageInputError(f"{path}: {image.width}x{image.height} is {image.width * image.height:,} pixels, "
-                                  f"over the limit of {max_pixels:,}")
-        return _oriented(image, str(path))
+    from .imagefile import open_image  # imagefile builds on this module
+
+    with open_image(path, max_pixels) as image:
+        return _oriented(image, str(Path(path)))
 
 
 def _too_large(label, error: Exception) -> ImageInputError:
     return ImageInputError(f"{label}: image too large ({error}); the limit is "
                            f"Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels")
-
-
-def _open_image(handle, path: Path) -> Image.Image:
-    try:
-        return Image.open(handle)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise _too_large(path, error) from error
-    except UnidentifiedImageError as error:
-        reason = "the file is empty" if path.stat().st_size == 0 else "unrecognised image format"
-        raise ImageInputError(f"{path}: not an image ({reason})") from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageInputError(f"{path}: truncated or corrupt image ({error})") from error
 
 
 def _decode(image: Image.Image, label: str) -> None:
@@ -416,18 +391,10 @@ def _decode(image: Image.Image, label: str) -> None:
 SUPPORTED_EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
                         ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 _SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}  # 4:4:4 JPEG
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
-def _has_alpha(image: Image.Image) -> bool:
-    return image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
-
-
-def _fit_to_format(image: Image.Image, fmt: str, path: Path) -> Image.Image:
-    """Convert modes the format cannot store; refuse to drop alpha."""
-    if fmt in ("JPEG", "BMP") and _has_alpha(image):
-        raise ImageInputError(f"{path}: {fmt} cannot store the alpha channel of this {image.mode} "
-                              "image; save it as .png (or .webp/.tiff) instead")
+def _fit_to_format(image: Image.Image, fmt: str) -> Image.Image:
+    """Convert modes the format cannot store (alpha was checked by ``output_format``)."""
     if fmt == "JPEG" and image.mode == "P":
         return image.convert("RGB")
     high_depth = image.mode.startswith("I") or image.mode == "F"
@@ -449,14 +416,13 @@ def write_image_atomic(image: Image.Image, path, overwrite_guard: Path | None = 
     stores them as 16-bit; JPEG, WebP and BMP store 8-bit grey (``round(v / 257)``). The parent
     folder is created when missing; ``overwrite_guard`` (the input file) is never overwritten.
     """
+    from .imagefile import output_format  # imagefile builds on this module
+
     path = Path(path)
-    fmt = SUPPORTED_EXTENSIONS.get(path.suffix.lower())
-    if fmt is None:
-        raise ImageInputError(f"{path}: unsupported output extension {path.suffix!r}; use one of "
-                              f"{', '.join(SUPPORTED_EXTENSIONS)}")
+    fmt = output_format(path, image)
     if overwrite_guard is not None and _same_file(path, Path(overwrite_guard)):
         raise ImageInputError(f"{path}: refusing to overwrite the input image {overwrite_guard}")
-    image = _fit_to_format(image, fmt, path)
+    image = _fit_to_format(image, fmt)
     options = dict(_SAVE_OPTIONS.get(fmt, {}))
     if image.info.get("icc_profile") and fmt != "BMP":
         options["icc_profile"] = image.info["icc_profile"]

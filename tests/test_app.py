@@ -177,7 +177,7 @@ def test_a_batch_gives_the_engine_result_and_reports_bad_files_without_stopping(
     assert [r.name for r in results] == ["notes.png", "photo.png", "half.png", "huge.png"]
     assert results[0].error == "not an image (unrecognised image format)"
     assert results[2].error.startswith("truncated or corrupt image")
-    assert results[3].error == "300x200 is 60,000 pixels, over the limit of 50,000"
+    assert results[3].error == "300x200 is 60,000 pixels, over the limit of 50,000 (--max-pixels)"
     photo = results[1]
     assert photo.error is None and photo.size == (80, 48) and photo.seed == 7
     engine = load_model({"denoiser": tiny / "SinSR_v1.pth", "autoencoder": tiny / "autoencoder_vq_f4.pth"},
@@ -228,6 +228,28 @@ def test_bad_options_and_models_raise_before_any_image(service, tmp_path):
     with pytest.raises(ValueError, match="not available"):
         service.entry(str(service.folders[0] / "gone.safetensors"))
     assert files_under(service.output_dir) == []
+
+
+def test_an_unwritable_output_folder_or_only_bad_uploads_load_no_model(service, tmp_path, monkeypatch):
+    """Fail before the expensive part: the output folder and every upload's header are checked
+    before the model is loaded (the model would be downloaded or loaded, then nothing written)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the files were checked")
+
+    monkeypatch.setattr(service, "model", refuse)
+    image = write_image(tmp_path / "in.png")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder should be")
+    service.output_dir = blocker / "results"
+    with pytest.raises(OSError, match=f"cannot write results into {blocker / 'results'}: {blocker} is a file"):
+        list(service.upscale_files([image], "registry:sinsr_v1", Settings()))
+    service.output_dir = tmp_path / "out"
+    service.max_pixels = 100
+    bad = bad_uploads(tmp_path / "uploads")
+    results = list(service.upscale_files([bad["text"], image], "registry:sinsr_v1", Settings()))
+    assert [r.error for r in results] == ["not an image (unrecognised image format)",
+                                          "20x12 is 240 pixels, over the limit of 100 (--max-pixels)"]
+    assert files_under(tmp_path / "out") == []
 
 
 def test_cancel_stops_after_the_current_network_call_and_keeps_finished_results(service, tmp_path):
@@ -317,7 +339,7 @@ def test_the_page_upscales_uploads_and_reports_bad_ones_over_http(served_app, tm
     assert lines[0] == "- **failed:** notes.png: not an image (unrecognised image format)"
     assert lines[1].startswith("- photo.png: 80x48 in ") and lines[1].endswith("(seed 5)")
     assert lines[2].startswith("- **failed:** half.png: truncated or corrupt image")
-    assert lines[3] == "- **failed:** huge.png: 300x200 is 60,000 pixels, over the limit of 50,000"
+    assert lines[3] == "- **failed:** huge.png: 300x200 is 60,000 pixels, over the limit of 50,000 (--max-pixels)"
     # the server goes on serving: a model change and another run
     status, steps = client.predict(str(models / "tiny_teacher.safetensors"), api_name="/on_model")
     assert status == "ready (local file)" and steps["value"] == "4/stochastic"

@@ -6,6 +6,7 @@ The tiny random golden models (``--denoiser/--autoencoder``) keep every upscale 
 from __future__ import annotations
 
 import io
+import os
 import re
 import sys
 import zipfile
@@ -271,7 +272,7 @@ def _empty_folder(d: Path) -> Path:
     (_write("half.png", _png_bytes()[: len(_png_bytes()) // 2]), "truncated or corrupt image"),
     (_write("half.jpg", _jpeg_bytes()[: len(_jpeg_bytes()) // 2]), "truncated or corrupt image"),
 ], ids=["missing", "empty-folder", "glob-nothing", "text-as-png", "empty-file", "truncated-png", "truncated-jpeg"])
-def test_bad_inputs(tmp_path, weights, cli, make, message):
+def test_bad_inputs(tmp_path, weights, cli, no_model, make, message):
     src = make(tmp_path)
     out = tmp_path / "out.png"
     code, stdout, stderr = cli("upscale", src, "-o", out, *weights)
@@ -377,3 +378,117 @@ def test_unknown_device_is_an_argparse_error(tmp_path, goldens, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["upscale", str(goldens / "pipeline_lr.png"), "-o", str(tmp_path / "o.png"), "--device", "toaster"])
     assert exit_info.value.code == 2 and "invalid device 'toaster'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# fail before the expensive part: inputs and output places are checked before any weights
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Loading a model fails the test: what is checked here must stop before any weights."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the files were checked")
+
+    monkeypatch.setattr("onestep_sr.cli.upscale.load_model", refuse)
+
+
+def _locked_folder(d: Path, monkeypatch) -> Path:
+    """A folder nobody may create files in (root ignores permissions: os.access is told so too)."""
+    locked = d / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked and mode & os.W_OK
+                        else real_access(p, mode, **kw))
+    return locked
+
+
+@pytest.mark.parametrize("case", ["under-a-file", "unwritable-folder", "rgba-to-jpeg", "existing-folder",
+                                  "over-max-pixels"])
+def test_a_bad_output_place_or_input_fails_before_any_weights(tmp_path, weights, cli, no_model, monkeypatch, case):
+    src = save(noise(16, 16, 4 if case == "rgba-to-jpeg" else 3), tmp_path / "in.png")
+    extra = []
+    if case == "under-a-file":
+        blocker = tmp_path / "notes.txt"
+        blocker.write_text("a file, not a folder")
+        out, reason = blocker / "sub" / "out.png", f"{blocker} is a file, not a folder"
+    elif case == "unwritable-folder":
+        locked = _locked_folder(tmp_path, monkeypatch)
+        out, reason = locked / "out.png", f"no permission to create files in {locked}"
+    elif case == "rgba-to-jpeg":
+        out, reason = tmp_path / "out.jpg", "JPEG cannot store the alpha channel of this RGBA image"
+    elif case == "existing-folder":  # -o names a folder; the output file's name is taken by a folder
+        (tmp_path / "results" / "in.png").mkdir(parents=True)
+        out, reason = tmp_path / "results", "it is an existing folder"
+    else:
+        out, reason, extra = tmp_path / "out.png", "256 pixels, over the limit of 100 (--max-pixels)", \
+            ["--max-pixels", "100"]
+    before = sorted(tmp_path.rglob("*"))
+    code, stdout, stderr = cli("upscale", src, "-o", out, *extra, *weights)
+    assert code == 2 and stdout == "" and len(stderr.splitlines()) == 1, stderr
+    written = out / "in.png" if case == "existing-folder" else out
+    assert stderr.startswith(f"onestep-sr: error: {src}: ") and reason in stderr
+    if case != "over-max-pixels":
+        assert f"cannot write {written}: " in stderr
+    assert sorted(tmp_path.rglob("*")) == before  # nothing created, nothing left
+
+
+def test_an_output_folder_under_a_file_stops_the_batch_before_any_weights(tmp_path, weights, cli, no_model):
+    a, b = save(noise(8, 8), tmp_path / "a.png"), save(noise(8, 8, seed=1), tmp_path / "b.png")
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file")
+    code, stdout, stderr = cli("upscale", a, b, "-o", blocker / "out", *weights)
+    assert code == 2 and stdout == ""
+    assert stderr == (f"onestep-sr: error: cannot write into the output folder {blocker / 'out'}: "
+                      f"{blocker} is a file, not a folder\n")
+
+
+def test_a_batch_whose_every_output_is_refused_loads_no_model(tmp_path, weights, cli, no_model):
+    folder = tmp_path / "in"
+    save(noise(8, 8, 4), folder / "a.png")
+    save(noise(8, 8, 2), folder / "b.png")  # grey + alpha
+    code, stdout, stderr = cli("upscale", folder, "-o", tmp_path / "out", "--format", "jpg", *weights)
+    assert code == 1 and stdout == ""
+    assert stderr.count("JPEG cannot store the alpha channel") == 2
+    assert "2 of 2 images failed; the other 0 were written" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_batch_drops_the_refused_job_and_writes_the_others(tmp_path, weights, cli):
+    folder = tmp_path / "in"
+    save(noise(8, 8), folder / "a.png")
+    save(noise(8, 8, seed=1), folder / "b.png")
+    out = tmp_path / "out"
+    (out / "a.png").mkdir(parents=True)
+    code, stdout, stderr = cli("upscale", folder, "-o", out, *weights)
+    assert code == 1
+    assert f"onestep-sr: error: {folder / 'a.png'}: cannot write {out / 'a.png'}: it is an existing folder" in stderr
+    assert "1 of 2 images failed; the other 1 were written" in stderr
+    assert stdout.startswith(f"{folder / 'b.png'} -> {out / 'b.png'} ") and (out / "b.png").is_file()
+
+
+def test_a_write_failing_late_names_the_output_and_the_reason(tmp_path, weights, cli, monkeypatch):
+    src, out = save(noise(8, 8), tmp_path / "in.png"), tmp_path / "out.png"
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("onestep_sr.imageio.os.replace", refuse)
+    code, _, stderr = cli("upscale", src, "-o", out, *weights)
+    assert code == 2 and f"{src}: cannot write {out} (Permission denied)" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_max_pixels_default_is_the_web_apps():
+    """One limit for both hosts that read files: onestep_sr.imagefile.DEFAULT_MAX_PIXELS."""
+    import argparse
+
+    from onestep_sr.app import add_arguments
+    from onestep_sr.cli import build_parser
+    from onestep_sr.imagefile import DEFAULT_MAX_PIXELS
+
+    upscale_args = build_parser().parse_args(["upscale", "x.png", "-o", "y.png"])
+    app_parser = argparse.ArgumentParser()
+    add_arguments(app_parser)
+    assert upscale_args.max_pixels == app_parser.parse_args([]).max_pixels == DEFAULT_MAX_PIXELS

@@ -21,11 +21,11 @@ from PIL import Image
 
 from ..catalog import BUNDLED, REGISTRY, CatalogEntry, discover, missing_downloads, weights_for
 from ..download import ensure_weights
+from ..imagefile import DEFAULT_MAX_PIXELS, folder_problem, open_image
 from ..imageio import ImageInputError, read_image, write_image_atomic
 from ..model import SCALE, OneStepSR, load_model
 from ..registry import models_dir as default_models_dir
 
-DEFAULT_MAX_PIXELS = 16_000_000         # input pixels per image (a 4000x3000 photo; its x4 is 192 MP)
 PREVIEW_SIDE = 1024                     # gallery thumbnails: the result fitted into this square
 COMPARE_SIDE = 1536                     # before/after view: the result's centre, at most this square
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
@@ -188,12 +188,20 @@ class AppService:
         """Upscale the files one by one, yielding each one's result as soon as it is done. A bad
         file gives a result with an error and the batch goes on; ``cancel(session)`` (since the
         last ``arm(session)``) stops it after the current network call: :class:`Cancelled` is
-        raised and the results already yielded stay."""
+        raised and the results already yielded stay. Before any weights are loaded: the output
+        folder must be writable (OSError), and every file's header is checked (readable image,
+        ``max_pixels``); when no file passes, no model is loaded at all."""
         cancelled = self.cancel_flag(session)
         options = self._options(settings)
-        with self._lock:                     # never held across a yield: a dropped client cannot keep it
-            model = self.model(source, progress)
-            model.check_options(**options)
+        problem = folder_problem(self.output_dir)
+        if problem:
+            raise OSError(f"cannot write results into {self.output_dir}: {problem}")
+        problems = [self._input_problem(Path(path)) for path in paths]
+        model = None
+        if any(p is None for p in problems):
+            with self._lock:                 # never held across a yield: a dropped client cannot keep it
+                model = self.model(source, progress)
+                model.check_options(**options)
         run_dir = Path(self.output_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         for index, path in enumerate(paths):
             name = Path(path).name
@@ -206,6 +214,9 @@ class AppService:
 
             if cancelled.is_set():
                 raise Cancelled(f"cancelled before {name}")
+            if problems[index] is not None:
+                yield Result(name, error=problems[index])
+                continue
             with self._lock:
                 result = self._one(model, Path(path), run_dir / f"{index:03d}", options, tick)
             yield result
@@ -218,6 +229,14 @@ class AppService:
         if sampler:
             options["stochastic"] = sampler == "stochastic"
         return options
+
+    def _input_problem(self, path: Path) -> str | None:
+        """Why the file cannot be upscaled, from its header only (no pixel decoded), or None."""
+        try:
+            with open_image(path, self.max_pixels):
+                return None
+        except ImageInputError as exc:
+            return str(exc).removeprefix(f"{path}: ")
 
     def _one(self, model: OneStepSR, path: Path, folder: Path, options: dict, tick) -> Result:
         name = path.name

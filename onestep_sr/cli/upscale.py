@@ -14,7 +14,10 @@ The work runs in this order, and each stage stops everything before the next one
 
 1. collect the inputs (a missing file, an empty folder or a pattern matching nothing);
 2. plan the outputs (two inputs with one output name, an output that is an input);
-3. load the model (unknown name, weights missing offline, bad checkpoint);
+3. check every input's header (a readable image of at most --max-pixels pixels; a lone input is
+   decoded in full) and every output's place (an existing folder there, a file where a folder
+   should be, no permission to write, an alpha channel into JPEG), before any weights are
+   downloaded or loaded; then load the model (unknown name, weights missing offline, bad checkpoint);
 4. check the sampling options against the model (e.g. ``--steps 7``);
 5. upscale image by image: a file that cannot be read, written or fits no memory is reported on
    stderr and the batch goes on.
@@ -38,6 +41,7 @@ import torch
 
 from ..colorfix import COLOR_FIXES
 from ..download import DownloadError, WeightsUnavailableError
+from ..imagefile import DEFAULT_MAX_PIXELS, check_output, folder_problem, open_image
 from ..imageio import SUPPORTED_EXTENSIONS, ImageInputError, read_image, write_image_atomic
 from ..checkpoint import CHECKPOINT_SUFFIXES
 from ..model import (DEFAULT_MODEL, DEFAULT_SEED, SCHEDULES, OneStepSR,
@@ -223,13 +227,41 @@ def check_options(model: OneStepSR, options: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# 3b. the files, before any weights
+
+
+def check_files(plan: Plan, max_pixels: int) -> int:
+    """Every input's header (a readable image within ``max_pixels``; a lone input is decoded in
+    full, so a truncated file stops here too) and every output's place and format, before any
+    weights are downloaded or loaded. A problem of the output folder itself stops everything
+    (UsageError); a job that cannot succeed is reported on stderr and dropped from ``plan``, and
+    the batch goes on without it. Returns how many were dropped."""
+    if plan.folder is not None and (problem := folder_problem(plan.folder)):
+        raise UsageError(f"cannot write into the output folder {plan.folder}: {problem}")
+    kept = []
+    for src, dst in plan.jobs:
+        try:
+            with open_image(src, max_pixels) as header:
+                check_output(dst, header)
+            if len(plan.jobs) == 1:
+                read_image(src, max_pixels)
+        except ImageInputError as exc:
+            print(f"onestep-sr: error: {_failure_line(src, dst, exc)}", file=sys.stderr, flush=True)
+            continue
+        kept.append((src, dst))
+    dropped = len(plan.jobs) - len(kept)
+    plan.jobs[:] = kept
+    return dropped
+
+
+# ---------------------------------------------------------------------------------------------
 # 5. run
 
 
-def _failure_line(src: Path, exc: BaseException) -> str:
+def _failure_line(src: Path, dst: Path, exc: BaseException) -> str:
     message = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, OSError) and not isinstance(exc, ImageInputError):
-        message = f"cannot write the output ({exc.strerror or message})"
+        message = f"cannot write {dst} ({exc.strerror or message})"
     return message if str(src) in message else f"{src}: {message}"
 
 
@@ -245,22 +277,23 @@ def upscale_file(model: OneStepSR, src: Path, dst: Path, options: dict, bar: Tex
             bar.close()
 
 
-def upscale_all(model: OneStepSR, plan: Plan, options: dict) -> int:
-    if plan.folder is not None:
+def upscale_all(model: OneStepSR | None, plan: Plan, options: dict, failed: int = 0) -> int:
+    """``failed``: jobs ``check_files`` already reported and dropped (``model`` is None when none is left)."""
+    if plan.folder is not None and plan.jobs:
         try:
             plan.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot create the output folder {plan.folder}: {exc.strerror or exc}") from exc
-    total, failed, written = len(plan.jobs), 0, 0
+    total, written = len(plan.jobs) + failed, 0
     tty = sys.stderr.isatty()
     for index, (src, dst) in enumerate(plan.jobs, 1):
-        bar = TextBar(sys.stderr, f"[{index}/{total}] {src.name}") if tty else None
+        bar = TextBar(sys.stderr, f"[{index}/{len(plan.jobs)}] {src.name}") if tty else None
         start = time.perf_counter()
         try:
             width, height = upscale_file(model, src, dst, options, bar)
         except IMAGE_FAILURES as exc:
             failed += 1
-            print(f"onestep-sr: error: {_failure_line(src, exc)}", file=sys.stderr, flush=True)
+            print(f"onestep-sr: error: {_failure_line(src, dst, exc)}", file=sys.stderr, flush=True)
             continue
         written += 1
         print(f"{src} -> {dst} ({width}x{height}, {time.perf_counter() - start:.1f} s)", flush=True)
@@ -276,10 +309,12 @@ def upscale(args: argparse.Namespace) -> int:
     try:
         plan = plan_outputs(collect_inputs(args.inputs), args.output, args.format)
         check_device(args.device)
-        model = load(args)
+        dropped = check_files(plan, args.max_pixels)
+        model = load(args) if plan.jobs else None
         options = upscale_options(args)
-        check_options(model, options)
-        return upscale_all(model, plan, options)
+        if model is not None:
+            check_options(model, options)
+        return upscale_all(model, plan, options, failed=dropped)
     except KeyboardInterrupt:
         print("\nonestep-sr: interrupted; no partial file was left", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -294,6 +329,9 @@ def register(sub) -> None:
                     help="output file (one input, image extension) or folder")
     up.add_argument("--format", choices=FORMATS, default=None,
                     help="output format in a folder (default png)")
+    up.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                    help=f"refuse inputs with more pixels than this, read from the file's header before anything "
+                         f"is loaded (default {DEFAULT_MAX_PIXELS:,}: a 4000x3000 photo; the web app's limit too)")
     model = up.add_argument_group("model")
     model.add_argument("--model", metavar="NAME", default=None,
                        help=f"model name (default {DEFAULT_MODEL}: the bundled model, offline); a registry model "
