@@ -30,6 +30,19 @@ class ModelInfo:
     schedule: dict[str, Any] = field(default_factory=lambda: asdict(SCHEDULE_T15))
     sampler: str = "one_step"
     description: str = ""
+    # the levels a progressively distilled model was trained on (descending, from T-1), e.g.
+    # [14, 10, 6, 2] for 4 steps; None: every level (a teacher) or the one-step level (SinSR)
+    levels: list[int] | None = None
+
+    def step_levels(self, steps: int) -> list[int] | None:
+        """The levels of an N-step deterministic run: the model's own grid when it has one (N must
+        be its length), else None (the schedule's samplers decide)."""
+        if self.levels is None:
+            return None
+        if steps != len(self.levels):
+            raise ValueError(f"this model was distilled for {len(self.levels)} step(s) (levels {self.levels}); "
+                             f"it cannot run {steps}")
+        return list(self.levels)
 
     def resshift_schedule(self) -> ResShiftSchedule:
         return ResShiftSchedule(**self.schedule)

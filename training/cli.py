@@ -1,5 +1,6 @@
 """``python -m training`` / ``onestep-sr train``: ``resshift`` (teacher), ``sinsr`` (one-step
 distillation), ``yonos`` (scale distillation: a x2 teacher trains a x4 student, x4 a x8),
+``progressive`` (rounds that halve the steps: 15 -> 8 -> 4 -> 2 -> 1),
 ``osediff`` (a one-step LoRA from your SD checkpoint) and ``eval`` (PSNR/SSIM on Y against GT and against bicubic).
 
     python -m training resshift --data HR_FOLDER --out runs/teacher --steps 20000
@@ -7,6 +8,7 @@ distillation), ``yonos`` (scale distillation: a x2 teacher trains a x4 student, 
     python -m training resshift --scale 2 --data HR_FOLDER --out runs/x2          # the ladder's first rung
     python -m training yonos --teacher runs/x2/model.safetensors --data HR_FOLDER --out runs/x4
     python -m training yonos --teacher runs/x4/model.safetensors --data HR_FOLDER --out runs/x8
+    python -m training progressive --teacher runs/teacher/model.safetensors --data HR_FOLDER --out runs/pd
     python -m training osediff --checkpoint SD.safetensors --data HR_FOLDER --out runs/osediff
     python -m training eval --model runs/student/model.safetensors --data VAL_FOLDER
     accelerate launch -m training sinsr ...      # several GPUs
@@ -69,7 +71,9 @@ def _applies(name: str, mode: str) -> bool:
     """Whether TrainConfig field ``name`` is an option of ``mode``."""
     if name == "init":
         return mode == "resshift"
-    if name in ("teacher", "lambda_gt"):
+    if name == "teacher":
+        return mode in ("sinsr", "yonos", "progressive")
+    if name == "lambda_gt":
         return mode in ("sinsr", "yonos")
     if name in ("lambda_distill", "lambda_inverse"):
         return mode == "sinsr"
@@ -85,6 +89,10 @@ def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
     _add_train_options(sub.add_parser("sinsr", help="distil a one-step SinSR student from a teacher"), "sinsr")
     _add_train_options(sub.add_parser("yonos", help="YONOS scale distillation: a student at twice the scale of a "
                                                      "frozen teacher, on the teacher's x0 predictions"), "yonos")
+    progressive = sub.add_parser("progressive", help="progressive distillation: rounds that halve the steps "
+                                                     "(--steps per round), each student from the previous model")
+    _add_train_options(progressive, "progressive")
+    progressive.add_argument("--rounds", type=int, default=0, help="rounds to run (0: until one step)")
     osediff_cli.add_parser(sub)
     ev = sub.add_parser("eval", help="PSNR/SSIM (Y) of a model vs GT and vs bicubic on a folder")
     ev.add_argument("--model", required=True, help="checkpoint path or model name (as load_model takes)")
@@ -148,10 +156,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
         return osediff_cli.run(args, prog)
     from .resshift.trainer import Run
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "no_progress")}
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "no_progress", "rounds")}
     try:
         config = TrainConfig(mode=args.command, **options)
-        path = Run(config).train(progress=not args.no_progress)
+        if args.command == "progressive":
+            from .resshift.progressive import run_rounds
+
+            path = run_rounds(config, args.rounds, progress=not args.no_progress)[-1]
+        else:
+            path = Run(config).train(progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,13 @@ scale s/2 gives the target, its single-call x0 prediction, for the student at sc
   x_t^S = x0 + eta_t (y_s - x0) + kappa sqrt(eta_t) eps and x_t^T likewise with y_{s/2};
   L_scale = MSE(student(x_t^S, t, c_s), sg teacher(x_t^T, t, c_{s/2})), plus an optional
   lambda_gt MSE(student(...), x0) (0 by default).
+
+Progressive distillation (Salimans & Ho 2022; Meng et al. 2023 stage 2), adapted to residual
+shifting (../shared/specs/guided_progressive.md 6.2): a student on every other level of its
+teacher's grid learns, at its level t with successor s, the x0 that makes ONE generalised step
+t -> s land where TWO teacher steps (t -> t_m -> s) land:
+x0~ = (x_s^teacher - m(t,s) x_t - j(t,s) y) / k(t,s), x_t from the forward marginal of a real pair;
+for s = -1 (clean) x0~ = x_s^teacher. Unweighted per-sample x0 MSE (ResShift's own weight).
 """
 from __future__ import annotations
 
@@ -111,3 +118,51 @@ def yonos_losses(student: Denoiser, teacher: Denoiser, schedule: ResShiftSchedul
     scale = per_sample_mse(prediction, target)
     gt = per_sample_mse(prediction, x0) if lambda_gt else torch.zeros_like(scale)
     return {"scale": scale, "gt": gt, "total": scale + lambda_gt * gt}
+
+
+def successors(levels: list[int]) -> dict[int, int]:
+    """Each level of a descending grid -> the next one (-1 after the last)."""
+    return {t: (levels[i + 1] if i + 1 < len(levels) else -1) for i, t in enumerate(levels)}
+
+
+def _coefficients(schedule: ResShiftSchedule, t: torch.Tensor, s: torch.Tensor, like: torch.Tensor):
+    """(k, m, j) of the moves t -> s per sample, shaped (B, 1, 1, 1)."""
+    rows = [schedule.step_coefficients(int(a), int(b)) for a, b in zip(t.tolist(), s.tolist())]
+    k, m, j = (torch.tensor(col, dtype=like.dtype, device=like.device).view(-1, 1, 1, 1) for col in zip(*rows))
+    return k, m, j
+
+
+def progressive_target(teacher: Denoiser, schedule: ResShiftSchedule, teacher_levels: list[int], x_t: torch.Tensor,
+                       y: torch.Tensor, lq: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """x0~ of the student's move t -> s (per sample) from the teacher's own steps on
+    ``teacher_levels`` from t until s (two steps, or one where its grid reaches s at once)."""
+    after = successors(teacher_levels)
+    with torch.no_grad():
+        x, current = x_t, t.clone()
+        for _ in range(2):
+            active = current != s
+            if not bool(active.any()):
+                break
+            level = torch.where(active, current, t)  # finished samples: any valid level, result unused
+            x0 = call(teacher, schedule, x, level, lq)
+            nxt = torch.tensor([after[int(v)] for v in level.tolist()], device=t.device)
+            k, m, j = _coefficients(schedule, level, nxt, x)
+            moved = k * x0 + m * x + j * y
+            x = torch.where(active.view(-1, 1, 1, 1), moved, x)
+            current = torch.where(active, nxt, current)
+        if not bool((current == s).all()):
+            raise ValueError("the student's levels are not every other level of the teacher's grid")
+        k, m, j = _coefficients(schedule, t, s, x)
+        return (x - m * x_t - j * y) / k
+
+
+def progressive_loss(student: Denoiser, teacher: Denoiser, schedule: ResShiftSchedule, teacher_levels: list[int],
+                     student_levels: list[int], x0: torch.Tensor, y: torch.Tensor, lq: torch.Tensor,
+                     index: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Per-sample MSE of the student's x0 at its level ``student_levels[index]`` against x0~."""
+    after = successors(student_levels)
+    t = torch.tensor([student_levels[int(i)] for i in index.tolist()], device=x0.device)
+    s = torch.tensor([after[int(v)] for v in t.tolist()], device=x0.device)
+    x_t = q_sample(schedule, x0, y, t, noise)
+    target = progressive_target(teacher, schedule, teacher_levels, x_t, y, lq, t, s)
+    return per_sample_mse(call(student, schedule, x_t, t, lq), target)

@@ -30,12 +30,12 @@ from onestep_sr.models.configs import LQ_MODES
 from onestep_sr.pipeline import SCALE, bicubic_upscale
 
 from ..common.data import CoupledPairDataset, PairDataset
-from .losses import resshift_loss, sinsr_losses, yonos_losses
+from .losses import progressive_loss, resshift_loss, sinsr_losses, yonos_losses
 from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
                    save_run_state, staging_dir)
 
-MODES = ("resshift", "sinsr", "yonos")
-DISTILLING = ("sinsr", "yonos")  # modes that start from --teacher
+MODES = ("resshift", "sinsr", "yonos", "progressive")
+DISTILLING = ("sinsr", "yonos", "progressive")  # modes that start from --teacher
 ARCHS = {
     # CI-sized: seconds per hundred steps on a CPU
     "tiny": dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), attention_resolutions=(32,),
@@ -170,7 +170,7 @@ class Run:
             self.schedule = replace(self.schedule, kappa=c.kappa)
         if c.min_noise_level:
             self.schedule = replace(self.schedule, min_noise_level=c.min_noise_level)
-        self.teacher, self.teacher_scale = None, None
+        self.teacher, self.teacher_scale, self.levels, self.teacher_levels = None, None, None, None
         self.scale = c.scale or SCALE
         if c.mode in DISTILLING:
             teacher, info = load_start(c.teacher)
@@ -182,6 +182,12 @@ class Run:
             self.scale = self._student_scale(c, self.teacher_scale)
             self.teacher = teacher.to(device).eval().requires_grad_(False)
             model = load_denoiser(c.teacher)  # the student starts as the teacher
+            if c.mode == "progressive":  # every other level of the teacher's grid
+                self.teacher_levels = (info.levels if info and info.levels else
+                                       list(range(self.schedule.steps - 1, -1, -1)))
+                if len(self.teacher_levels) < 2:
+                    raise ValueError(f"{c.teacher} already runs in one step: nothing to halve")
+                self.levels = self.teacher_levels[::2]
         elif c.init:
             model = load_denoiser(c.init)
         else:
@@ -213,9 +219,9 @@ class Run:
 
     @staticmethod
     def _student_scale(c: TrainConfig, teacher_scale: int) -> int:
-        if c.mode == "sinsr":
+        if c.mode != "yonos":
             if c.scale and c.scale != teacher_scale:
-                raise ValueError(f"SinSR keeps the teacher's scale x{teacher_scale}, not --scale {c.scale}")
+                raise ValueError(f"{c.mode} keeps the teacher's scale x{teacher_scale}, not --scale {c.scale}")
             return teacher_scale
         scale = c.scale or 2 * teacher_scale
         if scale <= teacher_scale:
@@ -249,11 +255,15 @@ class Run:
         net = build_denoiser(model.config)
         net.load_state_dict(self.ema if use_ema else {k: v.cpu() for k, v in model.state_dict().items()})
         sampler = "one_step" if self.config.mode in DISTILLING else "stochastic"
+        if self.levels is not None and len(self.levels) > 1:
+            sampler = "deterministic"
         description = f"{self.config.mode} model trained with onestep-sr train"
         if self.config.mode == "yonos":
             description += f" (scale-distilled from a x{self.teacher_scale} teacher)"
+        if self.levels is not None:
+            description += f" ({len(self.levels)} step(s), levels {self.levels})"
         info = ModelInfo(autoencoder=self.config.autoencoder, scale=self.scale, schedule=asdict(self.schedule),
-                         sampler=sampler, description=description)
+                         sampler=sampler, description=description, levels=self.levels)
         path, _ = save_model(self.out / "model.safetensors", net, info)
         return path
 
@@ -277,6 +287,10 @@ class Run:
         if c.mode == "sinsr":
             weights = (c.lambda_distill, c.lambda_inverse, c.lambda_gt)
             return sinsr_losses(self.model, self.teacher, self.schedule, x0, y, cond, noise, weights)
+        if c.mode == "progressive":
+            index = torch.randint(0, len(self.levels), (x0.shape[0],), generator=generator)
+            return {"total": progressive_loss(self.model, self.teacher, self.schedule, self.teacher_levels, self.levels,
+                                              x0, y, cond, index, noise)}
         t = torch.randint(0, self.schedule.steps, (x0.shape[0],), generator=generator)
         if c.mode == "resshift":
             return {"total": resshift_loss(self.model, self.schedule, x0, y, cond, t.to(x0.device), noise)}
