@@ -125,6 +125,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def human_size(n: int) -> str:
+    """``512 B``, ``3.0 KiB``, ``455.6 MiB``, ``1.2 GiB``."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
 def _terminal_progress(done: int, total: Optional[int]) -> None:
     if total:
         width = 30
@@ -292,8 +304,9 @@ def ensure_weights(name_or_entry: str | RegistryEntry, models_dir: str | os.Path
             f"(offline mode): download {entry.url} and save it as {target}"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s (%s) from %s into %s; licence: %s", entry.name, entry.file, entry.url, target.parent,
-             entry.licence)
+    size = f"about {human_size(entry.expected_payload_bytes)}" if entry.expected_payload_bytes else "size unknown"
+    log.info("downloading %s: %s, %s, from %s into %s (licence: %s)", entry.name, entry.file, size, entry.url,
+             target.parent, entry.licence)  # hosts show INFO lines; the CLI prints them on stderr
     part = target.with_name(target.name + ".part")
     bar = progress is None and sys.stderr.isatty()
     try:

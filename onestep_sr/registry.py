@@ -2,12 +2,19 @@
 
 The models folder is, in order: an explicit argument, the ``ONESTEP_SR_MODELS`` environment
 variable, ``~/.cache/onestep_sr/models``. Reading the registry touches no network.
+
+Downloads come from each entry's official URL, or from a mirror: with ``ONESTEP_SR_MIRROR`` set to a
+URL (``https://host/path``) or a local folder, every entry's ``url`` is ``<mirror>/<file>`` (a
+folder as a ``file://`` URL), read at call time. The registry (``REGISTRY_FILE``, also read at
+call time) is the one source of URLs: everything that downloads or names a URL gets it from
+:func:`get_entry` / :func:`list_entries`.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+import urllib.parse
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +23,7 @@ from .schedule import ResShiftSchedule
 
 REGISTRY_FILE = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
 MODELS_ENV = "ONESTEP_SR_MODELS"
+MIRROR_ENV = "ONESTEP_SR_MIRROR"
 KINDS = ("denoiser", "autoencoder")
 
 
@@ -57,16 +65,35 @@ def _load(path: Path) -> dict[str, RegistryEntry]:
     return entries
 
 
+def mirror() -> str | None:
+    """The ``ONESTEP_SR_MIRROR`` setting (a URL or a folder), or None."""
+    return os.environ.get(MIRROR_ENV, "").strip() or None
+
+
+def mirror_url(base: str, file: str) -> str:
+    """``<base>/<file>`` for a URL base (``scheme://...``), else the ``file://`` URL of the file in
+    the folder ``base``."""
+    if "://" in base:
+        return base.rstrip("/") + "/" + urllib.parse.quote(file)
+    return (Path(base).expanduser().resolve() / file).as_uri()
+
+
+def _mirrored(entry: RegistryEntry) -> RegistryEntry:
+    base = mirror()
+    return replace(entry, url=mirror_url(base, entry.file)) if base else entry
+
+
 def list_entries(path: Path | None = None) -> list[RegistryEntry]:
-    """The registry's models (``path``: default ``REGISTRY_FILE``, looked up at call time)."""
-    return list(_load(path or REGISTRY_FILE).values())
+    """The registry's models (``path``: default ``REGISTRY_FILE``, looked up at call time), with
+    the mirror's URLs when ``ONESTEP_SR_MIRROR`` is set."""
+    return [_mirrored(e) for e in _load(path or REGISTRY_FILE).values()]
 
 
 def get_entry(name: str, path: Path | None = None) -> RegistryEntry:
     entries = _load(path or REGISTRY_FILE)
     if name not in entries:
         raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(entries)}")
-    return entries[name]
+    return _mirrored(entries[name])
 
 
 def models_dir(explicit: str | os.PathLike | None = None) -> Path:

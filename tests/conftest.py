@@ -23,8 +23,8 @@ def _require(path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    """The user's own settings never reach a test (models folder, offline switches)."""
-    for name in ("ONESTEP_SR_OFFLINE", "HF_HUB_OFFLINE", "ONESTEP_SR_MODELS"):
+    """The user's own settings never reach a test (models folder, offline switches, mirror)."""
+    for name in ("ONESTEP_SR_OFFLINE", "HF_HUB_OFFLINE", "ONESTEP_SR_MODELS", "ONESTEP_SR_MIRROR"):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -492,3 +492,49 @@ def test_max_pixels_default_is_the_web_apps():
     app_parser = argparse.ArgumentParser()
     add_arguments(app_parser)
     assert upscale_args.max_pixels == app_parser.parse_args([]).max_pixels == DEFAULT_MAX_PIXELS
+
+
+# ---------------------------------------------------------------------------------------------
+# the newcomer's path
+
+
+def test_help_is_written_for_users(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "onestep-sr upscale photo.jpg -o photo_x4.png" in out and "onestep-sr upscale --help" in out
+    assert "ONESTEP_SR_MIRROR=" in out and "ONESTEP_SR_OFFLINE=1" in out
+    for command in ["--help", "upscale --help", "models --help", "download --help", "convert --help"]:
+        with pytest.raises(SystemExit):
+            main(command.split())
+        text = capsys.readouterr().out
+        assert not re.search(r"``|:func:|:mod:|:class:|register\(", text), (command, text)
+
+
+def test_auto_download_says_what_how_big_and_where_without_a_terminal(tmp_path, goldens, cli, server, monkeypatch):
+    """``--model NAME`` of a registry model not on disk: one line on stderr before the transfer,
+    also when stderr is a file or a pipe (here: captured), with the file, its size and the folder."""
+    import json
+
+    from onestep_sr import registry
+    from onestep_sr.download import human_size
+
+    for name in ("unet", "vq"):
+        server.files[f"{name}.safetensors"] = (goldens / f"{name}.safetensors").read_bytes()
+    size = len(server.files["unet.safetensors"])
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"models": {
+        "den": {"file": "unet.safetensors", "url": server.url + "unet.safetensors", "kind": "denoiser",
+                "licence": "test licence", "expected_payload_bytes": size, "autoencoder": "ae"},
+        "ae": {"file": "vq.safetensors", "url": server.url + "vq.safetensors", "kind": "autoencoder",
+               "licence": "test licence"}}}))
+    monkeypatch.setattr(registry, "REGISTRY_FILE", path)
+    models, out = tmp_path / "models", tmp_path / "out.png"
+    code, stdout, stderr = cli("upscale", goldens / "pipeline_lr.png", "-o", out, "--model", "den",
+                               "--models-dir", models)
+    assert code == 0 and out.is_file(), stderr
+    lines = stderr.splitlines()
+    assert lines[0] == (f"onestep-sr: downloading den: unet.safetensors, about {human_size(size)}, from "
+                        f"{server.url}unet.safetensors into {models} (licence: test licence)")
+    assert lines[1].startswith("onestep-sr: downloading ae: vq.safetensors, size unknown, from ")

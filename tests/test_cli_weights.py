@@ -192,10 +192,12 @@ def test_download_fetches_the_denoiser_and_its_autoencoder(tmp_path, capsys, ser
         f"tiny_vq: {folder / 'tiny_vq.pth'} (downloaded; licence: {NC})",
         cli_weights.NON_COMMERCIAL_NOTE,
     ]
-    # not a terminal: one line per file at the start and at the end, for logs
+    # not a terminal: one line per file at the start (what, how big, from where, into which folder) and
+    # at the end, for logs
     err = captured.err.splitlines()
     assert len(err) == 4
-    assert err[0].startswith("onestep-sr: downloading tiny (tiny.pth") and err[0].endswith(server.url + "tiny.pth")
+    assert err[0] == f"onestep-sr: downloading tiny: tiny.pth, size unknown, from {server.url}tiny.pth into {folder} " \
+                     f"(licence: {NC})"
     assert err[1].startswith("onestep-sr: tiny done:") and err[1].endswith(str(folder / "tiny.pth"))
     assert err[2].startswith("onestep-sr: downloading tiny_vq")
 
@@ -205,6 +207,23 @@ def test_download_fetches_the_denoiser_and_its_autoencoder(tmp_path, capsys, ser
     assert "tiny: " in captured.out and "(already there; licence" in captured.out
     assert captured.err == ""
     assert len(server.requests) == 2
+
+
+def test_download_from_a_mirror_instead_of_the_official_urls(tmp_path, capsys, server, monkeypatch):
+    """ONESTEP_SR_MIRROR=URL: the registry's official URLs (unreachable here) are not asked; the
+    same file names come from the mirror, and ``models`` says where downloads come from."""
+    body = small_checkpoint(tmp_path, "w", 1.0)
+    server.files["w.pth"] = body
+    use_registry(monkeypatch, tmp_path, {"w": model("w.pth", "http://127.0.0.1:9/official/w.pth")})
+    monkeypatch.setenv("ONESTEP_SR_MIRROR", server.url)
+    folder = tmp_path / "models"
+    assert main(["download", "w", "--models-dir", str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert f"from {server.url}w.pth into {folder}" in err
+    assert (folder / "w.pth").read_bytes() == body and [r["path"] for r in server.requests] == ["/w.pth"]
+    assert main(["models", "--models-dir", str(folder)]) == 0
+    assert f"Downloads come from the mirror {server.url} (the ONESTEP_SR_MIRROR environment variable)" in \
+        capsys.readouterr().out
 
 
 def test_download_skips_an_autoencoder_already_there(tmp_path, capsys, server, served, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from onestep_sr import registry
 from onestep_sr.download import (DownloadError, HashMismatchError, WeightsUnavailableError,
                                  ensure_weights)
 from onestep_sr.registry import RegistryEntry, UnknownModelError, get_entry, list_entries
@@ -251,3 +253,31 @@ def test_registry_is_sane_and_every_entry_says_where_to_get_it(tmp_path):
         with pytest.raises(WeightsUnavailableError) as err:
             ensure_weights(e.name, tmp_path, offline=True)
         assert e.url in str(err.value) and str(tmp_path / e.file) in str(err.value)
+
+
+def test_a_mirror_url_or_folder_serves_the_registry_files(tmp_path, server, monkeypatch):
+    """ONESTEP_SR_MIRROR: the registry's file names fetched from a mirror server or a local folder,
+    checked and pinned as from the official URL (which is unreachable here)."""
+    data = checkpoint_bytes(tmp_path)
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"models": {"tiny": {
+        "file": "tiny.pth", "url": "http://127.0.0.1:9/official/tiny.pth", "kind": "denoiser", "licence": "test"}}}))
+    monkeypatch.setattr(registry, "REGISTRY_FILE", path)
+    server.files["tiny.pth"] = data
+    monkeypatch.setenv("ONESTEP_SR_MIRROR", server.url)
+    assert fetch("tiny", tmp_path / "a").read_bytes() == data
+    assert [r["path"] for r in server.requests] == ["/tiny.pth"]
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "tiny.pth").write_bytes(data)
+    monkeypatch.setenv("ONESTEP_SR_MIRROR", str(mirror))
+    assert fetch("tiny", tmp_path / "b").read_bytes() == data
+    assert (tmp_path / "b" / "tiny.pth.sha256").read_text() == f"{sha(data)}  tiny.pth\n"
+    assert len(server.requests) == 1
+
+    monkeypatch.setenv("ONESTEP_SR_MIRROR", str(tmp_path / "empty"))  # the file is not in that folder
+    with pytest.raises(DownloadError) as err:
+        fetch("tiny", tmp_path / "c", retries=1)
+    assert (tmp_path / "empty" / "tiny.pth").as_uri() in str(err.value)
+    assert str(tmp_path / "c" / "tiny.pth") in str(err.value) and not (tmp_path / "c" / "tiny.pth").exists()

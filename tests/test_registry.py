@@ -1,6 +1,8 @@
 """The official-weights registry: complete, consistent, official URLs only, no network."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from onestep_sr.registry import UnknownModelError, get_entry, list_entries, models_dir
@@ -55,3 +57,17 @@ def test_models_dir_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("ONESTEP_SR_MODELS", str(tmp_path / "env"))
     assert models_dir() == tmp_path / "env"
     assert models_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_a_mirror_gives_every_entry_the_same_file_name_there(monkeypatch, tmp_path):
+    """ONESTEP_SR_MIRROR=URL or folder: every registry URL becomes <mirror>/<file>; nothing else changes."""
+    official = {e.name: e for e in list_entries()}
+    monkeypatch.setenv("ONESTEP_SR_MIRROR", "https://mirror.example/onestep/")
+    for entry in list_entries():
+        assert entry.url == f"https://mirror.example/onestep/{entry.file}"
+        assert dataclasses.replace(entry, url=official[entry.name].url) == official[entry.name]
+    assert get_entry("sinsr_v1").url == "https://mirror.example/onestep/SinSR_v1.pth"
+    monkeypatch.setenv("ONESTEP_SR_MIRROR", str(tmp_path / "weights"))
+    assert get_entry("vq_f4").url == (tmp_path / "weights" / "autoencoder_vq_f4.pth").as_uri()
+    monkeypatch.setenv("ONESTEP_SR_MIRROR", " ")
+    assert get_entry("vq_f4") == official["vq_f4"]

@@ -19,6 +19,8 @@ from ..registry import models_dir
 from .service import DEFAULT_MAX_PIXELS, AppService
 
 DEFAULT_PORT = 7860
+#: How to install the app extra, as the README says (run in the OneStep SR folder).
+INSTALL = 'python3 -m pip install -c constraints.txt -e ".[app]"'
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +57,8 @@ def launch(args: argparse.Namespace, block: bool = True):
     try:
         from .ui import CSS, build
     except ImportError as exc:
-        raise SystemExit("onestep-sr app needs gradio: pip install -c constraints.txt 'onestep-sr[app]' "
-                         f"({exc})") from None
+        raise SystemExit(f"onestep-sr app needs gradio, the app extra: in the OneStep SR folder run {INSTALL} "
+                         f"(GPU users: without -c constraints.txt) ({exc})") from None
     service = service_from(args)
     demo = build(service, concurrency=args.concurrency)
     demo.queue(max_size=args.queue_size)

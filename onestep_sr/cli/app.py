@@ -5,9 +5,9 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..app import add_arguments   # gradio-free: importing it never needs the extra
+    from ..app import INSTALL, add_arguments   # gradio-free: importing it never needs the extra
 
-    parser = sub.add_parser("app", help="start the web app on 127.0.0.1 (needs: pip install 'onestep-sr[app]')")
+    parser = sub.add_parser("app", help=f"start the web app on 127.0.0.1 (needs the app extra: {INSTALL})")
     add_arguments(parser)
     parser.set_defaults(run=run)
 

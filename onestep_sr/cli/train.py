@@ -19,5 +19,7 @@ def run_training(argv: list[str]) -> int:
     try:
         from training.cli import main
     except ImportError as exc:  # installed without the training extra
-        raise SystemExit(f"onestep-sr train needs the training extra: pip install 'onestep-sr[train]' ({exc})")
+        raise SystemExit("onestep-sr train needs the train extra: in the OneStep SR folder run "
+                         f"python3 -m pip install -c constraints.txt -e \".[train]\" (GPU users: without "
+                         f"-c constraints.txt) ({exc})")
     return main(argv, prog="onestep-sr train")

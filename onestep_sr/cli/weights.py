@@ -31,6 +31,7 @@ from torch import nn
 from .. import download, registry
 from ..checkpoint import (CHECKPOINT_SUFFIXES, PICKLE_SUFFIXES, CheckpointError, load_autoencoder, load_denoiser,
                           read_checkpoint, write_safetensors_atomic)
+from ..download import human_size
 from ..model import BUNDLED_MODELS
 from ..registry import RegistryEntry, UnknownModelError
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
@@ -46,18 +47,6 @@ NON_COMMERCIAL_NOTE = ("Note: these weights are licensed for non-commercial use 
 def _registry_file() -> Path:
     """Looked up at call time so that a test or an embedding application can point it elsewhere."""
     return registry.REGISTRY_FILE
-
-
-def human_size(n: int) -> str:
-    """``512 B``, ``3.0 KiB``, ``455.6 MiB``, ``1.2 GiB``."""
-    if n < 1024:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}"
-    raise AssertionError("unreachable")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -145,6 +134,8 @@ def run_models(args: argparse.Namespace) -> int:
     exists = "" if folder.is_dir() else " (does not exist yet)"
     print(f"Models folder: {folder}{exists}")
     print(f"  (change it with --models-dir DIR or the {registry.MODELS_ENV} environment variable)")
+    if registry.mirror():
+        print(f"Downloads come from the mirror {registry.mirror()} (the {registry.MIRROR_ENV} environment variable)")
     print()
     rows = [entry_status(e, folder, args.verify) for e in entries]
     _print_table(["NAME", "KIND", "FILE", "STATUS", "LICENCE"],
@@ -196,15 +187,12 @@ def download_plan(names: list[str], everything: bool, path: Path) -> list[Regist
 
 
 def _fetch(entry: RegistryEntry, models_dir: Optional[str]) -> tuple[Path, bool]:
-    """``ensure_weights`` with a start and an end line on stderr (the TTY progress bar, drawn by
-    ``ensure_weights`` itself, goes between them). Returns the path and whether it was fetched."""
+    """``ensure_weights`` with an end line on stderr; its start line is the engine's own log line
+    (what, how big, from where, into which folder), which the CLI prints, and the TTY progress bar
+    drawn by ``ensure_weights`` goes between them. Returns the path and whether it was fetched."""
     target = download.target_path(entry, models_dir)
     if target.is_file():
         return download.ensure_weights(entry, models_dir), False
-    if not download.is_offline(None):
-        about = f", about {human_size(entry.expected_payload_bytes)}" if entry.expected_payload_bytes else ""
-        print(f"onestep-sr: downloading {entry.name} ({entry.file}{about}) from {entry.url}",
-              file=sys.stderr, flush=True)
     path = download.ensure_weights(entry, models_dir)
     print(f"onestep-sr: {entry.name} done: {human_size(path.stat().st_size)} saved as {path}",
           file=sys.stderr, flush=True)
@@ -387,7 +375,11 @@ def register(sub) -> None:
                         help="hash every present file and compare it with its known sha256 (slow)")
     models.set_defaults(run=run_models)
 
-    dl = sub.add_parser("download", help="download registry weights (a denoiser brings its autoencoder)")
+    dl = sub.add_parser("download", help="download registry weights (a denoiser brings its autoencoder)",
+                        description="Download registry weights into the models folder (resumable, hash-checked). "
+                                    "They come from the official URLs, or with "
+                                    f"{registry.MIRROR_ENV}=URL-or-folder set, the same file names from that "
+                                    "mirror or local folder (the same checks apply).")
     dl.add_argument("names", nargs="*", metavar="NAME")
     dl.add_argument("--all", action="store_true", help="every model in the registry")
     dl.add_argument("--models-dir", help=f"models folder (default: ${registry.MODELS_ENV} or "
