@@ -43,6 +43,8 @@ _HELP = {
              "teacher's for yonos)",
     "lq_mode": "LR condition of a new network: lq3 (the LR image, x4 only, as the official models) or unshuffle48 "
                "(the upsampled LR space-to-depth, any scale; the YONOS ladder); default lq3 at x4, else unshuffle48",
+    "multiscale_loss": "measure the x0 terms also on 2x, 4x and 8x average-pooled images (weights 0.4, 0.09, 0.17, "
+                       "0.34; simple diffusion's multiscale loss, aimed at colour casts)",
     "last_step_weight": "yonos: share of each batch trained at t = T-1, the step the one-step sampler calls "
                         "(our proposal; the rest uniform over all t)",
     "lambda_distill": "sinsr: weight of L_distill (student one step vs the teacher's deterministic T steps)",
@@ -61,6 +63,9 @@ def _add_train_options(parser: argparse.ArgumentParser, mode: str) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         required = f.name in ("data", "out") or f.name == "teacher"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, dest=f.name, action="store_true", help=_HELP.get(f.name))
+            continue
         kind = float if f.name.startswith("lambda_") else {int: int, float: float}.get(type(f.default), str)
         parser.add_argument(flag, dest=f.name, type=kind, required=required,
                             default=None if required else f.default, help=_HELP.get(f.name))

@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from onestep_sr.samplers import prior_sample, sample_deterministic, x0_predictor
 from onestep_sr.schedule import ResShiftSchedule
@@ -43,6 +44,34 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
+
+
+Mse = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: pooling factors and weights of the multiscale loss: w_f grows with f (coarse scales weigh more,
+#: as simple diffusion's 1/s on resolution s), with the full-resolution term kept at 0.4
+#: (simple_diffusion.md 2.4, our adaptation: x0 targets, factors instead of absolute sizes)
+MULTISCALE_FACTORS = (1, 2, 4, 8)
+MULTISCALE_WEIGHTS = (0.4, 0.6 * 2 / 14, 0.6 * 4 / 14, 0.6 * 8 / 14)
+
+
+def multiscale_mse(space_to_depth: int = 1) -> Mse:
+    """Per-sample sum over f in MULTISCALE_FACTORS of w_f MSE(avgpool_f(a), avgpool_f(b)), each a
+    per-element mean. ``space_to_depth`` r > 1: the tensors are images space-to-depth by r (the
+    pixel-space latent), pooled as images (pixel-shuffled first). A factor the size does not
+    allow (fewer than f rows or columns) is skipped and the weights renormalised."""
+    def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if space_to_depth > 1:
+            a, b = F.pixel_shuffle(a.float(), space_to_depth), F.pixel_shuffle(b.float(), space_to_depth)
+        total, weights = 0.0, 0.0
+        for factor, weight in zip(MULTISCALE_FACTORS, MULTISCALE_WEIGHTS):
+            if min(a.shape[-2:]) < factor:
+                continue
+            pa = F.avg_pool2d(a.float(), factor) if factor > 1 else a
+            pb = F.avg_pool2d(b.float(), factor) if factor > 1 else b
+            total = total + weight * per_sample_mse(pa, pb)
+            weights += weight
+        return total / weights
+    return mse
 
 
 def _column(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -72,9 +101,9 @@ def call(denoiser: Denoiser, schedule: ResShiftSchedule, x: torch.Tensor, t: int
 
 
 def resshift_loss(denoiser: Denoiser, schedule: ResShiftSchedule, x0: torch.Tensor, y: torch.Tensor,
-                  lq: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+                  lq: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, mse: Mse = per_sample_mse) -> torch.Tensor:
     """Teacher training: MSE of the x0 prediction at a random step ``t`` (per sample)."""
-    return per_sample_mse(call(denoiser, schedule, q_sample(schedule, x0, y, t, noise), t, lq), x0)
+    return mse(call(denoiser, schedule, q_sample(schedule, x0, y, t, noise), t, lq), x0)
 
 
 @torch.no_grad()
@@ -86,28 +115,30 @@ def teacher_target(teacher: Denoiser, schedule: ResShiftSchedule, y: torch.Tenso
 
 def sinsr_losses(student: Denoiser, teacher: Denoiser, schedule: ResShiftSchedule, x0: torch.Tensor,
                  y: torch.Tensor, lq: torch.Tensor, noise: torch.Tensor,
-                 weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict[str, torch.Tensor]:
+                 weights: tuple[float, float, float] = (1.0, 1.0, 1.0), mse: Mse = per_sample_mse) -> dict[str, torch.Tensor]:
     """SinSR's three terms and their weighted sum (``weights`` of distill, inverse, gt; equal as
-    released), each per sample. A zero weight skips its term's computation."""
+    released), each per sample. A zero weight skips its term's computation. ``mse`` measures the
+    x0 terms (distill, gt); L_inverse compares noisy states and stays a plain MSE."""
     last = schedule.steps - 1
     x_T = prior_sample(y, schedule, noise)
     target = teacher_target(teacher, schedule, y, lq, noise)
     w_distill, w_inverse, w_gt = weights
     zero = torch.zeros(x0.shape[0], device=x0.device)
-    distill = per_sample_mse(call(student, schedule, x_T, last, lq), target)
+    distill = mse(call(student, schedule, x_T, last, lq), target)
     inverse = per_sample_mse(call(student, schedule, target, 0, lq, divisor_step=last), x_T) if w_inverse else zero
     gt = zero
     if w_gt:
         with torch.no_grad():
             x_T_of_gt = call(student, schedule, x0, 0, lq, divisor_step=last)
-        gt = per_sample_mse(call(student, schedule, x_T_of_gt, last, lq), x0)
+        gt = mse(call(student, schedule, x_T_of_gt, last, lq), x0)
     return {"distill": distill, "inverse": inverse, "gt": gt,
             "total": w_distill * distill + w_inverse * inverse + w_gt * gt}
 
 
 def yonos_losses(student: Denoiser, teacher: Denoiser, schedule: ResShiftSchedule, x0: torch.Tensor,
                  student_inputs: tuple[torch.Tensor, torch.Tensor], teacher_inputs: tuple[torch.Tensor, torch.Tensor],
-                 t: torch.Tensor, noise: torch.Tensor, lambda_gt: float = 0.0) -> dict[str, torch.Tensor]:
+                 t: torch.Tensor, noise: torch.Tensor, lambda_gt: float = 0.0,
+                 mse: Mse = per_sample_mse) -> dict[str, torch.Tensor]:
     """L_scale (+ lambda_gt L_gt) per sample. ``*_inputs`` = (y, lq condition) of each model's
     scale; both states share ``x0``, ``t`` and ``noise``."""
     y_s, c_s = student_inputs
@@ -115,8 +146,8 @@ def yonos_losses(student: Denoiser, teacher: Denoiser, schedule: ResShiftSchedul
     with torch.no_grad():
         target = call(teacher, schedule, q_sample(schedule, x0, y_t, t, noise), t, c_t)
     prediction = call(student, schedule, q_sample(schedule, x0, y_s, t, noise), t, c_s)
-    scale = per_sample_mse(prediction, target)
-    gt = per_sample_mse(prediction, x0) if lambda_gt else torch.zeros_like(scale)
+    scale = mse(prediction, target)
+    gt = mse(prediction, x0) if lambda_gt else torch.zeros_like(scale)
     return {"scale": scale, "gt": gt, "total": scale + lambda_gt * gt}
 
 
@@ -158,11 +189,11 @@ def progressive_target(teacher: Denoiser, schedule: ResShiftSchedule, teacher_le
 
 def progressive_loss(student: Denoiser, teacher: Denoiser, schedule: ResShiftSchedule, teacher_levels: list[int],
                      student_levels: list[int], x0: torch.Tensor, y: torch.Tensor, lq: torch.Tensor,
-                     index: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+                     index: torch.Tensor, noise: torch.Tensor, mse: Mse = per_sample_mse) -> torch.Tensor:
     """Per-sample MSE of the student's x0 at its level ``student_levels[index]`` against x0~."""
     after = successors(student_levels)
     t = torch.tensor([student_levels[int(i)] for i in index.tolist()], device=x0.device)
     s = torch.tensor([after[int(v)] for v in t.tolist()], device=x0.device)
     x_t = q_sample(schedule, x0, y, t, noise)
     target = progressive_target(teacher, schedule, teacher_levels, x_t, y, lq, t, s)
-    return per_sample_mse(call(student, schedule, x_t, t, lq), target)
+    return mse(call(student, schedule, x_t, t, lq), target)

@@ -30,7 +30,7 @@ from onestep_sr.models.configs import LQ_MODES
 from onestep_sr.pipeline import SCALE, bicubic_upscale
 
 from ..common.data import CoupledPairDataset, PairDataset
-from .losses import progressive_loss, resshift_loss, sinsr_losses, yonos_losses
+from .losses import multiscale_mse, per_sample_mse, progressive_loss, resshift_loss, sinsr_losses, yonos_losses
 from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
                    save_run_state, staging_dir)
 
@@ -78,6 +78,7 @@ class TrainConfig:
     lambda_inverse: float = 1.0
     lambda_gt: float | None = None  # sinsr: 1 (as released); yonos: weight of the GT term, 0 (the paper's loss)
     last_step_weight: float = 0.25  # yonos: share of samples at t = T-1, the step a one-step sampler calls
+    multiscale_loss: bool = False  # x0 terms measured at 1, 1/2, 1/4, 1/8 resolution (simple diffusion's multiscale loss)
     init: str | None = None  # resshift: start from these weights
     mixed_precision: str = "no"  # "no", "fp16", "bf16" (GPU)
     seed: int = 0
@@ -195,6 +196,8 @@ class Run:
             lq_mode = c.lq_mode or ("lq3" if self.scale == SCALE else "unshuffle48")
             model = zero_init_outputs_(build_denoiser(denoiser_config(c.arch, self.autoencoder, lq_mode)))
         self.lq_mode = model.config.lq_mode
+        pixel = c.autoencoder == PIXEL_AUTOENCODER
+        self.mse = multiscale_mse(SCALE if pixel else 1) if c.multiscale_loss else per_sample_mse
         if c.lq_mode and c.lq_mode != self.lq_mode:
             raise ValueError(f"--lq-mode {c.lq_mode} differs from the starting model's {self.lq_mode}")
         if self.lq_mode == "lq3" and self.scale != SCALE:
@@ -286,18 +289,18 @@ class Run:
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         if c.mode == "sinsr":
             weights = (c.lambda_distill, c.lambda_inverse, c.lambda_gt)
-            return sinsr_losses(self.model, self.teacher, self.schedule, x0, y, cond, noise, weights)
+            return sinsr_losses(self.model, self.teacher, self.schedule, x0, y, cond, noise, weights, self.mse)
         if c.mode == "progressive":
             index = torch.randint(0, len(self.levels), (x0.shape[0],), generator=generator)
             return {"total": progressive_loss(self.model, self.teacher, self.schedule, self.teacher_levels, self.levels,
-                                              x0, y, cond, index, noise)}
+                                              x0, y, cond, index, noise, self.mse)}
         t = torch.randint(0, self.schedule.steps, (x0.shape[0],), generator=generator)
         if c.mode == "resshift":
-            return {"total": resshift_loss(self.model, self.schedule, x0, y, cond, t.to(x0.device), noise)}
+            return {"total": resshift_loss(self.model, self.schedule, x0, y, cond, t.to(x0.device), noise, self.mse)}
         last = torch.rand(x0.shape[0], generator=generator) < c.last_step_weight  # our up-weighting of T-1
         t = torch.where(last, torch.full_like(t, self.schedule.steps - 1), t).to(x0.device)
         return yonos_losses(self.model, self.teacher, self.schedule, x0, (y, cond),
-                            self._inputs(batch[1], self.teacher_scale), t, noise, c.lambda_gt)
+                            self._inputs(batch[1], self.teacher_scale), t, noise, c.lambda_gt, self.mse)
 
     def ema_decay(self) -> float:
         """The configured decay, warmed up as (1 + step) / (10 + step) so the average forgets the
