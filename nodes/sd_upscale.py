@@ -32,7 +32,6 @@ their own methods only.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -40,7 +39,8 @@ import torch
 from ..onestep_sr.colorfix import COLOR_FIXES, color_fix as apply_color_fix
 from ..onestep_sr.sd.formulas import (LATENT_OVERLAP, LATENT_TILE, MIN_PIXELS, ONE_STEP_T, crop_to,
                                       latent_tile_boxes, pad_to_multiple, run_tiled_halving)
-from ..onestep_sr.sd.onestep import bicubic_to, output_size
+from ..onestep_sr.options import VAE_FACTOR, VAE_TILE_FLOOR, check_finite, check_vae_tile
+from ..onestep_sr.sd.onestep import bicubic_to, check_sd_options, output_size
 from . import host
 from .api import io
 
@@ -239,9 +239,9 @@ class OneStepSDUpscale(io.ComfyNode):
                              tooltip="UNet tile in latent pixels (x8 image pixels); 96 as OSEDiff."),
                 io.Int.Input("overlap", default=LATENT_OVERLAP, min=0, max=512, step=8,
                              tooltip="Overlap of neighbouring UNet tiles in latent pixels, Gaussian-blended."),
-                io.Int.Input("vae_tile", default=VAE_TILE, min=256, max=8192, step=64,
+                io.Int.Input("vae_tile", default=VAE_TILE, min=VAE_TILE_FLOOR, max=8192, step=64,
                              tooltip="Images larger than this (pixels, either side) go through ComfyUI's "
-                                     "tiled VAE encode / decode with this tile."),
+                                     f"tiled VAE encode / decode with this tile (a multiple of {VAE_FACTOR})."),
                 io.Combo.Input("color_fix", options=COLOR_FIX_CHOICES, default="adain",
                                tooltip="Pull the colours towards the bicubic upscale (AdaIN as OSEDiff)."),
                 io.Combo.Input("vae_lora", options=[NO_VAE_LORA, *host.lora_files()], default=NO_VAE_LORA,
@@ -262,8 +262,9 @@ class OneStepSDUpscale(io.ComfyNode):
             raise ValueError(f"unknown colour fix {color_fix!r}; expected one of {COLOR_FIXES}")
         if image.ndim != 4 or image.shape[-1] not in (3, 4):
             raise ValueError(f"OneStep SD Upscale: expected an IMAGE (B x H x W x 3 or 4), got {tuple(image.shape)}")
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        scale, tile, overlap, _ = check_sd_options(scale, tile, overlap)
+        vae_tile = check_vae_tile(vae_tile)
+        vae_lora_strength = check_finite(vae_lora_strength, "vae_lora_strength")
         check_model_and_vae(model, vae)
         context = conditioning_tensor(positive, clip, image.shape[0], model)
         host.check_interrupted()

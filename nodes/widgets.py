@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from ..onestep_sr.model import DEFAULT_SEED
+from ..onestep_sr.options import SEED_MAX, TILE_FLOOR
 from ..onestep_sr.pipeline import Tiling
 from .api import ONESTEP_SR_MODEL, io
 
-MAX_SEED = 0xFFFFFFFFFFFFFFFF  # as ComfyUI's KSampler
+MAX_SEED = SEED_MAX  # 2**64 - 1, as ComfyUI's KSampler
 
 
 def model_input() -> io.Input:
@@ -20,8 +21,9 @@ def seed_input() -> io.Input:
 
 def tile_inputs() -> list[io.Input]:
     return [
-        io.Int.Input("tile", default=Tiling.tile, min=64, max=4096, step=64,
-                     tooltip="Denoiser tile in input pixels (a multiple of 64). Out of memory halves it "
+        io.Int.Input("tile", default=Tiling.tile, min=TILE_FLOOR, max=4096, step=64,
+                     tooltip="Denoiser tile in input pixels: at least 64, a multiple of 64 for the official "
+                             "models (another value is refused, never rounded). Out of memory halves it "
                              "automatically."),
         io.Int.Input("overlap", default=Tiling.overlap, min=0, max=1024, step=8,
                      tooltip="Overlap of neighbouring tiles in input pixels, blended with a raised "

@@ -31,6 +31,7 @@ from .models import PIXEL_AUTOENCODER, PixelSpaceAutoencoder, PixelSpaceConfig, 
 from .pipeline import (SCALE, NonFiniteError, Sampler, Tiling, check_finite, decode_rows, encode_tiled,
                        model_to_unit, network_calls, pad_bottom_right, run_sampler, super_resolve_rows,
                        tile_counts, tiled_x0_predictor, unit_to_model)
+from . import options
 from .model_info import read_model_info
 from .registry import REGISTRY_FILE, RegistryEntry, UnknownModelError, get_entry
 from .schedule import SCHEDULE_T4, SCHEDULE_T15, ResShiftSchedule
@@ -48,7 +49,6 @@ DEFAULT_SEED = 12345  # the official inference scripts' seed
 SCHEDULES = {"T15": SCHEDULE_T15, "T4": SCHEDULE_T4}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-VQ_TILE_FLOOR = 16
 BAND_ROWS = 256
 Progress = Callable[[int, int], None]
 _T = TypeVar("_T")
@@ -63,7 +63,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16")
+        raise options.OptionError("dtype", dtype, "one of fp32, fp16, bf16 (or a torch dtype)")
     return DTYPES[dtype]
 
 
@@ -233,8 +233,9 @@ class OneStepSR:
         or the original stochastic sampler with ``stochastic=True``; default: the model's own).
         ``seed``: the prior noise (and the stochastic sampler's); None draws a random seed.
         ``scale``: 4 is native; any other value resizes the x4 result with Lanczos.
-        ``tile``/``overlap``: denoiser tiles in LR pixels (rounded down to a multiple of 64);
-        ``vq_tile``: autoencoder tiles in LR pixels. Out of memory halves the tiles and retries.
+        ``tile``/``overlap``: denoiser tiles in LR pixels (at least 64, a multiple of the model's
+        block: 64 for the official models); ``vq_tile``: autoencoder tiles in LR pixels (at least
+        16). Out of memory halves the tiles and retries. Rules: ``onestep_sr.options``.
         ``color_fix``: ``none``, ``adain`` or ``wavelet`` (towards the bicubic-upsampled input).
         ``dtype``: compute dtype for this call (default: the weights'); a result with NaN/Inf in
         fp16/bf16 is recomputed in fp32 automatically.
@@ -337,32 +338,30 @@ class OneStepSR:
              scale: float = SCALE, tile: int | None = None, overlap: int | None = None,
              vq_tile: int | None = None, color_fix: str = "none", dtype: str | torch.dtype | None = None) -> _Job:
         """The resolved sampler, tiling and dtype of an ``upscale`` call (ValueError if invalid)."""
-        t = self.schedule.steps
+        multiple = self.denoiser.config.latent_multiple
+        checked = options.check_upscale(steps=steps, stochastic=stochastic, seed=seed, scale=scale, tile=tile,
+                                        overlap=overlap, vq_tile=vq_tile, multiple=multiple)
+        steps, stochastic, t = checked["steps"], checked["stochastic"], self.schedule.steps
         if steps is None:
             sampler = self.sampler if stochastic is None else ("stochastic" if stochastic else "deterministic")
             if stochastic is not None and self.sampler == "one_step":
-                raise ValueError(f"stochastic={stochastic} needs steps={t}; this model samples in one step")
+                raise options.OptionError("stochastic", stochastic, f"used with steps={t}", message=(
+                    f"stochastic={stochastic} needs steps={t}; this model samples in one step"))
         elif steps == 1:
             sampler = "one_step"
         elif steps == t:
             default = self.sampler if self.sampler != "one_step" else "deterministic"
             sampler = default if stochastic is None else ("stochastic" if stochastic else "deterministic")
         else:
-            raise ValueError(f"steps must be 1 (one-step) or {t} (the schedule's steps), got {steps}")
-        if not (isinstance(scale, (int, float)) and 0 < scale <= 64):
-            raise ValueError(f"scale must be a number in (0, 64], got {scale!r}")
+            raise options.OptionError("steps", steps, f"1 (one-step) or {t} (the schedule's steps)")
         if color_fix not in COLOR_FIXES:
-            raise ValueError(f"unknown color_fix {color_fix!r}; use one of {', '.join(COLOR_FIXES)}")
-        multiple = self.denoiser.config.latent_multiple
+            raise options.OptionError("color_fix", color_fix, f"one of {', '.join(COLOR_FIXES)}")
         base = Tiling()
-        tile = base.tile if tile is None else int(tile)
-        if tile < multiple:
-            raise ValueError(f"tile must be at least {multiple} LR pixels, got {tile}")
-        tile = tile // multiple * multiple
-        overlap = min(base.overlap, tile // 4) if overlap is None else int(overlap)
-        vq = base.vq_tile if vq_tile is None else int(vq_tile)
+        tile = checked["tile"] or base.tile
+        overlap = min(base.overlap, tile // 4) if checked["overlap"] is None else checked["overlap"]
+        vq = checked["vq_tile"] or base.vq_tile
         tiling = Tiling(tile=tile, overlap=overlap, vq_tile=vq, vq_overlap=min(base.vq_overlap, vq // 4))
-        return _Job(sampler, seed, float(scale), tiling, color_fix, resolve_dtype(dtype) or self.dtype)
+        return _Job(sampler, checked["seed"], checked["scale"], tiling, color_fix, resolve_dtype(dtype) or self.dtype)
 
     def _calls(self, item: Prepared, tiling: Tiling, sampler: Sampler) -> int:
         vq, den = tile_counts(item.rgb.shape, tiling, self.denoiser.config.latent_multiple)
@@ -385,6 +384,7 @@ class OneStepSR:
     def _robust(self, run: Callable[[Tiling], _T], job: _Job, counter: "_Counter", what: str) -> _T:
         """``run(tiling)`` in the job's dtype, recomputed in fp32 if it gives NaN/Inf and with
         halved tiles when out of memory."""
+        options.warn_slow_precision(job.dtype, self.device, once_for=self)
         try:
             with self._computing_in(job.dtype):
                 return self._with_tile_fallback(run, job.tiling, counter, what)
@@ -408,7 +408,7 @@ class OneStepSR:
             # outside the except block, so the failed attempt's tensors are freed before retrying
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            smaller = tiling.halved(self.denoiser.config.latent_multiple, VQ_TILE_FLOOR)
+            smaller = tiling.halved(options.tile_floor(self.denoiser.config.latent_multiple), options.VQ_TILE_FLOOR)
             if smaller is None:
                 raise OutOfMemoryError(
                     f"out of memory upscaling {what} on {self.device} even with the smallest tiles "

@@ -248,6 +248,35 @@ def test_errors_raise_with_the_entry_and_the_cause(webui, tiny):
         webui_fake.extras(webui, image, SINSR, 4)
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("onestepsr_tile", 100.5, r"'tile size' \(onestepsr_tile\): tile must be a whole number, got 100.5"),
+    ("onestepsr_tile", "big", r"'tile size' \(onestepsr_tile\): tile must be a whole number, got 'big'"),
+    ("onestepsr_tile", 100, r"'tile size' \(onestepsr_tile\): tile must be .* a multiple of 8 for this model, "
+                            r"got 100; use 96 or 104"),     # was rounded down without a word
+    ("onestepsr_tile", 32, r"'tile size' \(onestepsr_tile\): tile must be .* at least 64"),
+    ("onestepsr_tile_overlap", 256, r"'tile overlap' \(onestepsr_tile_overlap\): overlap must be .* \(smaller "
+                                    r"than the tile 256\), got 256"),
+    ("onestepsr_seed", 2**64, r"'noise seed' \(onestepsr_seed\): seed must be -1 \(a random seed\) or a whole "
+                              r"number from 0 to 18446744073709551615"),   # was torch's overflow
+    ("onestepsr_seed", 2.5, r"'noise seed' \(onestepsr_seed\): seed must be a whole number, got 2.5"),
+])
+def test_settings_sent_through_the_api_follow_the_engine_rules(webui, key, value, message):
+    """Issue 18 items 4 and 10: /sdapi/v1/options stores any value; the upscale refuses it with the
+    setting's name and the rule instead of truncating, rounding or crashing in torch."""
+    setattr(webui.opts, key, value)
+    with pytest.raises(RuntimeError, match=rf"OneStepSR upscaler 'OneStepSR 4x tiny_sinsr' failed: OneStepSR setting "
+                                           rf"{message}"):
+        webui_fake.extras(webui, _image(), TINY, 4)
+
+
+def test_whole_number_settings_stored_as_float_or_text_are_used_as_given(webui, tiny):
+    image = _image(24, 16, seed=3)
+    webui.opts.onestepsr_tile, webui.opts.onestepsr_tile_overlap, webui.opts.onestepsr_seed = 104.0, "8", "7"
+    out = webui_fake.extras(webui, image, TINY, 4)
+    expected = _engine(tiny).upscale(image, steps=1, seed=7, tile=104, overlap=8)
+    assert np.array_equal(np.asarray(out), np.asarray(expected))
+
+
 def test_interrupt_stops_between_tiles(webui):
     webui.opts.onestepsr_tile = 64
     image = _image(160, 70)                               # 3 x 2 denoiser tiles

@@ -18,7 +18,7 @@ from PIL import Image
 
 import webui_fake
 from onestep_sr import model as engine_model
-from onestep_sr import registry
+from onestep_sr import options, registry
 from onestep_sr.app.service import AppService, Cancelled, Settings
 from onestep_sr.model import load_model
 from onestep_sr.model_info import ModelInfo, save_model
@@ -230,6 +230,35 @@ def test_bad_options_and_models_raise_before_any_image(service, tmp_path):
     assert files_under(service.output_dir) == []
 
 
+@pytest.mark.parametrize("settings, message", [
+    (Settings(seed=2**64), r"seed must be -1 \(a random seed\) or a whole number from 0 to 18446744073709551615 "
+                           r"\(2\*\*64 - 1\), got 18446744073709551616"),     # was torch's overflow
+    (Settings(seed=-5), r"seed must be -1 \(a random seed\) or .*got -5"),     # was silently a random seed
+    (Settings(seed="text"), "seed must be a whole number, got 'text'"),          # was int()'s error
+    (Settings(seed=2.5), "seed must be a whole number, got 2.5"),                # was truncated to 2
+    (Settings(tile=100.5), "tile must be a whole number, got 100.5"),
+    (Settings(tile=32), "tile must be a whole number of input pixels, at least 64, got 32"),
+    (Settings(scale=True), "scale must be a number, got True"),
+    (Settings(scale=0), r"scale must be a number in \(0, 64\] .*got 0"),
+    (Settings(scale="x"), "scale must be a number, got 'x'"),
+    (Settings(steps="4/bogus"), "steps must be one of the model's step choices"),
+])
+def test_option_values_from_the_page_or_its_api_follow_the_engine_rules(service, tmp_path, settings, message):
+    """Issue 18 items 4 and 10: refused with the rule before the model is loaded, never rounded."""
+    image = write_image(tmp_path / "in.png")
+    with pytest.raises(options.OptionError, match=message):
+        list(service.upscale_files([image], "registry:sinsr_v2", settings))   # (not downloaded: never reached)
+    assert files_under(service.output_dir) == []
+
+
+def test_whole_numbers_given_as_floats_are_used_as_given(service, tmp_path):
+    image = write_image(tmp_path / "in.png")
+    [result] = service.upscale_files([image], "registry:sinsr_v1", Settings(seed=7.0, tile=64.0, scale=2))
+    [same] = service.upscale_files([image], "registry:sinsr_v1", Settings(seed=7, tile=64, scale=2.0))
+    assert result.seed == 7 and result.size == (40, 24)
+    assert np.array_equal(np.asarray(Image.open(result.output)), np.asarray(Image.open(same.output)))
+
+
 def test_an_unwritable_output_folder_or_only_bad_uploads_load_no_model(service, tmp_path, monkeypatch):
     """Fail before the expensive part: the output folder and every upload's header are checked
     before the model is loaded (the model would be downloaded or loaded, then nothing written)."""
@@ -362,6 +391,10 @@ def test_the_page_reports_a_model_that_cannot_run_and_keeps_serving(served_app, 
         client.predict("registry:sinsr_v2", api_name="/on_download")
     with pytest.raises(AppError, match="upload one or more images"):
         client.predict([], "registry:sinsr_v1", "1", 1, 64, "none", 4, api_name="/on_run")
+    with pytest.raises(AppError, match=r"seed must be -1 \(a random seed\) or a whole number from 0 to"):
+        client.predict([handle_file(str(good))], "registry:sinsr_v1", "1", 2**64, 64, "none", 4, api_name="/on_run")
+    with pytest.raises(AppError, match="seed must be a whole number, got 2.5"):
+        client.predict([handle_file(str(good))], "registry:sinsr_v1", "1", 2.5, 64, "none", 4, api_name="/on_run")
     gallery, *_ = client.predict([handle_file(str(good))], "registry:sinsr_v1", "1", 1, 64, "none", 4,
                                  api_name="/on_run")
     assert Image.open(gallery[0]["image"]).size == (80, 48)

@@ -343,6 +343,36 @@ def test_invalid_sampling_options_stop_before_any_image(tmp_path, goldens, weigh
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option, message", [
+    (["--seed", str(2**64)], "--seed: seed must be a whole number from 0 to 18446744073709551615"),
+    (["--seed", "-1"], "--seed: seed must be a whole number from 0 to 18446744073709551615 (2**64 - 1), got -1"),
+    (["--vq-tile", "1"], "--vq-tile: vq_tile must be a whole number of input pixels, at least 16, got 1"),
+    (["--tile", "32"], "--tile: tile must be a whole number of input pixels, at least 64"),
+    (["--tile", "128", "--overlap", "128"], "--overlap: overlap must be a whole number of pixels from 0 to 127"),
+    (["--scale", "nan"], "--scale: scale must be a number in (0, 64]"),
+])
+def test_option_rules_stop_before_the_model_loads(tmp_path, goldens, cli, option, message):
+    """Issue 18 items 4 and 10: the rules that hold for every model are checked before a registry
+    model would be looked for (here: not downloaded, offline), with the flag and the rule."""
+    out = tmp_path / "o.png"
+    code, stdout, stderr = cli("upscale", goldens / "pipeline_lr.png", "-o", out, *option,
+                               "--model", "sinsr_v1", "--offline", "--models-dir", tmp_path / "none")
+    assert code == 2 and stdout == "" and message in stderr and len(stderr.splitlines()) == 1
+    assert "SinSR_v1.pth" not in stderr and list(tmp_path.iterdir()) == []
+
+
+def test_a_tile_is_refused_not_rounded_and_used_as_given(tmp_path, goldens, weights, cli):
+    """A tile off the model's 64-pixel block was rounded down without a word; now it is refused with
+    the rule, and a model without windows (the bundled one) uses the value as given."""
+    out = tmp_path / "o.png"
+    code, stdout, stderr = cli("upscale", goldens / "pipeline_lr.png", "-o", out, "--tile", "100", *weights)
+    assert code == 2 and stdout == "" and not out.exists()
+    assert "--tile: tile must be a whole number of input pixels, at least 64 and a multiple of 64 for this " \
+           "model, got 100; use 64 or 128" in stderr
+    code, stdout, stderr = cli("upscale", goldens / "pipeline_lr.png", "-o", out, "--tile", "100", "--vq-tile", "16")
+    assert code == 0 and out.exists(), stderr
+
+
 def test_argparse_choices(tmp_path, goldens, weights, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["upscale", str(goldens / "pipeline_lr.png"), "-o", str(tmp_path / "o.png"),

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from onestep_sr import OneStepSR, OutOfMemoryError, SRLatent, load_model
+from onestep_sr import OneStepSR, OutOfMemoryError, SRLatent, load_model, options
 from onestep_sr.colorfix import color_fix
 from onestep_sr.download import WeightsUnavailableError
 from onestep_sr.imageio import resize_array
@@ -167,10 +167,56 @@ def test_multi_step_samplers_and_step_checks(goldens):
         m.upscale(image, steps=3)
     with pytest.raises(ValueError, match="needs steps=4"):
         m.upscale(image, stochastic=True)
-    with pytest.raises(ValueError, match="unknown color_fix 'sepia'"):
+    with pytest.raises(ValueError, match="color_fix must be one of none, adain, wavelet, got 'sepia'"):
         m.upscale(image, color_fix="sepia")
-    with pytest.raises(ValueError, match="tile must be at least 64"):
+    with pytest.raises(ValueError, match="tile must be .* at least 64 .*got 32"):
         m.upscale(image, tile=32)
+
+
+# --- option rules (issue 18 items 4 and 10): refused with a sentence, never rounded -------------
+
+
+@pytest.mark.parametrize("option, message", [
+    (dict(seed=2**64), r"seed must be a whole number from 0 to 18446744073709551615 \(2\*\*64 - 1\), "
+                       r"got 18446744073709551616"),   # was torch's "Overflow when unpacking long long"
+    (dict(seed=-1), "seed must be a whole number from 0 to .*got -1"),
+    (dict(seed="text"), "seed must be a whole number .*got 'text'"),   # was a raw torch error
+    (dict(scale=True), r"scale must be a number in \(0, 64\].*got True"),  # bool is an int in Python
+    (dict(tile=256.0), "tile must be a whole number .*got 256.0"),
+    (dict(tile=100), "tile must be .* a multiple of 64 for this model, got 100; use 64 or 128"),  # was rounded to 64
+    (dict(overlap=64, tile=64), r"overlap must be .* \(smaller than the tile 64\), got 64"),
+    (dict(vq_tile=1), "vq_tile must be a whole number of input pixels, at least 16, got 1"),  # ran for minutes
+    (dict(steps=True), "steps must be a whole number.*got True"),
+    (dict(stochastic="yes"), "stochastic must be True, False or None"),
+    (dict(dtype="fp8"), "dtype must be one of fp32, fp16, bf16"),
+])
+def test_option_rules_refuse_before_any_compute(model, option, message):
+    calls = []
+    with pytest.raises(options.OptionError, match=message):
+        model.upscale(_small(1, 3, 5), progress=lambda done, total: calls.append(done), **option)
+    assert calls == []
+    with pytest.raises(options.OptionError, match=message):   # hosts ask first, with the same words
+        model.check_options(**option)
+
+
+def test_option_values_are_used_as_given():
+    bundled = load_model(device="cpu")              # no windowed attention: any tile of at least 64
+    job = bundled.plan(tile=100, overlap=7, vq_tile=16, seed=2**64 - 1, scale=2)
+    assert (job.tiling.tile, job.tiling.overlap, job.tiling.vq_tile, job.seed, job.scale) == (100, 7, 16, 2**64 - 1, 2.0)
+    assert bundled.upscale(_small(3, 5, 3), seed=2**64 - 1, vq_tile=16, tile=100, scale=2).shape == (10, 6, 3)
+
+
+def test_fp16_on_a_cpu_warns_that_it_is_slow(caplog):
+    model = load_model(device="cpu", dtype="fp16")
+    with caplog.at_level(logging.WARNING, logger="onestep_sr"):
+        model.upscale(_small(4, 3, 5))
+        model.upscale(_small(4, 3, 5))
+    warned = [r.getMessage() for r in caplog.records if "slower than fp32" in r.getMessage()]
+    assert warned == [f"OneStep SR: {options.slow_precision(torch.float16, 'cpu')}"]   # once per model
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onestep_sr"):
+        load_model(device="cpu").upscale(_small(4, 3, 5))
+    assert not [r for r in caplog.records if "slower" in r.getMessage()]
 
 
 def test_progress_counts_every_network_call_and_can_cancel(model):

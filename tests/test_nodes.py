@@ -310,6 +310,29 @@ def test_out_of_memory_halves_tiles_then_fails_readably(comfy, engine, monkeypat
         run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images)
 
 
+def test_api_values_the_widgets_would_not_give_are_refused_with_the_rule(comfy):
+    """Issue 18 item 4: ComfyUI's API checks min/max but not the widget's step, so a tile of 100 reached
+    the engine and was rounded down without a word; now the node refuses it with the rule, and an
+    accepted value is used as given."""
+    model = _load(comfy)
+    images = _images(1, 12, 20)
+    upscale, sampler = comfy.nodes["OneStepSR_Upscale"], comfy.nodes["OneStepSR_ResShiftSampler"]
+    rule = "tile must be a whole number of input pixels, at least 64 and a multiple of 8 for this model, got 100; " \
+           "use 96 or 104"
+    (latent,) = run_node(comfy.nodes["OneStepSR_Encode"], model=model, image=images)
+    loads = len(comfy.mm.load_calls)
+    with pytest.raises(ValueError, match=rule):
+        run_node(upscale, model=model, image=images, tile=100)
+    with pytest.raises(ValueError, match=rule):
+        run_node(sampler, model=model, latent=latent, steps=1, tile=100)
+    with pytest.raises(ValueError, match=r"overlap must be .* \(smaller than the tile 64\), got 64"):
+        run_node(upscale, model=model, image=images, tile=64, overlap=64)
+    assert len(comfy.mm.load_calls) == loads  # refused before any weights moved
+    (out,) = run_node(upscale, model=model, image=images, tile=104, overlap=8, seed=2**64 - 1, color_fix="none")
+    expected = model.sr.upscale(images.permute(0, 3, 1, 2), tile=104, overlap=8, seed=2**64 - 1)
+    assert torch.equal(out, expected.permute(0, 2, 3, 1))
+
+
 # --- Encode -> ResShift Sampler -> Decode ---------------------------------------------------------
 
 

@@ -398,6 +398,14 @@ def test_readable_errors(comfy, engine):
         run_node(comfy.node, model=model, vae=vae, image=torch.zeros(1, 8, 8, 2), positive=positive(engine))
     with pytest.raises(ValidationError, match="value_smaller_than_min"):
         run_node(comfy.node, model=model, vae=vae, image=images, positive=positive(engine), tile=8)
+    # values ComfyUI's API lets through (it checks min/max, not the widgets' steps): the rule, never rounded
+    for bad, message in [(dict(vae_tile=300), "vae_tile must be a whole number of pixels, at least 256 and a "
+                                              "multiple of 8, got 300"),
+                         (dict(tile=32, overlap=32), r"overlap must be .* \(smaller than the tile 32\), got 32"),
+                         (dict(vae_lora_strength=float("nan")), "vae_lora_strength must be a finite number, got nan"),
+                         (dict(scale=float("nan")), r"scale must be a number in \(0, 64\]")]:
+        with pytest.raises(ValueError, match=message):
+            run_node(comfy.node, model=model, vae=vae, image=images, positive=positive(engine), **bad)
     assert model.model.calls == [] and vae.calls == []  # every refusal came before any network ran
 
 

@@ -291,6 +291,13 @@ def test_prompt_and_vae_sample_change_the_output(engines):
         engine.upscale_tensor(lr, color_fix="histogram")
     with pytest.raises(ValueError, match="scale"):
         engine.upscale_tensor(lr, scale=0)
+    # the option rules of onestep_sr.options (issue 18 items 4 and 10): a sentence, never torch's overflow
+    with pytest.raises(ValueError, match="seed must be a whole number from 0 to 18446744073709551615"):
+        engine.upscale_tensor(lr, vae_sample=True, seed=2**64)
+    with pytest.raises(ValueError, match="tile must be a whole number of latent pixels, at least 8, got 4"):
+        engine.upscale_tensor(lr, tile=4, overlap=0)
+    with pytest.raises(ValueError, match=r"scale must be a number in \(0, 64\].*got True"):
+        engine.upscale_tensor(lr, scale=True)
 
 
 def test_diffusers_folder_loads(tiny, engines, tmp_path):

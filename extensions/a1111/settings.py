@@ -10,6 +10,7 @@ from typing import Any
 
 from ...onestep_sr.colorfix import COLOR_FIXES
 from ...onestep_sr.model import DEFAULT_SEED
+from ...onestep_sr.options import OptionError, check_seed, whole_from_host
 from ...onestep_sr.pipeline import Tiling
 from . import webui
 
@@ -37,8 +38,8 @@ OPTIONS = [
            "'OneStepSR 4x default' is bundled (offline, our licence); the SinSR / ResShift entries are the "
            "official weights, downloaded on first use, under non-commercial licences (SinSR: CC BY-NC-SA 4.0, "
            "ResShift: NTU S-Lab License 1.0)", "text"),
-    Option("onestepsr_tile", Tiling.tile, "OneStepSR: tile size in input pixels (a multiple of 64; out of memory "
-           "halves it)", "slider", {"minimum": 64, "maximum": 2048, "step": 64}),
+    Option("onestepsr_tile", Tiling.tile, "OneStepSR: tile size in input pixels (at least 64, a multiple of 64 for "
+           "the official models; out of memory halves it)", "slider", {"minimum": 64, "maximum": 2048, "step": 64}),
     Option("onestepsr_tile_overlap", Tiling.overlap, "OneStepSR: tile overlap in input pixels", "slider",
            {"minimum": 0, "maximum": 256, "step": 8}),
     Option("onestepsr_color_fix", "none", "OneStepSR: colour fix towards the input's colours", "radio",
@@ -69,18 +70,36 @@ def register() -> None:
                          dict(option.args) if option.args and component is not None else None)
 
 
-def seed() -> int | None:
-    """The seed for the next upscale: None (random) for -1, else the number, checked."""
-    value = get("onestepsr_seed")
+# the numeric settings: the engine's option each one feeds (its rule: onestep_sr.options) and its name
+ENGINE_OPTIONS = {"onestepsr_tile": ("tile", "tile size"), "onestepsr_tile_overlap": ("overlap", "tile overlap"),
+                  "onestepsr_seed": ("seed", "noise seed")}
+
+
+def named(exc: OptionError) -> OptionError:
+    """An engine refusal of an option, naming the setting the value came from."""
+    key = next((k for k, (option, _) in ENGINE_OPTIONS.items() if option == exc.option), None)
+    if key is None:
+        return exc
+    return OptionError(exc.option, exc.value, exc.rule,
+                       message=f"OneStepSR setting '{ENGINE_OPTIONS[key][1]}' ({key}): {exc}")
+
+
+def whole(key: str) -> int:
+    """A whole-number setting (a slider may store 256.0, the API may send "256"); never truncated."""
     try:
-        value = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"OneStepSR setting 'noise seed' must be an integer, got {value!r}") from None
-    if value == RANDOM_SEED:
-        return random.randrange(2**63)
-    if value < 0:
-        raise ValueError(f"OneStepSR setting 'noise seed' must be >= 0 or -1 (random), got {value}")
-    return value
+        return whole_from_host(ENGINE_OPTIONS[key][0], get(key))
+    except OptionError as exc:
+        raise named(exc) from None
+
+
+def seed() -> int | None:
+    """The seed for the next upscale: a random one for -1, else the number, checked."""
+    value = whole("onestepsr_seed")
+    try:
+        value = check_seed(value, random=RANDOM_SEED)
+    except OptionError as exc:
+        raise named(exc) from None
+    return random.randrange(2**63) if value is None else value
 
 
 def dtype(device_type: str) -> str:

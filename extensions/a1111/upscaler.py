@@ -18,6 +18,7 @@ from modules.upscaler import Upscaler, UpscalerData
 from PIL import Image
 
 from ...onestep_sr.model import SCALE, OneStepSR, load_model
+from ...onestep_sr.options import OptionError
 from . import entries, settings, webui
 
 log = logging.getLogger(__name__)
@@ -120,14 +121,17 @@ class UpscalerOneStepSR(Upscaler):
     def options_for(self, model: OneStepSR, data_path: str) -> dict[str, Any]:
         """The engine's upscale options from the settings; multi-step models follow the ResShift
         setting (all their schedule's steps, stochastic or deterministic, or one step)."""
-        options = dict(seed=settings.seed(), tile=int(settings.get("onestepsr_tile")),
-                       overlap=int(settings.get("onestepsr_tile_overlap")),
-                       color_fix=settings.get("onestepsr_color_fix"))
+        options = dict(seed=settings.seed(), tile=settings.whole("onestepsr_tile"),
+                       overlap=settings.whole("onestepsr_tile_overlap"), color_fix=settings.get("onestepsr_color_fix"))
         if model.sampler != "one_step":
             all_steps, stochastic = settings.resshift_mode()
             options.update(steps=model.schedule.steps if all_steps else 1, stochastic=stochastic)
         else:
             options.update(steps=1)
+        try:
+            model.check_options(**options)    # the engine's rules (onestep_sr.options), before any compute
+        except OptionError as exc:
+            raise settings.named(exc) from None
         return options
 
     def run(self, model: OneStepSR, img: Image.Image, options: dict[str, Any], label: str) -> Image.Image:

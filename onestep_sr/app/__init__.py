@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..options import whole_arg
 from ..registry import models_dir
 from .service import DEFAULT_MAX_PIXELS, AppService
 
@@ -25,19 +26,21 @@ INSTALL = 'python3 -m pip install -c constraints.txt -e ".[app]"'
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this computer only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--port", type=whole_arg(1, 65535), default=DEFAULT_PORT,
+                        help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
     parser.add_argument("--models-dir", action="append", type=Path, default=None,
                         help="models folder (repeatable; downloads go into the first; default: ONESTEP_SR_MODELS "
                              "or ~/.cache/onestep_sr/models)")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where results are written (default: a folder in the system's temp folder)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=whole_arg(1), default=DEFAULT_MAX_PIXELS,
                         help=f"refuse uploads with more input pixels than this (default {DEFAULT_MAX_PIXELS:,})")
-    parser.add_argument("--max-upload-mb", type=int, default=200, help="largest upload in MB (default 200)")
-    parser.add_argument("--concurrency", type=int, default=1,
+    parser.add_argument("--max-upload-mb", type=whole_arg(1), default=200, help="largest upload in MB (default 200)")
+    parser.add_argument("--concurrency", type=whole_arg(1), default=1,
                         help="upscales run at the same time (default 1; others wait in the queue)")
-    parser.add_argument("--queue-size", type=int, default=32, help="longest queue before new runs are refused")
+    parser.add_argument("--queue-size", type=whole_arg(1), default=32,
+                        help="longest queue before new runs are refused")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: CUDA when available)")
     parser.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
                         help="weights' dtype (default fp16 on CUDA, fp32 on CPU)")

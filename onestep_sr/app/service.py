@@ -24,6 +24,7 @@ from ..download import ensure_weights
 from ..imagefile import DEFAULT_MAX_PIXELS, folder_problem, open_image
 from ..imageio import ImageInputError, read_image, write_image_atomic
 from ..model import SCALE, OneStepSR, load_model
+from ..options import OptionError, check_seed, check_upscale, number_from_host, whole_from_host
 from ..registry import models_dir as default_models_dir
 
 PREVIEW_SIDE = 1024                     # gallery thumbnails: the result fitted into this square
@@ -222,12 +223,19 @@ class AppService:
             yield result
 
     def _options(self, settings: Settings) -> dict:
-        steps, _, sampler = settings.steps.partition("/")
-        seed = settings.seed if settings.seed is not None and int(settings.seed) >= 0 else secrets.randbelow(2**31)
-        options = dict(steps=int(steps), seed=int(seed), tile=int(settings.tile), color_fix=settings.color_fix,
-                       scale=float(settings.scale))
+        """The engine's options from the page's values (or an API caller's): numbers are used as
+        given or refused with the rule (``onestep_sr.options``), never rounded; -1 = a random seed."""
+        steps, _, sampler = str(settings.steps).partition("/")
+        if sampler not in ("", "stochastic", "deterministic"):
+            raise OptionError("steps", settings.steps, "one of the model's step choices (e.g. '1', "
+                              "'15/stochastic', '15/deterministic')")
+        seed = check_seed(whole_from_host("seed", -1 if settings.seed is None else settings.seed), random=-1)
+        options = dict(steps=whole_from_host("steps", steps), seed=secrets.randbelow(2**31) if seed is None else seed,
+                       tile=whole_from_host("tile", settings.tile), color_fix=settings.color_fix,
+                       scale=number_from_host("scale", settings.scale))
         if sampler:
             options["stochastic"] = sampler == "stochastic"
+        check_upscale(**options)
         return options
 
     def _input_problem(self, path: Path) -> str | None:

@@ -44,7 +44,7 @@ def build(service: AppService, concurrency: int = 1) -> gr.Blocks:
                                     value=service.step_choices(default)[0][1] if default else None,
                                     label="Steps", elem_id="steps")
                 with gr.Row():
-                    seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="seed")
+                    seed = gr.Number(-1, label="Seed (-1: random)", precision=None, step=1, elem_id="seed")
                     scale = gr.Slider(1, SCALE, value=SCALE, step=0.25, label="Scale", elem_id="scale")
                 with gr.Row():
                     tile = gr.Slider(64, 512, value=Tiling.tile, step=64, label="Tile (input pixels)", elem_id="tile")
@@ -90,8 +90,9 @@ def build(service: AppService, concurrency: int = 1) -> gr.Blocks:
                 raise gr.Error("upload one or more images first")
             if not source:
                 raise gr.Error("pick a model first")
-            settings = Settings(steps=steps_value or "1", seed=int(seed_value if seed_value is not None else -1),
-                                tile=int(tile_value), color_fix=fix, scale=float(scale_value))
+            # values as given: the service checks them by the engine's rules (never rounded here)
+            settings = Settings(steps=steps_value or "1", seed=-1 if seed_value is None else seed_value,
+                                tile=tile_value, color_fix=fix, scale=scale_value)
             done, captions, pairs, lines = [], [], [], []
             session = session_of(request)
             try:

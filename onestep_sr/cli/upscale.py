@@ -14,11 +14,12 @@ The work runs in this order, and each stage stops everything before the next one
 
 1. collect the inputs (a missing file, an empty folder or a pattern matching nothing);
 2. plan the outputs (two inputs with one output name, an output that is an input);
-3. check every input's header (a readable image of at most --max-pixels pixels; a lone input is
-   decoded in full) and every output's place (an existing folder there, a file where a folder
-   should be, no permission to write, an alpha channel into JPEG), before any weights are
-   downloaded or loaded; then load the model (unknown name, weights missing offline, bad checkpoint);
-4. check the sampling options against the model (e.g. ``--steps 7``);
+3. check the options' own rules (``onestep_sr.options``: e.g. ``--vq-tile 1``, ``--seed -1``),
+   every input's header (a readable image of at most --max-pixels pixels; a lone input is decoded
+   in full) and every output's place (an existing folder there, a file where a folder should be,
+   no permission to write, an alpha channel into JPEG), before any weights are downloaded or
+   loaded; then load the model (unknown name, weights missing offline, bad checkpoint);
+4. check the sampling options against the model (e.g. ``--steps 7``, ``--tile 100``);
 5. upscale image by image: a file that cannot be read, written or fits no memory is reported on
    stderr and the batch goes on.
 
@@ -44,6 +45,7 @@ from ..download import DownloadError, WeightsUnavailableError
 from ..imagefile import DEFAULT_MAX_PIXELS, check_output, folder_problem, open_image
 from ..imageio import SUPPORTED_EXTENSIONS, ImageInputError, read_image, write_image_atomic
 from ..checkpoint import CHECKPOINT_SUFFIXES
+from ..options import OptionError, check_upscale
 from ..model import (DEFAULT_MODEL, DEFAULT_SEED, SCHEDULES, OneStepSR,
                      OutOfMemoryError, load_model)
 from ..pipeline import NonFiniteError
@@ -218,10 +220,16 @@ def upscale_options(args: argparse.Namespace) -> dict:
                 tile=args.tile, overlap=args.overlap, vq_tile=args.vq_tile, color_fix=args.color_fix)
 
 
-def check_options(model: OneStepSR, options: dict) -> None:
-    """``upscale``'s own option checks, before any image is read or anything written."""
+def check_options(model: OneStepSR | None, options: dict) -> None:
+    """``upscale``'s own option checks (``onestep_sr.options``), before any image is read or anything
+    written; without a model, the rules that hold for every model (before loading one)."""
     try:
-        model.check_options(**options)
+        if model is None:
+            check_upscale(**options)
+        else:
+            model.check_options(**options)
+    except OptionError as exc:
+        raise UsageError(f"--{exc.option.replace('_', '-')}: {exc}") from exc
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 
@@ -309,9 +317,10 @@ def upscale(args: argparse.Namespace) -> int:
     try:
         plan = plan_outputs(collect_inputs(args.inputs), args.output, args.format)
         check_device(args.device)
+        options = upscale_options(args)
+        check_options(None, options)
         dropped = check_files(plan, args.max_pixels)
         model = load(args) if plan.jobs else None
-        options = upscale_options(args)
         if model is not None:
             check_options(model, options)
         return upscale_all(model, plan, options, failed=dropped)
@@ -355,13 +364,18 @@ def register(sub) -> None:
                           help="1 = one-step, or the schedule's T = full ResShift sampling (default: the model's)")
     sampling.add_argument("--stochastic", action="store_true", default=None,
                           help="the original ResShift stochastic sampler (with --steps T)")
-    sampling.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"noise seed (default {DEFAULT_SEED})")
+    sampling.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                          help=f"noise seed, 0 to 2**64-1 (default {DEFAULT_SEED})")
     sampling.add_argument("--scale", type=float, default=4.0,
                           help="output scale; 4 is native, others resize the x4 result (default 4)")
     sampling.add_argument("--color-fix", choices=COLOR_FIXES, default="none",
                           help="match colours to the input (default none)")
     tiling = up.add_argument_group("tiling (memory)")
-    tiling.add_argument("--tile", type=int, default=None, help="denoiser tile in LR pixels (default 256)")
-    tiling.add_argument("--overlap", type=int, default=None, help="denoiser tile overlap in LR pixels")
-    tiling.add_argument("--vq-tile", type=int, default=None, help="autoencoder tile in LR pixels (default 128)")
+    tiling.add_argument("--tile", type=int, default=None,
+                        help="denoiser tile in LR pixels (default 256; at least 64, a multiple of 64 for the "
+                             "official models: another value is refused, never rounded)")
+    tiling.add_argument("--overlap", type=int, default=None,
+                        help="denoiser tile overlap in LR pixels (smaller than the tile)")
+    tiling.add_argument("--vq-tile", type=int, default=None,
+                        help="autoencoder tile in LR pixels (default 128, at least 16)")
     up.set_defaults(run=upscale)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..colorfix import COLOR_FIXES, color_fix as apply_color_fix
 from ..imageio import from_unit_float, prepare
+from ..options import check_overlap, check_scale, check_sd_tile, check_seed
 from .checkpoint import SDModel, load_sd_model
 from .formulas import (LATENT_OVERLAP, LATENT_TILE, ONE_STEP_T, abar_at, crop_to, pad_to_multiple,
                        run_tiled_halving, x0_from_prediction)
@@ -34,10 +35,16 @@ from .prompt import encode_prompt
 
 
 def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """``(round(scale * H), round(scale * W))``, at least 1 x 1."""
-    if not (isinstance(scale, (int, float)) and scale > 0):
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    """``(round(scale * H), round(scale * W))``, at least 1 x 1 (``scale`` by its rule, in (0, 64])."""
+    scale = check_scale(scale)
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def check_sd_options(scale: float, tile: int, overlap: int,
+                     seed: int | None = None) -> tuple[float, int, int, int | None]:
+    """The SD path's numeric options checked by their rules (``onestep_sr.options``)."""
+    tile = check_sd_tile(tile)
+    return check_scale(scale), tile, check_overlap(overlap, tile), check_seed(seed)
 
 
 def bicubic_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -126,6 +133,7 @@ class SDOneStepSR:
             raise ValueError(f"unknown colour fix {color_fix!r}; expected one of {COLOR_FIXES}")
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise ValueError(f"expected a B x 3 x H x W RGB tensor, got shape {tuple(lr.shape)}")
+        scale, tile, overlap, seed = check_sd_options(scale, tile, overlap, seed)
         ref = bicubic_to(lr.float().cpu(), output_size(*lr.shape[-2:], scale))
         padded, size = pad_to_multiple(ref)
         latent = self.encode(padded, vae_sample=vae_sample, seed=seed)
