@@ -64,17 +64,21 @@ def output_device() -> torch.device:
 
 
 class NodeProgress:
-    """The engine's ``progress(done, total)`` (called after every network call on a tile) as a
-    ComfyUI progress bar; every call is also an interruption point, so Cancel stops within a tile."""
+    """The engine's ``progress(done, total)`` (called after every network call on a tile, and with
+    ``done`` unchanged from inside long network calls) as a ComfyUI progress bar, sent when ``done``
+    changes; every call is also an interruption point, so Cancel stops within one network block."""
 
     def __init__(self) -> None:
         self.bar: comfy.utils.ProgressBar | None = None
+        self.done = 0
 
     def __call__(self, done: int, total: int) -> None:
         check_interrupted()
         if self.bar is None:
             self.bar = comfy.utils.ProgressBar(total)
-        self.bar.update_absolute(done, total)
+        if done != self.done:
+            self.done = done
+            self.bar.update_absolute(done, total)
 
 
 def managed(module: torch.nn.Module, load_device: torch.device, offload_device: torch.device):

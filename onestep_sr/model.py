@@ -28,6 +28,7 @@ from .colorfix import COLOR_FIXES, color_fix_buffer
 from .download import DownloadError, WeightsUnavailableError, ensure_weights
 from .imageio import Prepared, from_unit_float, prepare, resize_array
 from .models import PIXEL_AUTOENCODER, PixelSpaceAutoencoder, PixelSpaceConfig, SwinUNetDenoiser, VQAutoencoder
+from .models.cancel import cancel_scope
 from .pipeline import (SCALE, NonFiniteError, Sampler, Tiling, check_finite, decode_rows, encode_tiled,
                        model_to_unit, network_calls, pad_bottom_right, run_sampler, super_resolve_rows,
                        tile_counts, tiled_x0_predictor, unit_to_model)
@@ -239,7 +240,9 @@ class OneStepSR:
         ``color_fix``: ``none``, ``adain`` or ``wavelet`` (towards the bicubic-upsampled input).
         ``dtype``: compute dtype for this call (default: the weights'); a result with NaN/Inf in
         fp16/bf16 is recomputed in fp32 automatically.
-        ``progress(done, total)``: called after every network call on a tile; raise to cancel.
+        ``progress(done, total)``: called after every network call on a tile; raise to cancel. It is
+        also called inside long network calls (``done`` unchanged, at most every 0.25 s), so a
+        cancel stops within one network block, not one tile.
         """
         job = self.plan(steps=steps, stochastic=stochastic, seed=seed, scale=scale, tile=tile, overlap=overlap,
                         vq_tile=vq_tile, color_fix=color_fix, dtype=dtype)
@@ -386,14 +389,14 @@ class OneStepSR:
         halved tiles when out of memory."""
         options.warn_slow_precision(job.dtype, self.device, once_for=self)
         try:
-            with self._computing_in(job.dtype):
+            with self._computing_in(job.dtype), cancel_scope(counter.check):
                 return self._with_tile_fallback(run, job.tiling, counter, what)
         except NonFiniteError:
             if job.dtype == torch.float32:
                 raise
         log.warning("the %s result has NaN/Inf values; recomputing in fp32", str(job.dtype).replace("torch.", ""))
         counter.restart()
-        with self._computing_in(torch.float32):
+        with self._computing_in(torch.float32), cancel_scope(counter.check):
             return self._with_tile_fallback(run, job.tiling, counter, what)
 
     def _with_tile_fallback(self, run: Callable[[Tiling], _T], tiling: Tiling, counter: "_Counter", what: str) -> _T:
@@ -475,6 +478,11 @@ class _Counter:
 
     def tick(self, _stage: str) -> None:
         self.done += 1
+        if self.callback:
+            self.callback(min(self.done, self.total), self.total)
+
+    def check(self) -> None:
+        """A cancel point inside a network call (``models.cancel``): the callback, ``done`` unchanged."""
         if self.callback:
             self.callback(min(self.done, self.total), self.total)
 

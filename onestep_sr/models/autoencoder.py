@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cancel import cancel_point
 from .configs import AutoencoderConfig
 from .layers import GroupNorm32, attention_fp32
 
@@ -31,7 +32,9 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cancel_point()  # one full-resolution convolution of a 128-pixel VQ tile: seconds on a CPU
         h = self.conv1(F.silu(self.norm1(x)))
+        cancel_point()
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
 
@@ -65,6 +68,7 @@ class _Resample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2 if down else 1, padding=0 if down else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cancel_point()
         if self.down:
             return self.conv(F.pad(x, (0, 1, 0, 1)))
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -116,7 +120,9 @@ class Encoder(nn.Module):
         h = self.conv_in(x)
         for level in self.down:
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
+        h = self.mid(h)
+        cancel_point()
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -139,6 +145,7 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
             h = level(h)
+        cancel_point()
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

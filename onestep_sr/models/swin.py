@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cancel import cancel_point
 from .layers import GroupNorm32, attention_fp32
 
 MASKED_LOGIT = -100.0
@@ -130,7 +131,9 @@ class SwinBlock(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cancel_point()
         x = x + self._attend(self.norm1(x))
+        cancel_point()
         return x + self.mlp(self.norm2(x))
 
 
