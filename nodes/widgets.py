@@ -26,6 +26,6 @@ def tile_inputs() -> list[io.Input]:
                              "models (another value is refused, never rounded). Out of memory halves it "
                              "automatically."),
         io.Int.Input("overlap", default=Tiling.overlap, min=0, max=1024, step=8,
-                     tooltip="Overlap of neighbouring tiles in input pixels, blended with a raised "
-                             "cosine; one noise field covers all tiles, so there are no seams."),
+                     tooltip="Overlap of neighbouring tiles in input pixels (smaller than the tile), blended "
+                             "with a raised cosine; one noise field covers all tiles, so there are no seams."),
     ]
