@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .errors import public_error
 from .models import (AutoencoderConfig, DenoiserConfig, SwinUNetDenoiser, VQAutoencoder, build_autoencoder,
                      build_denoiser)
 from .models.config_inference import ArchitectureMismatch, infer_autoencoder_config, infer_denoiser_config
@@ -35,6 +36,7 @@ CHECKPOINT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 _SHOW = 5
 
 
+@public_error
 class CheckpointError(ValueError):
     """A checkpoint file cannot be read or does not fit the architecture."""
 

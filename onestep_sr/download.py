@@ -25,6 +25,7 @@ from typing import Callable, Optional
 from .checkpoint import CheckpointError, atomic_write_text, read_checkpoint
 from .registry import RegistryEntry, get_entry
 from .registry import models_dir as resolve_models_dir
+from .errors import public_error
 
 OFFLINE_ENVS = ("ONESTEP_SR_OFFLINE", "HF_HUB_OFFLINE")
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -37,14 +38,17 @@ Progress = Callable[[int, Optional[int]], None]
 log = logging.getLogger("onestep_sr")
 
 
+@public_error
 class DownloadError(RuntimeError):
     """A transfer failed or gave a file that is not the expected one."""
 
 
+@public_error
 class HashMismatchError(DownloadError):
     """A file's sha256 differs from the one in the registry or pinned beside it."""
 
 
+@public_error
 class WeightsUnavailableError(RuntimeError):
     """The weights are not on disk and may not be downloaded (offline)."""
 

@@ -49,6 +49,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .checkpoint import new_file_mode
+from .errors import public_error
 
 __all__ = [
     "ImageInputError", "Prepared", "Restore", "SUPPORTED_EXTENSIONS", "from_unit_float", "prepare",
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 
+@public_error
 class ImageInputError(ValueError):
     """An input image, array, tensor or file the engine cannot use (the message says why)."""
 

@@ -26,6 +26,7 @@ import torch
 from .checkpoint import CHECKPOINT_SUFFIXES, load_autoencoder, load_denoiser
 from .colorfix import COLOR_FIXES, color_fix_buffer
 from .download import DownloadError, WeightsUnavailableError, ensure_weights
+from .errors import public_error
 from .imageio import Prepared, from_unit_float, prepare, resize_array
 from .models import PIXEL_AUTOENCODER, PixelSpaceAutoencoder, PixelSpaceConfig, SwinUNetDenoiser, VQAutoencoder
 from .models.cancel import cancel_scope
@@ -56,6 +57,7 @@ _T = TypeVar("_T")
 WeightsSpec = Union[str, os.PathLike]
 
 
+@public_error
 class OutOfMemoryError(RuntimeError):
     """Out of memory even with the smallest tiles."""
 

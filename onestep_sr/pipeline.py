@@ -29,6 +29,7 @@ from .samplers import (Noise, sample_deterministic, sample_one_step, sample_stoc
                        x0_predictor)
 from .schedule import ResShiftSchedule
 from .tiling import TileGrid, bicubic_crop, blend_tiles, blend_to_tensor
+from .errors import public_error
 
 SCALE = 4
 Sampler = Literal["one_step", "deterministic", "stochastic"]
@@ -39,6 +40,7 @@ EmitRows = Callable[[int, torch.Tensor], None]
 EMIT_ROWS = 64  # decoded rows handed on at a time
 
 
+@public_error
 class NonFiniteError(FloatingPointError):
     """The sampled latent or the decoded image has NaN/Inf values (typically fp16 overflow)."""
 

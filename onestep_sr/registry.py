@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .schedule import ResShiftSchedule
+from .errors import public_error
 
 REGISTRY_FILE = Path(__file__).resolve().parents[1] / "weights" / "registry.json"
 MODELS_ENV = "ONESTEP_SR_MODELS"
@@ -27,6 +28,7 @@ MIRROR_ENV = "ONESTEP_SR_MIRROR"
 KINDS = ("denoiser", "autoencoder")
 
 
+@public_error
 class UnknownModelError(KeyError):
     def __str__(self) -> str:  # KeyError quotes its argument; keep the sentence readable
         return str(self.args[0])

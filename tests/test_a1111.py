@@ -248,6 +248,26 @@ def test_errors_raise_with_the_entry_and_the_cause(webui, tiny):
         webui_fake.extras(webui, image, SINSR, 4)
 
 
+def test_error_types_read_onestep_sr_name_in_the_webui(webui, tiny):
+    """The webui prints tracebacks (module.qualname) and the API answers type(e).__name__: the
+    adapter's and the engine's errors read onestep_sr.<Name>, not onestep_sr_webui.extensions...."""
+    import pickle
+    import traceback
+
+    data = webui_fake.upscaler(webui, TINY)
+    Path(data.data_path).write_bytes(b"")
+    with pytest.raises(RuntimeError) as err:
+        webui_fake.extras(webui, _image(), TINY, 4)
+    shown = traceback.format_exception(err.value)
+    assert shown[-1].startswith("onestep_sr.OneStepSRError: OneStepSR upscaler 'OneStepSR 4x tiny_sinsr' failed: ")
+    assert "tiny_sinsr.safetensors: not a readable safetensors file" in shown[-1]
+    assert any(line.startswith("onestep_sr.CheckpointError: ") for line in shown), shown
+    assert type(err.value).__name__ == "OneStepSRError"
+    assert type(pickle.loads(pickle.dumps(err.value))) is type(err.value)
+    from onestep_sr_webui.extensions.a1111.upscaler import Interrupted
+    assert f"{Interrupted.__module__}.{Interrupted.__qualname__}" == "onestep_sr.Interrupted"
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("onestepsr_tile", 100.5, r"'tile size' \(onestepsr_tile\): tile must be a whole number, got 100.5"),
     ("onestepsr_tile", "big", r"'tile size' \(onestepsr_tile\): tile must be a whole number, got 'big'"),

@@ -198,6 +198,22 @@ def test_loader_errors_name_the_missing_file(comfy):
         _load(comfy, "gone.safetensors")
 
 
+def test_an_engine_error_type_reads_onestep_sr_name_in_comfyui(comfy):
+    """ComfyUI shows ``exception_type`` as module + qualname (execution.full_type_name); the pack is
+    imported as a package named after its folder, so without care this reads
+    ``<folder>.onestep_sr.checkpoint.CheckpointError``."""
+    import pickle
+
+    (comfy.folder / "broken.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(Exception) as err:
+        _load(comfy, "broken.safetensors")
+    cls = type(err.value)
+    assert f"{cls.__module__}.{cls.__qualname__}" == "onestep_sr.CheckpointError"
+    assert "broken.safetensors: not a readable safetensors file" in str(err.value)
+    assert cls.__qualname__ == "CheckpointError" and cls is not __import__("onestep_sr").CheckpointError
+    assert type(pickle.loads(pickle.dumps(err.value))) is cls  # the pack's own class, not a namesake
+
+
 def test_loader_dtype_and_device_choices(comfy):
     model = _load(comfy, dtype="bf16", device="cpu")
     assert model.sr.dtype == torch.bfloat16 and model.patcher.load_device == torch.device("cpu")

@@ -17,6 +17,7 @@ from typing import Any
 from modules.upscaler import Upscaler, UpscalerData
 from PIL import Image
 
+from ...onestep_sr.errors import public_error
 from ...onestep_sr.model import SCALE, OneStepSR, load_model
 from ...onestep_sr.options import OptionError
 from . import entries, settings, webui
@@ -25,10 +26,12 @@ log = logging.getLogger(__name__)
 MAX_PASSES = 3
 
 
+@public_error
 class OneStepSRError(RuntimeError):
     """An upscale that could not be done; the message says what and why."""
 
 
+@public_error
 class Interrupted(OneStepSRError):
     """The user pressed Interrupt/Skip during an upscale."""
 

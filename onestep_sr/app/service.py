@@ -26,12 +26,14 @@ from ..imageio import ImageInputError, read_image, write_image_atomic
 from ..model import SCALE, OneStepSR, load_model
 from ..options import OptionError, check_seed, check_upscale, number_from_host, whole_from_host
 from ..registry import models_dir as default_models_dir
+from ..errors import public_error
 
 PREVIEW_SIDE = 1024                     # gallery thumbnails: the result fitted into this square
 COMPARE_SIDE = 1536                     # before/after view: the result's centre, at most this square
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
 
 
+@public_error
 class Cancelled(Exception):
     """The user pressed Cancel."""
 

@@ -12,9 +12,11 @@ from typing import Mapping
 
 import torch
 
+from ..errors import public_error
 from .configs import AutoencoderConfig, DenoiserConfig
 
 
+@public_error
 class ArchitectureMismatch(ValueError):
     """The state dict is not one of the architectures this package implements."""
 

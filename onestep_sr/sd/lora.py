@@ -62,6 +62,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, load_weights_only, write_safetensors_atomic
+from ..errors import public_error
 
 DEFAULT_ALPHA = 8.0  # PEFT LoraConfig's default lora_alpha, which OSEDiff leaves unchanged
 FORMAT = "kohya-lora"
@@ -74,6 +75,7 @@ _LORA_PARAM = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.(?P<adapter>[^.]+
 _SHOW = 5
 
 
+@public_error
 class LoraFormatError(CheckpointError):
     """An OSEDiff or kohya LoRA file (or state dict) that cannot be converted or applied."""
 
