@@ -8,6 +8,7 @@ from .models import (AutoencoderConfig, DenoiserConfig, build_official_autoencod
                      build_official_denoiser)
 from .models.config_inference import ArchitectureMismatch
 from .model import DEFAULT_MODEL, OneStepSR, OutOfMemoryError, SRLatent, load_model
+from .options import OptionError
 from .pipeline import NonFiniteError, Tiling, super_resolve
 from .registry import UnknownModelError
 from .schedule import SCHEDULE_T4, SCHEDULE_T15, ResShiftSchedule, resshift_etas
@@ -26,7 +27,7 @@ def __getattr__(name: str):
 __all__ = [
     "ArchitectureMismatch", "AutoencoderConfig", "Cancelled", "CheckpointError", "DEFAULT_MODEL",
     "DenoiserConfig", "DownloadError", "HashMismatchError", "ImageInputError", "LoraFormatError",
-    "NonFiniteError", "OneStepSR", "OutOfMemoryError", "ResShiftSchedule", "UnknownModelError",
+    "NonFiniteError", "OneStepSR", "OptionError", "OutOfMemoryError", "ResShiftSchedule", "UnknownModelError",
     "WeightsUnavailableError", "SCHEDULE_T15", "SCHEDULE_T4", "SRLatent", "Tiling",
     "build_official_autoencoder", "build_official_denoiser", "load_autoencoder", "load_denoiser",
     "load_model", "resshift_etas", "super_resolve",

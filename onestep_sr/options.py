@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from .errors import public_error
+
 log = logging.getLogger("onestep_sr")
 
 SEED_MAX = 2**64 - 1       # torch.Generator.manual_seed's range, and ComfyUI's seed widget's
@@ -45,6 +47,7 @@ SLOW_CPU_DTYPES = (torch.float16, torch.bfloat16)
 _warned: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()
 
 
+@public_error
 class OptionError(ValueError):
     """An option's value breaks its rule; the message names the option, the value and the rule."""
 

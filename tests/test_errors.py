@@ -14,9 +14,16 @@ import onestep_sr
 ENGINE_ERRORS = {  # name -> the builtin a host or a caller may catch it as
     "ArchitectureMismatch": ValueError, "Cancelled": Exception, "CheckpointError": ValueError,
     "DownloadError": RuntimeError, "HashMismatchError": RuntimeError, "ImageInputError": ValueError,
-    "LoraFormatError": ValueError, "NonFiniteError": FloatingPointError, "OutOfMemoryError": RuntimeError,
+    "LoraFormatError": ValueError, "NonFiniteError": FloatingPointError, "OptionError": ValueError,
+    "OutOfMemoryError": RuntimeError,
     "UnknownModelError": KeyError, "WeightsUnavailableError": RuntimeError,
 }
+
+
+def make(cls: type, message: str = "the sentence") -> BaseException:
+    if cls is onestep_sr.OptionError:  # its arguments are the option, the value and the rule
+        return cls("tile", 65, "a multiple of 64", message=message)
+    return cls(message)
 
 
 def comfyui_type_name(cls: type) -> str:
@@ -28,7 +35,7 @@ def comfyui_type_name(cls: type) -> str:
 def test_every_engine_error_is_shown_as_onestep_sr_name(name):
     cls = getattr(onestep_sr, name)
     assert comfyui_type_name(cls) == f"onestep_sr.{name}"
-    error = cls("the sentence")
+    error = make(cls)
     assert traceback.format_exception_only(error)[-1] == f"onestep_sr.{name}: the sentence\n"
     assert isinstance(error, ENGINE_ERRORS[name])
 
@@ -36,7 +43,7 @@ def test_every_engine_error_is_shown_as_onestep_sr_name(name):
 @pytest.mark.parametrize("name", sorted(ENGINE_ERRORS))
 def test_engine_errors_pickle_and_copy_as_the_same_class(name):
     cls = getattr(onestep_sr, name)
-    error = cls("the sentence")
+    error = make(cls)
     error.detail = 7
     for twin in (pickle.loads(pickle.dumps(error)), copy.deepcopy(error)):
         assert type(twin) is cls and twin.args == ("the sentence",) and twin.detail == 7
