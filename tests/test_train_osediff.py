@@ -542,3 +542,24 @@ def test_scale_curriculum_starts_from_the_x2_run_and_targets_its_latent_on_the_c
     assert all(math.isfinite(float(r["loss_scale"])) for r in rows)
     with pytest.raises(ValueError, match="needs --scale 4 or 8"):
         _config(tiny, "bad", 1, scale=2, scale_teacher=str(x2.out))
+
+
+def test_schedule_shift_auto_from_the_crop_and_native_size_maps_the_training_timesteps(trained, tiny):
+    """The tiny checkpoint's native size is 8 latents x 8 = 64 px: 64-px crops are unshifted (and
+    say so in the export), 128-px crops shift by 2 (log-SNR - 2 log 2)."""
+    from safetensors import safe_open
+
+    from training.sd.osediff import OSEDiffRun
+    from training.sd.schedule_shift import shift_table
+
+    assert trained["run"].schedule_shift == 1.0
+    with safe_open(str(trained["path"]), framework="pt") as f:
+        assert f.metadata()["schedule_shift"] == "1"
+    run = OSEDiffRun(_config(tiny, "shifted", 1, gt_size=128))
+    assert run.schedule_shift == 2.0 and torch.equal(run.t_map, shift_table(run.alphas_cumprod, 2.0))
+    z = torch.zeros(64, 4, 2, 2)
+    t, _ = run._t_and_noise(z, 20, 980, torch.Generator().manual_seed(0))
+    plain = torch.randint(20, 980, (64,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(t, run.t_map[plain]) and bool((t >= plain).all()) and bool((t > plain).any())
+    with pytest.raises(ValueError, match="auto, none or a factor"):
+        _config(tiny, "bad_shift", 1, schedule_shift="0.5")

@@ -48,6 +48,7 @@ from onestep_sr.sd.lora import DEFAULT_ALPHA
 from . import osediff_losses as L
 from ..common.data import AUGMENTS, DEGRADATIONS, CaptionedCoupledPairDataset, CaptionedPairDataset
 from ..common.perceptual import PERCEPTUALS, build_perceptual
+from .schedule_shift import native_size, resolve_shift, shift_table
 from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
                    save_run_state, staging_dir)
 
@@ -76,6 +77,7 @@ class OSEDiffConfig:
     init: str | None = None  # a run folder (its newest checkpoint): start from its weights
     scale_teacher: str | None = None  # the x(scale/2) run of the scale curriculum (a run folder)
     lambda_scale: float = 1.0  # weight of the latent term against the scale teacher
+    schedule_shift: str = "auto"  # training timesteps shifted for crops above the native size: auto, none or a factor
     degradation: str = "realesrgan"
     augment: str = "flip"
     rank: int = 4
@@ -108,9 +110,9 @@ class OSEDiffConfig:
             raise ValueError(f"unknown perceptual loss {self.perceptual!r}; use one of {', '.join(PERCEPTUALS)}")
         if self.degradation not in DEGRADATIONS or self.augment not in AUGMENTS:
             raise ValueError(f"degradation must be one of {DEGRADATIONS}, augment one of {AUGMENTS}")
-        if self.scale not in (2, 4, 8) or self.gt_size % (8 * self.scale):
-            raise ValueError(f"--scale must be 2, 4 or 8 and --gt-size a multiple of 8 x scale, got {self.scale}, "
-                             f"{self.gt_size}")
+        resolve_shift(self.schedule_shift, self.gt_size, 512)  # the spelling; the size comes with the checkpoint
+        if self.scale not in (2, 4, 8):  # with gt_size a multiple of 32 the LR size is whole
+            raise ValueError(f"--scale must be 2, 4 or 8, got {self.scale}")
         if self.scale_teacher and self.scale < 4:
             raise ValueError("a scale teacher works at half the scale: --scale-teacher needs --scale 4 or 8")
         if self.gt_size % 32:
@@ -140,6 +142,8 @@ class OSEDiffRun:
                                      config_dir=c.config_dir)
         self.prediction_type = sd.prediction_type
         self.alphas_cumprod = scaled_linear_alphas_cumprod().float()
+        self.schedule_shift = resolve_shift(c.schedule_shift, c.gt_size, native_size(sd.unet))
+        self.t_map = shift_table(self.alphas_cumprod, self.schedule_shift)
         # "vae": a frozen copy of the VAE encoder taken before any LoRA is attached
         self.perceptual = lpips or build_perceptual(c.perceptual, sd.vae)
         if self.perceptual is not None:
@@ -194,7 +198,8 @@ class OSEDiffRun:
         return torch.Generator().manual_seed(key)
 
     def _t_and_noise(self, z: torch.Tensor, low: int, high: int, generator: torch.Generator):
-        t = torch.randint(low, high, (z.shape[0],), generator=generator)
+        """t ~ U[low, high) mapped through the schedule shift (the identity at native size), and noise."""
+        t = self.t_map[torch.randint(low, high, (z.shape[0],), generator=generator)]
         noise = torch.randn(z.shape, generator=generator)
         return t.to(z.device), noise.to(z.device, z.dtype)
 

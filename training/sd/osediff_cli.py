@@ -38,6 +38,9 @@ HELP = {
     "scale_teacher": "scale curriculum: the x(scale/2) run folder whose generator gives a latent target on the same "
                      "HR crop (coupled degradations); e.g. --scale 4 --init runs/x2 --scale-teacher runs/x2",
     "lambda_scale": "weight of the latent MSE against --scale-teacher",
+    "schedule_shift": "training timesteps (VSD and regulariser) shifted by simple diffusion's log-SNR rule, "
+                      "lambda - 2 log(factor): auto (factor = crop / the checkpoint's native size when the crop is "
+                      "larger, else none), none, or a factor >= 1; recorded in the LoRA's metadata",
 }
 
 

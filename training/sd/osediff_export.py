@@ -84,6 +84,7 @@ def export_kohya(run, weights: dict[str, torch.Tensor], dst: Path) -> Path:
         "losses_last_logged": json.dumps({k: round(v, 6) for k, v in run.last_losses.items()}),
         "perceptual": c.perceptual,
         "cfg": f"{c.cfg:g}",
+        "schedule_shift": f"{run.schedule_shift:g}",
         "prompt": c.prompt,
         "ss_v2": str(run.sd.family == "sd2"),
         "ss_steps": str(run.step),
