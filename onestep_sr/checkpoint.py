@@ -9,9 +9,12 @@ state dict or a ``{'state_dict': ...}`` wrapper (official trainer layout); ``mod
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pickle
+import pickletools
+import re
 import signal
 import threading
 import uuid
@@ -75,6 +78,11 @@ def interrupts_deferred():
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors of a checkpoint file (unwrapped, prefixes stripped) and its text metadata."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in CHECKPOINT_SUFFIXES)
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; give the path of a "
+                              f"{' or '.join(CHECKPOINT_SUFFIXES[:2])} file"
+                              + (f" (this folder has {_listing(inside)})" if inside else ""))
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     metadata: dict[str, str] = {}
@@ -86,22 +94,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                 metadata = dict(f.metadata() or {})
                 obj: Any = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+            raise CheckpointError(f"{path}: not a readable safetensors file: {describe_file(path) or exc}") from exc
     elif path.suffix in PICKLE_SUFFIXES:
-        try:
-            obj = load_weights_only(path)
-        except pickle.UnpicklingError as exc:
-            reason = _unpickler_reason(exc)
-            if "global" not in reason.lower():
-                raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from exc
-            raise CheckpointError(
-                f"{path}: refused to load. The file is a pickle that needs to run code to be read "
-                f"({reason}); only plain tensors and containers are accepted "
-                "(torch.load(weights_only=True)). If you trust its source, convert it to "
-                ".safetensors in an isolated environment."
-            ) from exc
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+        obj = read_pickle(path)
     else:
         raise CheckpointError(
             f"{path}: unsupported checkpoint type {path.suffix!r} "
@@ -110,14 +105,106 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return normalise_state_dict(obj, source=str(path)), metadata
 
 
-def _unpickler_reason(exc: Exception) -> str:
-    """The one informative line of torch's weights-only error (e.g. 'Unsupported global: ...')."""
-    text = str(exc)
+def read_pickle(path: Path, error: type[CheckpointError] = CheckpointError) -> Any:
+    """A pickled checkpoint through :func:`load_weights_only`. A refusal raises ``error`` with our
+    sentence (which code the pickle names, or what the file is), never torch's advice to load it
+    with ``weights_only=False``."""
+    try:
+        return load_weights_only(path)
+    except Exception as exc:  # UnpicklingError, zip RuntimeError, EOFError of an empty file, ...
+        text = " ".join(str(exc).split()) if not isinstance(exc, pickle.UnpicklingError) else str(exc)
+        calls, is_pickle = _pickle_globals(path, text)
+        if calls:
+            raise error(
+                f"{path}: refused to load. The file is a pickle that needs to run code to be read "
+                f"(it names {_listing(calls)}); only tensors, numbers, strings and containers are "
+                "accepted (torch.load(weights_only=True)). If you trust its source, convert it to "
+                ".safetensors in an isolated environment."
+            ) from None
+        reason = _torch_reason(text, exc)
+        if is_pickle:
+            what = f"a plain Python pickle, not a file written by torch.save ({reason})"
+        else:
+            what = describe_file(path) or (f"the file is damaged or cut short ({reason})"
+                                           if "zip archive" in reason else None)
+        raise error(f"{path}: not a readable PyTorch checkpoint: {what or reason}"
+                    ) from (None if isinstance(exc, pickle.UnpicklingError) else exc)
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_SAFE_MODULES = ("torch", "collections", "_codecs")  # what torch's own checkpoints name
+_WINDOW = 1 << 20  # bytes of a refused pickle decoded to find what it names
+
+
+def _pickle_globals(path: Path, torch_text: str) -> tuple[list[str], bool]:
+    """(the globals, i.e. callables, a refused pickle names; whether the file is one whole plain
+    pickle). Torch's message names the first one; a plain file is decoded with ``pickletools``
+    (opcodes only: nothing runs), which names them all, also in the pickles torch's reader stops
+    on early (protocol 0, 4, 5), and tells a text file from a pickle."""
+    named = list(dict.fromkeys(_GLOBAL.findall(torch_text)))
+    found, strings, memo, complete, pushed_string, stream = [], [], {}, False, False, io.BytesIO()
+    try:
+        with open(path, "rb") as f:
+            stream = io.BytesIO(f.read(_WINDOW))
+        if stream.getvalue().startswith(b"PK\x03\x04"):  # torch.save's zip: torch read its data.pkl
+            return named, False
+        for op, arg, _ in pickletools.genops(stream):
+            name = op.name
+            if name == "STOP":
+                complete = True
+                break
+            if name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):  # memo the value on top, keep it
+                memo[len(memo) if name == "MEMOIZE" else arg] = strings[-1] if pushed_string else None
+                continue
+            value = memo.get(arg) if name in ("GET", "BINGET", "LONG_BINGET") else \
+                arg if isinstance(arg, str) and name not in ("GLOBAL", "INST") else None
+            pushed_string = value is not None
+            if pushed_string:
+                strings.append(value)
+    except (ValueError, EOFError, OSError):  # not a pickle, or cut short
+        pass
+    if not complete:  # not a whole pickle (what looked like opcodes says nothing), or past the window
+        return ([], False) if len(stream.getvalue()) < _WINDOW else (named, False)
+    return [g for g in dict.fromkeys(found) if g.split(".")[0] not in _SAFE_MODULES] or named, True
+
+
+def describe_file(path: Path) -> str | None:
+    """What a file that is not a checkpoint is, when that is clear from its first bytes."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if head.startswith(b"version https://git-lfs"):
+        return ("it is a Git LFS pointer file, not the weights (fetch them with `git lfs pull`, "
+                "or download the file again)")
+    if b"\0" in head:
+        return None
+    text = head.decode("utf-8", errors="replace").lstrip()
+    if text[:200].lower().startswith(("<!doctype html", "<html")):
+        return "it is an HTML page (a download that saved a web page instead of the file?)"
+    if text.count("\ufffd") <= 2 and all(c.isprintable() or c.isspace() for c in text):
+        first = text.splitlines()[0] if text.strip() else ""
+        return f"it is a text file of {size:,} bytes" + (f" starting {first[:60]!r}" if first else "")
+    return None
+
+
+def _torch_reason(text: str, exc: BaseException) -> str:
+    """The informative part of torch's error ('Unsupported operand 110', a zip error), without
+    its advice about ``weights_only``."""
     marker = "WeightsUnpickler error:"
     if marker in text:
-        tail = text.split(marker, 1)[1].strip()
-        return tail.splitlines()[0].strip() if tail else text
-    return text.splitlines()[0] if text else type(exc).__name__
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    keep = [line for line in lines if "weights_only" not in line and not line.startswith("Check the documentation")]
+    return keep[0].split(". ")[0].rstrip(".") if keep else type(exc).__name__
 
 
 def normalise_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -173,10 +260,10 @@ def state_dict_problems(expected: Mapping[str, torch.Tensor], state: Mapping[str
 def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
               architecture: str) -> nn.Module:
     """Copy ``state`` into ``model``, strictly: every missing, unexpected or mis-shaped key is an
-    error naming the keys and the architecture expected. Recomputable buffers may be absent."""
+    error naming the keys first, then the ``architecture`` expected. Recomputable buffers may be absent."""
     problems = state_dict_problems(model.state_dict(), state, optional=_is_recomputable)
     if problems:
-        raise CheckpointError(f"{source} does not match the {architecture} architecture: " + "; ".join(problems))
+        raise CheckpointError(f"{source}: " + "; ".join(problems) + f"; it does not fit the {architecture}")
     model.load_state_dict(dict(state), strict=False)
     return model
 
@@ -212,16 +299,26 @@ Source = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
 def _load(kind: _Kind, source: Source, config: Any, device: Any, dtype: Any,
           metadata: Mapping[str, str] | None = None) -> nn.Module:
     if isinstance(source, Mapping):
-        state, metadata, name = normalise_state_dict(source), dict(metadata or {}), "state dict"
+        state, metadata, name = normalise_state_dict(source, "state dict"), dict(metadata or {}), "state dict"
     else:
         (state, metadata), name = read_checkpoint(source), str(source)
+    origin = "asked for"
     if config is None:
         stored = config_from_metadata(metadata, marker=kind.marker)
+        origin = "read from the file's metadata" if stored else "inferred from the tensor shapes"
         try:
             config = kind.config_cls.from_dict(stored) if stored else kind.infer(state)
-        except (ArchitectureMismatch, KeyError, TypeError, ValueError) as exc:
+        except KeyError as exc:  # a key the inference reads
+            raise CheckpointError(f"{name}: not a {kind.name} state dict (or a damaged one): key "
+                                  f"{exc.args[0]!r} is missing") from exc
+        except (ArchitectureMismatch, TypeError, ValueError) as exc:
             raise CheckpointError(f"{name}: {exc}") from exc
-    model = load_into(kind.build(config), state, name, f"{kind.name} {config}")
+    try:
+        model = kind.build(config)
+    except (ValueError, AssertionError, ZeroDivisionError) as exc:  # not memory errors
+        raise CheckpointError(f"{name}: the {kind.name} architecture {origin} cannot be built ({exc}): "
+                              f"{config}") from exc
+    model = load_into(model, state, name, f"{kind.name} architecture ({origin}) {config}")
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, atomic_write_text, interrupts_deferred, write_safetensors_atomic
+from .checkpoint import (CheckpointError, atomic_write_text, describe_file, interrupts_deferred,
+                         write_safetensors_atomic)
 from .models import PIXEL_AUTOENCODER, SwinUNetDenoiser
 from .schedule import SCHEDULE_T15, ResShiftSchedule
 
@@ -76,7 +77,7 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
             with interrupts_deferred(), safe_open(str(path), framework="pt") as f:
                 text = (f.metadata() or {}).get(INFO_KEY)
         except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+            raise CheckpointError(f"{path}: not a readable safetensors file: {describe_file(path) or exc}") from exc
         if text:
             return ModelInfo.from_json(text, str(path))
     sidecar = sidecar_json(path)

@@ -2,7 +2,10 @@
 refusal of pickles that would run code."""
 from __future__ import annotations
 
+import os
 import pickle
+import shlex
+import traceback
 from pathlib import Path
 
 import pytest
@@ -117,9 +120,108 @@ def test_pickle_needing_code_execution_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": {"x": _Exploit(marker)}}, f, protocol=2)
-    with pytest.raises(CheckpointError, match="refused to load.*Unsupported global"):
+    with pytest.raises(CheckpointError, match=r"refused to load.*needs to run code.*getattr, pathlib\.Path"):
         load_denoiser(path)
     assert not marker.exists()
+
+
+class _Shell:
+    """A pickle payload as found in the wild: ``os.system`` with a command."""
+
+    def __init__(self, marker: Path):
+        self.command = f"echo ran > {shlex.quote(str(marker))}"
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle protocol 2", "pickle default protocol", "pickle protocol 0"])
+def test_an_os_system_pickle_gets_our_sentence_never_torchs_advice(tmp_path, writer):
+    """torch 2.13 words the refusal of os.system ("unsupported GLOBAL posix.system whose module posix
+    is blocked", "Unsupported operand 149" for protocol 4) differently from other globals and ends
+    with "Re-running torch.load with weights_only set to False will likely succeed"."""
+    marker, path = tmp_path / "code_ran", tmp_path / "evil.pth"
+    payload = {"state_dict": {"input_blocks.0.0.weight": torch.zeros(2), "x": _Shell(marker)}}
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        protocol = {"pickle protocol 2": 2, "pickle default protocol": None, "pickle protocol 0": 0}[writer]
+        with open(path, "wb") as f:
+            pickle.dump(payload, f, protocol=protocol)
+    for load in (load_denoiser, load_autoencoder):
+        with pytest.raises(CheckpointError) as err:
+            load(path)
+        text = str(err.value)
+        assert text.startswith(f"{path}: refused to load. The file is a pickle that needs to run code"), text
+        assert "system" in text and "convert it to .safetensors" in text
+        shown = "".join(traceback.format_exception(err.value))  # what a host's log prints, causes included
+        assert "Re-running" not in shown and "will likely succeed" not in shown and "weights_only` set to" not in shown
+    assert not marker.exists()
+
+
+def test_an_os_system_osediff_pickle_is_refused_with_the_same_sentence(tmp_path):
+    from onestep_sr.sd.lora import LoraFormatError, read_osediff
+
+    marker, path = tmp_path / "code_ran", tmp_path / "osediff.pkl"
+    torch.save({"rank_unet": 4, "x": _Shell(marker)}, path)
+    with pytest.raises(LoraFormatError, match=r"osediff\.pkl: refused to load\. The file is a pickle that needs to run code") as err:
+        read_osediff(path)
+    assert "Re-running" not in "".join(traceback.format_exception(err.value))
+    assert not marker.exists()
+
+
+def test_a_folder_given_as_a_checkpoint_says_it_is_a_folder(tmp_path):
+    folder = tmp_path / "models.pth"
+    folder.mkdir()
+    (folder / "inside.safetensors").write_bytes(b"")
+    for load in (load_denoiser, load_autoencoder):
+        with pytest.raises(CheckpointError) as err:
+            load(folder)
+        assert str(err.value).startswith(f"{folder} is a folder, not a checkpoint file"), err.value
+        assert "inside.safetensors" in str(err.value)
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("empty.pth", b"", "the file is empty (0 bytes)"),
+    ("notes.pth", b"nothing to see here\n", "it is a text file of 20 bytes starting 'nothing to see here'"),
+    ("empty.safetensors", b"", "the file is empty (0 bytes)"),
+    ("pointer.pth", b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n", "Git LFS pointer"),
+])
+def test_an_empty_or_text_file_says_what_it_is(tmp_path, name, content, says):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        load_denoiser(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: not a readable ") and says in text, text
+    assert "()" not in text and "Unsupported operand" not in text
+
+
+def test_a_wrong_shape_without_metadata_names_the_key_not_a_groupnorm_rule(tmp_path, unet_state, vq_state):
+    for load, state, key in ((load_denoiser, unet_state, "input_blocks.0.0.weight"),
+                             (load_denoiser, unet_state, "input_blocks.4.0.out_layers.3.weight"),
+                             (load_autoencoder, vq_state, "encoder.conv_in.weight")):
+        damaged = dict(state)
+        damaged[key] = state[key][:-1].clone()
+        path = tmp_path / "damaged.safetensors"
+        save_file(damaged, path)
+        with pytest.raises(CheckpointError) as err:
+            load(path)
+        text = str(err.value)
+        assert text.startswith(f"{path}: key '{key}' has the shape {list(damaged[key].shape)}"), text
+        assert "GroupNorm" not in text and "num_groups" not in text
+
+
+def test_a_key_mismatch_names_the_key_before_the_architecture(tmp_path, unet_state):
+    state = dict(unet_state)
+    state["out.2.weight"] = torch.zeros(3, 32, 1, 1)
+    path = tmp_path / "odd.safetensors"
+    save_file(state, path)
+    with pytest.raises(CheckpointError) as err:
+        load_denoiser(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: 1 key(s) with the wrong shape: out.2.weight [3, 32, 1, 1] (expected [3, 32, 3, 3])")
+    assert "inferred from the tensor shapes" in text and text.index("DenoiserConfig(") > text.index("out.2.weight")
 
 
 @pytest.mark.parametrize("name, content, message", [

@@ -27,10 +27,19 @@ def _need(state: Mapping[str, torch.Tensor], key: str, what: str) -> torch.Tenso
     return state[key]
 
 
+def _width(state: Mapping[str, torch.Tensor], key: str, what: str, unit: int) -> int:
+    """The first dimension (output channels) of ``key``, which must be a positive multiple of ``unit``."""
+    shape = list(_need(state, key, what).shape)
+    if not shape or shape[0] <= 0 or shape[0] % unit:
+        raise ArchitectureMismatch(f"key {key!r} has the shape {shape}, which no {what} has (its first "
+                                   f"dimension must be a multiple of {unit}): the file is damaged, or not a {what}")
+    return shape[0]
+
+
 def infer_denoiser_config(state: Mapping[str, torch.Tensor]) -> DenoiserConfig:
     what = "ResShift/SinSR Swin-UNet denoiser"
     conv_in = _need(state, "input_blocks.0.0.weight", what)
-    model_channels, in_channels = conv_in.shape[0], conv_in.shape[1]
+    model_channels, in_channels = _width(state, "input_blocks.0.0.weight", what, 32), conv_in.shape[1]
     out_channels = _need(state, "out.2.weight", what).shape[0]
 
     blocks = sorted({int(m.group(1)) for k in state if (m := re.match(r"input_blocks\.(\d+)\.", k))})
@@ -43,7 +52,7 @@ def infer_denoiser_config(state: Mapping[str, torch.Tensor]) -> DenoiserConfig:
             num_res_blocks.append(count)
             count = 0
             continue
-        out = _need(state, f"input_blocks.{index}.0.out_layers.3.weight", what).shape[0]
+        out = _width(state, f"input_blocks.{index}.0.out_layers.3.weight", what, model_channels)
         if count == 0:
             channel_mult.append(out // model_channels)
         if f"input_blocks.{index}.1.patch_embed.proj.weight" in state:
@@ -81,9 +90,9 @@ def infer_denoiser_config(state: Mapping[str, torch.Tensor]) -> DenoiserConfig:
 def infer_autoencoder_config(state: Mapping[str, torch.Tensor]) -> AutoencoderConfig:
     what = "VQ-f4 autoencoder"
     conv_in = _need(state, "encoder.conv_in.weight", what)
-    ch = conv_in.shape[0]
+    ch = _width(state, "encoder.conv_in.weight", what, 32)
     levels = sorted({int(m.group(1)) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
-    ch_mult = tuple(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in levels)
+    ch_mult = tuple(_width(state, f"encoder.down.{i}.block.0.conv1.weight", what, ch) // ch for i in levels)
     num_res_blocks = len({k.split(".")[4] for k in state if k.startswith("encoder.down.0.block.")})
     n_embed, embed_dim = _need(state, "quantize.embedding.weight", what).shape
     z_channels = _need(state, "quant_conv.weight", what).shape[1]

@@ -51,7 +51,6 @@ Only torch and safetensors are used here: diffusers and peft are never imported.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -61,7 +60,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, load_weights_only, write_safetensors_atomic
+from ..checkpoint import CheckpointError, read_pickle, write_safetensors_atomic
 from ..errors import public_error
 
 DEFAULT_ALPHA = 8.0  # PEFT LoraConfig's default lora_alpha, which OSEDiff leaves unchanged
@@ -179,20 +178,7 @@ class OSEDiffCheckpoint:
 def _load_pickle(path: Path) -> Any:
     if not path.is_file():
         raise LoraFormatError(f"checkpoint not found: {path}")
-    try:
-        return load_weights_only(path)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        marker = "WeightsUnpickler error:"
-        reason = text.split(marker, 1)[1].strip().splitlines()[0] if marker in text else text.splitlines()[0]
-        if "global" in reason.lower():
-            raise LoraFormatError(
-                f"{path}: refused to load. The file is a pickle that needs to run code to be read ({reason}); "
-                "only tensors, numbers, strings and containers are accepted (torch.load(weights_only=True))"
-            ) from exc
-        raise LoraFormatError(f"{path}: not a readable PyTorch checkpoint ({reason})") from exc
-    except Exception as exc:  # zip / EOF errors of a truncated or foreign file
-        raise LoraFormatError(f"{path}: not a readable PyTorch checkpoint ({' '.join(str(exc).split())})") from exc
+    return read_pickle(path, error=LoraFormatError)
 
 
 def looks_like_osediff(obj: Any) -> bool:
