@@ -76,7 +76,7 @@ def interrupts_deferred():
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors of a checkpoint file (unwrapped, prefixes stripped) and its text metadata."""
+    """Tensors of a checkpoint file (unwrapped, prefixes stripped, all finite) and its text metadata."""
     path = Path(path)
     if path.is_dir():
         inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in CHECKPOINT_SUFFIXES)
@@ -208,7 +208,8 @@ def _torch_reason(text: str, exc: BaseException) -> str:
 
 
 def normalise_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Unwrap ``{'state_dict': ...}`` and strip ``module.``/``_orig_mod.`` prefixes."""
+    """Unwrap ``{'state_dict': ...}`` and strip ``module.``/``_orig_mod.`` prefixes; weights with
+    NaN/Inf values are refused (the one check of every file and state dict loaded)."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source}: expected a dict of tensors, found {type(obj).__name__}")
     for key in WRAPPER_KEYS:
@@ -227,7 +228,20 @@ def normalise_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torc
         if name in out:
             raise CheckpointError(f"{source}: key {name!r} appears twice once prefixes are stripped")
         out[name] = value
+    _refuse_non_finite(out, source)
     return out
+
+
+def _refuse_non_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Weights with NaN/Inf make every image fail after its compute: refuse them at load."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        first = state[bad[0]]
+        nan, inf = int(torch.isnan(first).sum()), int(torch.isinf(first).sum())
+        raise CheckpointError(
+            f"{source}: the weights have NaN/Inf values: {bad[0]} has {nan} NaN and {inf} Inf of "
+            f"{first.numel():,} values" + (f" ({len(bad)} tensors in all)" if len(bad) > 1 else "")
+            + "; they are damaged, or were saved from a training run that diverged")
 
 
 def _listing(keys: list[str]) -> str:

@@ -170,6 +170,25 @@ def test_an_os_system_osediff_pickle_is_refused_with_the_same_sentence(tmp_path)
     assert not marker.exists()
 
 
+def test_weights_with_nan_or_inf_are_refused_at_load_naming_the_file_and_a_tensor(tmp_path, unet_state):
+    state = dict(unet_state)
+    state["out.2.weight"] = state["out.2.weight"].clone()
+    state["out.2.weight"][0, 0, 1, 1] = float("nan")
+    path = tmp_path / "diverged.safetensors"
+    save_file(state, path)
+    with pytest.raises(CheckpointError) as err:
+        load_denoiser(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: the weights have NaN/Inf values") and "out.2.weight has 1 NaN" in text, text
+    from onestep_sr.checkpoint import read_checkpoint
+    with pytest.raises(CheckpointError, match=r"diverged\.safetensors: the weights have NaN/Inf values"):
+        read_checkpoint(path)
+    state["out.2.weight"] = unet_state["out.2.weight"]
+    state["out.2.bias"] = torch.full_like(unet_state["out.2.bias"], float("inf"))
+    with pytest.raises(CheckpointError, match=r"state dict: the weights have NaN/Inf values: out\.2\.bias has 0 NaN and 3 Inf"):
+        load_denoiser(state)
+
+
 def test_a_folder_given_as_a_checkpoint_says_it_is_a_folder(tmp_path):
     folder = tmp_path / "models.pth"
     folder.mkdir()
