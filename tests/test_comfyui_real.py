@@ -635,6 +635,7 @@ def test_an_engine_error_is_readable_and_comfyui_keeps_running(server, object_in
     assert errors and errors[0]["node_type"] == "OneStepSR_Upscale", _failure(entry)
     message = errors[0]["exception_message"]
     assert "steps must be 1" in message and "got 7" in message, message
+    assert errors[0]["exception_type"] == "onestep_sr.OptionError", errors[0]["exception_type"]  # not the folder path
     print(f"\n[real ComfyUI] steps=7 refused: {errors[0]['exception_type']}: {message.strip()}")
 
     upscale["inputs"].update(steps=1, seed=777)  # a new seed: really executed, not served from the cache
