@@ -38,14 +38,17 @@ class OneStepUpscale(io.ComfyNode):
                                                 "separately)."),
                 io.Int.Input("steps", default=1, min=1, max=50,
                              tooltip="1 = one step (SinSR). The model's schedule length (15 for SinSR / "
-                                     "ResShift v1-v2, 4 for ResShift v3) = deterministic ResShift sampling."),
+                                     "ResShift v1-v2, 4 for ResShift v3) = deterministic ResShift sampling. A "
+                                     "progressively distilled model runs only the step count it was distilled for "
+                                     "(any other is refused with that number)."),
                 seed_input(),
                 *tile_inputs(),
                 io.Combo.Input("color_fix", options=COLOR_FIX_CHOICES, default="wavelet",
                                tooltip="Pull the colours towards the input's (wavelet keeps detail)."),
                 io.Float.Input("scale", default=4.0, min=0.25, max=16.0, step=0.25,
-                               tooltip="Output size / input size. The model works at 4x; any other "
-                                       "scale resizes its result with Lanczos."),
+                               tooltip="Output size / input size. The model's native scale (4x; 2x or 8x for "
+                                       "YONOS models) is one pass; larger scales run more passes while the result "
+                                       "does not exceed the request, and what is left is one Lanczos resize."),
             ],
             outputs=[io.Image.Output()],
         )

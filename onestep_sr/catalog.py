@@ -32,6 +32,8 @@ class CatalogEntry:
     title: str                # "SinSR v1", "ResShift bicubic", "default", a file's stem
     source: str               # registry:<name>, bundled:<name> or a file path
     steps: int = 1            # 1 for one-step models, else the schedule's T (multi-step ResShift)
+    scale: int = 4            # the model's native scale (2 / 8: YONOS models)
+    distilled: bool = False   # progressively distilled: ``steps`` is the only step count it runs
 
     @property
     def registry_name(self) -> str | None:
@@ -77,10 +79,12 @@ def discover(folders: list[str | os.PathLike]) -> list[CatalogEntry]:
         except Exception:  # noqa: BLE001 - see the docstring
             info = None
         steps = info.resshift_schedule().steps if info and info.sampler != "one_step" else 1
+        if info and info.levels:
+            steps = len(info.levels)
         title = path.stem if (path.stem, steps) not in seen else path.name
         if (title, steps) not in seen:
             seen.add((title, steps))
-            out.append(CatalogEntry(title, str(path), steps))
+            out.append(CatalogEntry(title, str(path), steps, info.scale if info else 4, bool(info and info.levels)))
     return out
 
 

@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 
@@ -27,14 +27,16 @@ from .checkpoint import CHECKPOINT_SUFFIXES, load_autoencoder, load_denoiser
 from .colorfix import COLOR_FIXES, color_fix_buffer
 from .download import DownloadError, WeightsUnavailableError, ensure_weights
 from .errors import public_error
-from .imageio import Prepared, from_unit_float, prepare, resize_array
+from .imageio import Prepared, from_unit_float, prepare, resize_array, to_unit_float
 from .models import PIXEL_AUTOENCODER, PixelSpaceAutoencoder, PixelSpaceConfig, SwinUNetDenoiser, VQAutoencoder
 from .models.cancel import cancel_scope
-from .pipeline import (SCALE, NonFiniteError, Sampler, Tiling, check_finite, decode_rows, encode_tiled,
-                       model_to_unit, network_calls, pad_bottom_right, run_sampler, super_resolve_rows,
-                       tile_counts, tiled_x0_predictor, unit_to_model)
+from .pipeline import (SCALE, NonFiniteError, Sampler, Tiling, model_to_unit, network_calls, super_resolve_rows,
+                       tile_counts, unit_to_model)
 from . import options
+from .options import DEFAULT_SEED
+from .latent_stages import CallCounter, LatentStages, Progress, SRLatent  # noqa: F401 (SRLatent: public here)
 from .model_info import read_model_info
+from .native_scale import check_steps, passes_for, supported_steps
 from .registry import REGISTRY_FILE, RegistryEntry, UnknownModelError, get_entry
 from .schedule import SCHEDULE_T4, SCHEDULE_T15, ResShiftSchedule
 from .tiling import bicubic_crop
@@ -47,12 +49,10 @@ log = logging.getLogger("onestep_sr")
 BUNDLED_MODELS = {"onestep_default": REGISTRY_FILE.parent / "onestep_default_x4.safetensors"}
 DEFAULT_MODEL = "onestep_default"
 DEFAULT_AUTOENCODER = "vq_f4"
-DEFAULT_SEED = 12345  # the official inference scripts' seed
 SCHEDULES = {"T15": SCHEDULE_T15, "T4": SCHEDULE_T4}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BAND_ROWS = 256
-Progress = Callable[[int, int], None]
 _T = TypeVar("_T")
 WeightsSpec = Union[str, os.PathLike]
 
@@ -149,8 +149,6 @@ def load_model(name_or_paths: WeightsSpec | Sequence[WeightsSpec] | Mapping[str,
     fetch = dict(models_dir=models_dir, offline=offline, progress=download_progress)
     den_path, entry = _weights_path(den_spec, "denoiser", **fetch)
     info = None if entry else read_model_info(den_path)  # a model we trained names what it needs
-    if info and info.scale != SCALE:
-        raise ValueError(f"{den_path} is a x{info.scale} model; this version runs x{SCALE} models")
     ae_spec = ae_spec or (info.autoencoder if info else None) or (
         entry.autoencoder if entry and entry.autoencoder else DEFAULT_AUTOENCODER)
     if isinstance(schedule, str):
@@ -169,7 +167,8 @@ def load_model(name_or_paths: WeightsSpec | Sequence[WeightsSpec] | Mapping[str,
             raise type(exc)(f"{den_path.name} also needs its autoencoder {ae_spec}: {exc}") from exc
         autoencoder = load_autoencoder(ae_path, device=device, dtype=dtype)
     name = entry.name if entry else next((k for k, v in BUNDLED_MODELS.items() if v == den_path), den_path.name)
-    return OneStepSR(denoiser, autoencoder, schedule, sampler, name=name)
+    return OneStepSR(denoiser, autoencoder, schedule, sampler, name=name, scale=info.scale if info else SCALE,
+                     levels=info.levels if info else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,25 +185,27 @@ class _Job:
     tiling: Tiling
     color_fix: str
     dtype: torch.dtype
+    levels: list[int] | None = None  # a progressive model's own grid
 
 
-@dataclass(frozen=True)
-class SRLatent:
-    """A batch in the sampler's latent space (x4 with the f4 autoencoder: latent size = LR size)."""
-
-    samples: torch.Tensor  # B x C x H x W float32: z_y after encode, the sampled latent after sample
-    lq: torch.Tensor  # B x 3 x H x W float32 in [-1, 1]: the LR image padded to H x W (the condition)
-    size: tuple[int, int]  # (h, w) of the LR image before padding
-
-
-class OneStepSR:
+class OneStepSR(LatentStages):
     """Denoiser + VQ autoencoder + schedule + default sampler; :meth:`upscale` does the rest."""
 
     def __init__(self, denoiser: SwinUNetDenoiser, autoencoder: VQAutoencoder,
-                 schedule: ResShiftSchedule = SCHEDULE_T15, sampler: Sampler = "one_step", name: str = ""):
+                 schedule: ResShiftSchedule = SCHEDULE_T15, sampler: Sampler = "one_step", name: str = "",
+                 scale: int = SCALE, levels: Sequence[int] | None = None):
+        if denoiser.config.lq_mode == "lq3" and scale != SCALE:
+            raise ValueError(f"a x{scale} model needs the scale-agnostic LR condition (lq_mode unshuffle48); "
+                             f"this one takes the LR image itself, which fits x{SCALE} only")
         self.denoiser, self.autoencoder = denoiser, autoencoder
         denoiser.eval(), autoencoder.eval()
         self.schedule, self.sampler, self.name = schedule, sampler, name
+        self.scale, self.levels = int(scale), (list(levels) if levels else None)
+
+    @property
+    def supported_steps(self) -> list[int]:
+        """The ``steps`` values :meth:`upscale` accepts (see ``native_scale``)."""
+        return supported_steps(self.schedule.steps, self.levels)
 
     @property
     def device(self) -> torch.device:
@@ -222,7 +223,7 @@ class OneStepSR:
         return self
 
     def __repr__(self) -> str:
-        return (f"OneStepSR({self.name or 'custom'}, sampler={self.sampler}, steps={self.schedule.steps}, "
+        return (f"OneStepSR({self.name or 'custom'}, x{self.scale}, sampler={self.sampler}, steps={self.supported_steps}, "
                 f"device={self.device}, dtype={str(self.dtype).replace('torch.', '')})")
 
     def upscale(self, image: Any, *, steps: int | None = None, stochastic: bool | None = None,
@@ -235,7 +236,9 @@ class OneStepSR:
         ``steps``: 1 = one-step (SinSR), the schedule's T = full ResShift sampling (deterministic,
         or the original stochastic sampler with ``stochastic=True``; default: the model's own).
         ``seed``: the prior noise (and the stochastic sampler's); None draws a random seed.
-        ``scale``: 4 is native; any other value resizes the x4 result with Lanczos.
+        ``scale``: the model's native scale (``model.scale``: 4, or 2/8 for YONOS models) is one
+        pass; larger requests run more passes while the result does not exceed the request, and
+        what is left is one Lanczos resize (``native_scale.passes_for``).
         ``tile``/``overlap``: denoiser tiles in LR pixels (at least 64, a multiple of the model's
         block: 64 for the official models); ``vq_tile``: autoencoder tiles in LR pixels (at least
         16). Out of memory halves the tiles and retries. Rules: ``onestep_sr.options``.
@@ -249,89 +252,9 @@ class OneStepSR:
         job = self.plan(steps=steps, stochastic=stochastic, seed=seed, scale=scale, tile=tile, overlap=overlap,
                         vq_tile=vq_tile, color_fix=color_fix, dtype=dtype)
         items, restore = prepare(image)
-        counter = _Counter(progress, sum(self._calls(item, job.tiling, job.sampler) for item in items))
+        counter = CallCounter(progress, sum(self._calls(item, job) for item in items))
         results = [self._upscale_one(item, job, counter) for item in items]
         return restore(results)
-
-    # --- the three stages of upscale, for hosts that hand the latent on ---------------------
-
-    def encode(self, image: torch.Tensor, *, vq_tile: int | None = None, dtype: str | torch.dtype | None = None,
-               progress: Progress | None = None) -> SRLatent:
-        """Stage 1 of :meth:`upscale` for a batch ``image`` (B x 3 x h x w floats in [0, 1]): the
-        LR image padded to the denoiser's multiple, and its latent z_y = encode(bicubic x4)."""
-        job = self.plan(vq_tile=vq_tile, dtype=dtype)
-        if image.ndim != 4 or image.shape[1] != 3 or not image.is_floating_point():
-            raise ValueError(f"encode takes a float batch B x 3 x h x w, got {image.dtype} {tuple(image.shape)}")
-        h, w = image.shape[-2:]
-        lq = pad_bottom_right(unit_to_model(image.float().cpu().contiguous()), self.denoiser.config.latent_multiple)
-        counter = _Counter(progress, len(lq) * tile_counts(lq.shape, job.tiling, 1)[0])
-
-        def run(tiling: Tiling) -> torch.Tensor:
-            with torch.inference_mode():
-                return torch.cat([encode_tiled(self.autoencoder, lq[i:i + 1].to(self.device), tiling,
-                                               counter.tick).float().cpu() for i in range(len(lq))])
-
-        return SRLatent(self._robust(run, job, counter, f"a {w}x{h} image"), lq, (h, w))
-
-    def sample(self, latent: SRLatent, *, steps: int | None = None, stochastic: bool | None = None,
-               seed: int | None = DEFAULT_SEED, tile: int | None = None, overlap: int | None = None,
-               dtype: str | torch.dtype | None = None, progress: Progress | None = None) -> SRLatent:
-        """Stage 2: run the sampler from ``latent`` (made by :meth:`encode`); the result holds the
-        sampled, not yet quantised latent. Options as in :meth:`upscale`; every image of the batch
-        gets the noise of ``seed``, as :meth:`upscale` gives it."""
-        job = self.plan(steps=steps, stochastic=stochastic, seed=seed, tile=tile, overlap=overlap, dtype=dtype)
-        self._check_latent(latent)
-        seed = job.seed if job.seed is not None else secrets.randbits(63)
-        per_image = network_calls(job.sampler, self.schedule) * tile_counts(latent.lq.shape, job.tiling, 1)[1]
-        counter = _Counter(progress, len(latent.lq) * per_image)
-
-        def run(tiling: Tiling) -> torch.Tensor:
-            out = []
-            for i in range(len(latent.lq)):
-                lq = latent.lq[i:i + 1].to(self.device)
-                with torch.inference_mode():
-                    predict = tiled_x0_predictor(self.denoiser, self.schedule, lq, tiling, counter.tick)
-                    z = run_sampler(job.sampler, predict, latent.samples[i:i + 1].to(self.device), self.schedule,
-                                    torch.Generator().manual_seed(seed))
-                check_finite(z, "sampled latent")
-                out.append(z.float().cpu())
-            return torch.cat(out)
-
-        h, w = latent.size
-        return replace(latent, samples=self._robust(run, job, counter, f"a {w}x{h} image"))
-
-    def decode(self, latent: SRLatent, *, vq_tile: int | None = None, dtype: str | torch.dtype | None = None,
-               progress: Progress | None = None) -> torch.Tensor:
-        """Stage 3: quantise and decode a sampled ``latent``; B x 3 x 4h x 4w floats in [0, 1]."""
-        job = self.plan(vq_tile=vq_tile, dtype=dtype)
-        self._check_latent(latent)
-        h, w = latent.size
-        out = torch.empty((len(latent.lq), 3, SCALE * h, SCALE * w))
-        counter = _Counter(progress, len(out) * tile_counts(latent.lq.shape, job.tiling, 1)[0])
-
-        def run(tiling: Tiling) -> torch.Tensor:
-            for i in range(len(out)):
-                def emit(row0: int, rows: torch.Tensor) -> None:
-                    out[i, :, row0:row0 + rows.shape[1]] = torch.from_numpy(
-                        from_unit_float(model_to_unit(rows).cpu(), np.float32))
-
-                with torch.inference_mode():
-                    decode_rows(latent.samples[i:i + 1].to(self.device), self.autoencoder, (h, w), tiling, emit,
-                                counter.tick)
-            return out
-
-        return self._robust(run, job, counter, f"a {w}x{h} image")
-
-    def _check_latent(self, latent: SRLatent) -> None:
-        z, lq, (h, w) = latent.samples, latent.lq, latent.size
-        channels = self.autoencoder.config.embed_dim
-        if z.ndim != 4 or z.shape[1] != channels:
-            raise ValueError(f"this latent has shape {tuple(z.shape)}; the model's autoencoder needs "
-                             f"B x {channels} x H x W (a latent from another model, e.g. Stable Diffusion, "
-                             "cannot be used here)")
-        if lq.shape[0] != z.shape[0] or lq.shape[-2:] != z.shape[-2:] or not (h <= lq.shape[-2] and w <= lq.shape[-1]):
-            raise ValueError(f"the latent ({tuple(z.shape)}) does not match its LR image ({tuple(lq.shape)}, "
-                             f"size {w}x{h})")
 
     # --- checks ---------------------------------------------------------------------------
 
@@ -352,6 +275,9 @@ class OneStepSR:
             if stochastic is not None and self.sampler == "one_step":
                 raise options.OptionError("stochastic", stochastic, f"used with steps={t}", message=(
                     f"stochastic={stochastic} needs steps={t}; this model samples in one step"))
+        elif self.levels:
+            check_steps(steps, t, self.levels)
+            sampler = "one_step" if steps == 1 else "deterministic"
         elif steps == 1:
             sampler = "one_step"
         elif steps == t:
@@ -366,27 +292,46 @@ class OneStepSR:
         overlap = min(base.overlap, tile // 4) if checked["overlap"] is None else checked["overlap"]
         vq = checked["vq_tile"] or base.vq_tile
         tiling = Tiling(tile=tile, overlap=overlap, vq_tile=vq, vq_overlap=min(base.vq_overlap, vq // 4))
-        return _Job(sampler, checked["seed"], checked["scale"], tiling, color_fix, resolve_dtype(dtype) or self.dtype)
+        if stochastic and self.levels:
+            raise options.OptionError("stochastic", stochastic, "False for a progressively distilled model "
+                                      "(it samples deterministically on its own levels)")
+        levels = self.levels if sampler != "stochastic" else None
+        return _Job(sampler, checked["seed"], checked["scale"], tiling, color_fix, resolve_dtype(dtype) or self.dtype,
+                    levels)
 
-    def _calls(self, item: Prepared, tiling: Tiling, sampler: Sampler) -> int:
-        vq, den = tile_counts(item.rgb.shape, tiling, self.denoiser.config.latent_multiple)
-        return 2 * vq + network_calls(sampler, self.schedule) * den
+    def _calls(self, item: Prepared, job: _Job) -> int:
+        """Network calls on tiles of all passes for ``item``."""
+        h, w = item.rgb.shape[-2:]
+        total = 0
+        for k in range(passes_for(self.scale, job.scale)):
+            size = (h * self.scale ** k, w * self.scale ** k)
+            vq, den = tile_counts(size, job.tiling, self.denoiser.config.latent_multiple, self.scale)
+            total += 2 * vq + network_calls(job.sampler, self.schedule, job.levels) * den
+        return total
 
     # --- one image ----------------------------------------------------------------------------
 
-    def _upscale_one(self, item: Prepared, job: _Job, counter: "_Counter") -> tuple[np.ndarray, np.ndarray | None]:
+    def _upscale_one(self, item: Prepared, job: _Job, counter: "CallCounter") -> tuple[np.ndarray, np.ndarray | None]:
         h, w = item.rgb.shape[-2:]
-        rgb = self._robust(lambda tiling: self._sr(item, job, tiling, counter), job, counter, f"a {w}x{h} image")
-        alpha = None if item.alpha is None else upscale_alpha(item.alpha, item.out_dtype)
-        color_fix_buffer(rgb, lambda r0, r1: bicubic_crop(item.rgb, SCALE, r0, r1, 0, rgb.shape[1]).clamp(0, 1),
-                         job.color_fix, band_rows=BAND_ROWS)
-        if job.scale != SCALE:
+        passes, source, rgb = passes_for(self.scale, job.scale), item, None
+        for _ in range(passes):
+            if rgb is not None:  # the next pass starts from the previous one's result
+                source = Prepared(to_unit_float(torch.from_numpy(rgb)).permute(2, 0, 1)[None].float(), None,
+                                  item.out_dtype)
+            sh, sw = source.rgb.shape[-2:]
+            rgb = self._robust(lambda tiling: self._sr(source, job, tiling, counter), job, counter,
+                               f"a {sw}x{sh} image")
+            color_fix_buffer(rgb, lambda r0, r1: bicubic_crop(source.rgb, self.scale, r0, r1, 0,
+                                                              rgb.shape[1]).clamp(0, 1), job.color_fix, band_rows=BAND_ROWS)
+        native = self.scale ** passes
+        alpha = None if item.alpha is None else upscale_alpha(item.alpha, item.out_dtype, native)
+        if job.scale != native:
             size = (max(1, round(w * job.scale)), max(1, round(h * job.scale)))
             rgb = resize_array(rgb, size)
             alpha = None if alpha is None else resize_array(alpha, size)
         return rgb, alpha
 
-    def _robust(self, run: Callable[[Tiling], _T], job: _Job, counter: "_Counter", what: str) -> _T:
+    def _robust(self, run: Callable[[Tiling], _T], job: _Job, counter: "CallCounter", what: str) -> _T:
         """``run(tiling)`` in the job's dtype, recomputed in fp32 if it gives NaN/Inf and with
         halved tiles when out of memory."""
         options.warn_slow_precision(job.dtype, self.device, once_for=self)
@@ -401,7 +346,7 @@ class OneStepSR:
         with self._computing_in(torch.float32), cancel_scope(counter.check):
             return self._with_tile_fallback(run, job.tiling, counter, what)
 
-    def _with_tile_fallback(self, run: Callable[[Tiling], _T], tiling: Tiling, counter: "_Counter", what: str) -> _T:
+    def _with_tile_fallback(self, run: Callable[[Tiling], _T], tiling: Tiling, counter: "CallCounter", what: str) -> _T:
         while True:
             failure = None
             try:
@@ -425,9 +370,9 @@ class OneStepSR:
             tiling = smaller
             counter.restart()
 
-    def _sr(self, item: Prepared, job: _Job, tiling: Tiling, counter: "_Counter") -> np.ndarray:
+    def _sr(self, item: Prepared, job: _Job, tiling: Tiling, counter: "CallCounter") -> np.ndarray:
         h, w = item.rgb.shape[-2:]
-        out = np.empty((SCALE * h, SCALE * w, 3), dtype=item.out_dtype)
+        out = np.empty((self.scale * h, self.scale * w, 3), dtype=item.out_dtype)
 
         def emit(row0: int, rows: torch.Tensor) -> None:
             out[row0:row0 + rows.shape[1]] = from_unit_float(model_to_unit(rows).permute(1, 2, 0).cpu(), item.out_dtype)
@@ -437,7 +382,8 @@ class OneStepSR:
         lq = unit_to_model(item.rgb).to(self.device)
         with torch.inference_mode():
             super_resolve_rows(lq, self.denoiser, self.autoencoder, self.schedule, generator, emit,
-                               sampler=job.sampler, tiling=tiling, on_tile=counter.tick)
+                               sampler=job.sampler, tiling=tiling, on_tile=counter.tick, scale=self.scale,
+                               levels=job.levels)
         return out
 
     @contextmanager
@@ -461,33 +407,12 @@ class OneStepSR:
             self.denoiser, self.autoencoder = (m.to(d) for m, d in zip(kept, dtypes))
 
 
-def upscale_alpha(alpha: torch.Tensor, out_dtype: np.dtype) -> np.ndarray:
-    """Alpha (1 x 1 x h x w in [0, 1]) upscaled x4 with bicubic, clamped, band by band."""
+def upscale_alpha(alpha: torch.Tensor, out_dtype: np.dtype, scale: int = SCALE) -> np.ndarray:
+    """Alpha (1 x 1 x h x w in [0, 1]) upscaled x``scale`` with bicubic, clamped, band by band."""
     h, w = alpha.shape[-2:]
-    out = np.empty((SCALE * h, SCALE * w), dtype=out_dtype)
-    for r0 in range(0, SCALE * h, BAND_ROWS):
-        r1 = min(SCALE * h, r0 + BAND_ROWS)
-        rows = bicubic_crop(alpha.float(), SCALE, r0, r1, 0, SCALE * w).clamp(0, 1)
+    out = np.empty((scale * h, scale * w), dtype=out_dtype)
+    for r0 in range(0, scale * h, BAND_ROWS):
+        r1 = min(scale * h, r0 + BAND_ROWS)
+        rows = bicubic_crop(alpha.float(), scale, r0, r1, 0, scale * w).clamp(0, 1)
         out[r0:r1] = from_unit_float(rows[0, 0], out_dtype)
     return out
-
-
-class _Counter:
-    """Progress over all network calls of one ``upscale`` call."""
-
-    def __init__(self, callback: Progress | None, total: int):
-        self.callback, self.total, self.done = callback, total, 0
-
-    def tick(self, _stage: str) -> None:
-        self.done += 1
-        if self.callback:
-            self.callback(min(self.done, self.total), self.total)
-
-    def check(self) -> None:
-        """A cancel point inside a network call (``models.cancel``): the callback, ``done`` unchanged."""
-        if self.callback:
-            self.callback(min(self.done, self.total), self.total)
-
-    def restart(self) -> None:
-        """A retry redoes the work: keep the bar monotone by growing the total."""
-        self.total += self.done

@@ -38,6 +38,7 @@ log = logging.getLogger("onestep_sr")
 
 SEED_MAX = 2**64 - 1       # torch.Generator.manual_seed's range, and ComfyUI's seed widget's
 SCALE_MAX = 64
+DEFAULT_SEED = 12345  # the official inference scripts' seed
 TILE_FLOOR = 64            # denoiser tiles (LR pixels); also where out-of-memory halving stops
 VQ_TILE_FLOOR = 16         # autoencoder tiles (LR pixels); also where out-of-memory halving stops
 SD_TILE_FLOOR = 8          # UNet tiles of the SD path (latent pixels): its UNet halves a tile 3 times

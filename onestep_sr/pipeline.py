@@ -13,6 +13,11 @@ Large images are tiled in LATENT space (the latent of this x4 / f4 pair has the 
   full-size float image exists.
 With tiles at least as large as the padded image every stage is one call: the result equals the
 untiled official pipeline (the end-to-end golden).
+
+Models of another native scale s (x2, x8: ``lq_mode`` "unshuffle48", YONOS ladder) keep the f4
+latent grid (HR / 4, so LR x s/4): their condition is the LR bicubic x s, space-to-depth by 4, at
+the latent grid (``models.lq_condition``), and the encoder's input tile is that condition
+pixel-shuffled back; everything else is the same.
 """
 from __future__ import annotations
 
@@ -24,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from .imageio import from_unit_float, to_unit_float
-from .models import SwinUNetDenoiser, VQAutoencoder
-from .samplers import (Noise, sample_deterministic, sample_one_step, sample_stochastic,
+from .models import SwinUNetDenoiser, VQAutoencoder, lq_condition
+from .samplers import (Noise, sample_deterministic, sample_levels, sample_one_step, sample_stochastic,
                        x0_predictor)
 from .schedule import ResShiftSchedule
 from .tiling import TileGrid, bicubic_crop, blend_tiles, blend_to_tensor
@@ -127,15 +132,20 @@ def _region(start: int, size: int, halo: int, length: int) -> tuple[int, int]:
 
 
 def encode_tiled(autoencoder: VQAutoencoder, lq_padded: torch.Tensor, tiling: Tiling,
-                 on_tile: TileCallback | None = None) -> torch.Tensor:
-    """z_y = encode(bicubic x4 of ``lq_padded``), computed tile by tile (latent = LR size)."""
+                 on_tile: TileCallback | None = None, upsampled: bool = False) -> torch.Tensor:
+    """z_y = encode(bicubic x4 of ``lq_padded``), computed tile by tile (latent = LR size).
+    ``upsampled``: ``lq_padded`` already is the upsampled image space-to-depth by 4 at the latent
+    grid (a "unshuffle48" condition); its tiles are pixel-shuffled back instead."""
     h, w = lq_padded.shape[-2:]
     halo = tiling.vq_halo
 
     def run(y: int, x: int, th: int, tw: int) -> torch.Tensor:
         y0, y1 = _region(y, th, halo, h)
         x0, x1 = _region(x, tw, halo, w)
-        image = bicubic_crop(lq_padded, SCALE, SCALE * y0, SCALE * y1, SCALE * x0, SCALE * x1)
+        if upsampled:
+            image = F.pixel_shuffle(lq_padded[..., y0:y1, x0:x1], SCALE)
+        else:
+            image = bicubic_crop(lq_padded, SCALE, SCALE * y0, SCALE * y1, SCALE * x0, SCALE * x1)
         z = autoencoder.encode(image)[..., y - y0:y - y0 + th, x - x0:x - x0 + tw]
         if on_tile:
             on_tile("encode")
@@ -188,7 +198,10 @@ def decode_tiled(autoencoder: VQAutoencoder, zq: torch.Tensor, tiling: Tiling, e
 
 def run_sampler(sampler: Sampler, predict, z_y: torch.Tensor, schedule: ResShiftSchedule, noise: Noise,
                 step_noise: Sequence[torch.Tensor] | torch.Generator | None = None,
-                callback: StepCallback | None = None) -> torch.Tensor:
+                callback: StepCallback | None = None, levels: Sequence[int] | None = None) -> torch.Tensor:
+    """``levels``: a progressively distilled model's own grid (deterministic moves between them)."""
+    if levels is not None and sampler != "stochastic":
+        return sample_levels(predict, z_y, schedule, noise, levels, callback)
     if sampler == "one_step":
         return sample_one_step(predict, z_y, schedule, noise, callback)
     if sampler == "deterministic":
@@ -198,13 +211,26 @@ def run_sampler(sampler: Sampler, predict, z_y: torch.Tensor, schedule: ResShift
     raise ValueError(f"unknown sampler {sampler!r} ({', '.join(SAMPLERS)})")
 
 
-def network_calls(sampler: Sampler, schedule: ResShiftSchedule) -> int:
+def network_calls(sampler: Sampler, schedule: ResShiftSchedule, levels: Sequence[int] | None = None) -> int:
+    if levels is not None and sampler != "stochastic":
+        return len(levels)
     return 1 if sampler == "one_step" else schedule.steps
 
 
-def tile_counts(lq_shape: Sequence[int], tiling: Tiling, multiple: int) -> tuple[int, int]:
-    """(VQ tiles, denoiser tiles) per pass for an LR image of ``lq_shape`` (..., h, w)."""
-    h, w = (-(-s // multiple) * multiple for s in lq_shape[-2:])
+def lr_multiple(latent_multiple: int, scale: int = SCALE) -> int:
+    """The LR padding multiple that makes the latent (LR x scale / 4) a multiple of ``latent_multiple``."""
+    return max(1, latent_multiple * SCALE // scale)
+
+
+def latent_size(h: int, w: int, scale: int = SCALE) -> tuple[int, int]:
+    return h * scale // SCALE, w * scale // SCALE
+
+
+def tile_counts(lq_shape: Sequence[int], tiling: Tiling, multiple: int, scale: int = SCALE) -> tuple[int, int]:
+    """(VQ tiles, denoiser tiles) per pass for an LR image of ``lq_shape`` (..., h, w) and a
+    model of native ``scale`` (tiles live on the latent grid)."""
+    m = lr_multiple(multiple, scale)
+    h, w = latent_size(*(-(-s // m) * m for s in lq_shape[-2:]), scale)
     return len(TileGrid(h, w, tiling.vq_tile, tiling.vq_overlap)), len(TileGrid(h, w, tiling.tile, tiling.overlap))
 
 
@@ -212,9 +238,11 @@ def super_resolve_rows(lq: torch.Tensor, denoiser: SwinUNetDenoiser, autoencoder
                        schedule: ResShiftSchedule, noise: Noise, emit: EmitRows,
                        sampler: Sampler = "one_step", tiling: Tiling | None = None,
                        step_noise: Sequence[torch.Tensor] | torch.Generator | None = None,
-                       callback: StepCallback | None = None, on_tile: TileCallback | None = None) -> None:
-    """x4 SR of ``lq`` (1 x 3 x h x w in [-1, 1]); the 4h x 4w result (unclamped, [-1, 1] domain)
-    goes to ``emit(row0, rows)`` band by band, cropped to the unpadded size.
+                       callback: StepCallback | None = None, on_tile: TileCallback | None = None,
+                       scale: int = SCALE, levels: Sequence[int] | None = None) -> None:
+    """x``scale`` SR of ``lq`` (1 x 3 x h x w in [-1, 1]) by a model of that native scale; the
+    scale h x scale w result (unclamped, [-1, 1] domain) goes to ``emit(row0, rows)`` band by
+    band, cropped to the unpadded size. ``levels``: the sampler's levels (progressive models).
 
     ``noise``: the prior noise at the padded latent size, or a generator to draw it from (on the
     generator's device, then moved: a seed gives the same noise on every device)."""
@@ -222,24 +250,27 @@ def super_resolve_rows(lq: torch.Tensor, denoiser: SwinUNetDenoiser, autoencoder
         raise ValueError(f"super_resolve_rows takes one image, got a batch of {lq.shape[0]}")
     tiling = tiling or Tiling()
     h, w = lq.shape[-2:]
-    lq_padded = pad_bottom_right(lq, denoiser.config.latent_multiple)
-    z_y = encode_tiled(autoencoder, lq_padded, tiling, on_tile)
-    predict = tiled_x0_predictor(denoiser, schedule, lq_padded, tiling, on_tile)
-    z = run_sampler(sampler, predict, z_y, schedule, noise, step_noise, callback)
-    del z_y, predict, lq_padded  # latent-size tensors: free them before decoding
-    decode_rows(z, autoencoder, (h, w), tiling, emit, on_tile)
+    lq_padded = pad_bottom_right(lq, lr_multiple(denoiser.config.latent_multiple, scale))
+    lq_mode = getattr(denoiser.config, "lq_mode", "lq3")
+    upsampled = lq_mode == "unshuffle48"
+    cond = lq_condition(lq_padded, lq_mode, scale)
+    z_y = encode_tiled(autoencoder, cond, tiling, on_tile, upsampled=upsampled)
+    predict = tiled_x0_predictor(denoiser, schedule, cond, tiling, on_tile)
+    z = run_sampler(sampler, predict, z_y, schedule, noise, step_noise, callback, levels)
+    del z_y, predict, lq_padded, cond  # latent-size tensors: free them before decoding
+    decode_rows(z, autoencoder, (h, w), tiling, emit, on_tile, scale)
 
 
 def decode_rows(z: torch.Tensor, autoencoder: VQAutoencoder, size: tuple[int, int], tiling: Tiling,
-                emit: EmitRows, on_tile: TileCallback | None = None) -> None:
+                emit: EmitRows, on_tile: TileCallback | None = None, scale: int = SCALE) -> None:
     """Quantise the sampled latent ``z`` (1 x C x H x W, padded) and decode it tile by tile; the
-    image cropped to the unpadded LR ``size`` x4 goes to ``emit`` in pieces of EMIT_ROWS rows."""
+    image cropped to the unpadded LR ``size`` x ``scale`` goes to ``emit`` in pieces of EMIT_ROWS rows."""
     check_finite(z, "sampled latent")
     zq = autoencoder.quantize(z)  # pointwise: once on the whole latent, never per tile
     h, w = size
 
     def crop(row0: int, rows: torch.Tensor) -> None:
-        rows = rows[:, : max(0, SCALE * h - row0), : SCALE * w]
+        rows = rows[:, : max(0, scale * h - row0), : scale * w]
         for r in range(0, rows.shape[1], EMIT_ROWS):  # small pieces: small conversion temporaries
             part = rows[:, r:r + EMIT_ROWS]
             check_finite(part, "decoded image")
@@ -251,19 +282,21 @@ def decode_rows(z: torch.Tensor, autoencoder: VQAutoencoder, size: tuple[int, in
 def super_resolve(lq: torch.Tensor, denoiser: SwinUNetDenoiser, autoencoder: VQAutoencoder,
                   schedule: ResShiftSchedule, noise: Noise, sampler: Sampler = "one_step",
                   step_noise: Sequence[torch.Tensor] | torch.Generator | None = None,
-                  callback: StepCallback | None = None, tiling: Tiling | None = None) -> torch.Tensor:
-    """x4 SR of ``lq`` (1 x 3 x h x w in [-1, 1]) as one tensor 1 x 3 x 4h x 4w, unclamped.
+                  callback: StepCallback | None = None, tiling: Tiling | None = None, scale: int = SCALE,
+                  levels: Sequence[int] | None = None) -> torch.Tensor:
+    """x``scale`` SR of ``lq`` (1 x 3 x h x w in [-1, 1]) as one tensor, unclamped.
 
     Untiled by default (every stage in one call, as the official code); pass ``tiling`` to tile."""
     if tiling is None:
         multiple = denoiser.config.latent_multiple
-        big = -(-max(lq.shape[-2:]) // multiple) * multiple
+        m = lr_multiple(multiple, scale)
+        big = max(latent_size(*(-(-n // m) * m for n in lq.shape[-2:]), scale))
         tiling = Tiling(tile=big, overlap=0, vq_tile=big, vq_overlap=0)
-    out = torch.empty((1, 3, SCALE * lq.shape[-2], SCALE * lq.shape[-1]), dtype=torch.float32, device=lq.device)
+    out = torch.empty((1, 3, scale * lq.shape[-2], scale * lq.shape[-1]), dtype=torch.float32, device=lq.device)
 
     def emit(row0: int, rows: torch.Tensor) -> None:
         out[0, :, row0:row0 + rows.shape[1]] = rows
 
     super_resolve_rows(lq, denoiser, autoencoder, schedule, noise, emit, sampler, tiling,
-                       step_noise, callback)
+                       step_noise, callback, scale=scale, levels=levels)
     return out.to(lq.dtype)

@@ -83,12 +83,12 @@ def test_untrained_residual_model_upscales_like_bicubic_through_the_pipeline(tmp
                          ModelInfo(autoencoder="pixel", sampler="one_step"))
     assert json.loads(path.with_suffix(".json").read_text())["denoiser"]["residual"] == "lq_bicubic"
     model = load_model(path, device="cpu")
-    lr = torch.rand(1, 3, 21, 34)
+    lr = torch.rand(1, 3, 81, 134)
     expected = F.interpolate(lr * 2 - 1, scale_factor=4, mode="bicubic", align_corners=False)
     expected = (expected.clamp(-1, 1) * 0.5 + 0.5)
-    for tile in (256, 16):  # one tile, then 16-pixel tiles blended with feathering
-        out = model.upscale(lr, steps=1, tile=tile, overlap=4)
-        assert out.shape == (1, 3, 84, 136)
+    for tile in (256, 64):  # one tile, then 64-pixel tiles (the smallest allowed) blended with feathering
+        out = model.upscale(lr, steps=1, tile=tile, overlap=8)
+        assert out.shape == (1, 3, 324, 536)
         # borders of small tiles see replicate padding in their own bicubic: within a few levels
         assert (out - expected).abs().max() < (1e-5 if tile == 256 else 0.05)
 

@@ -18,7 +18,7 @@ from modules.upscaler import Upscaler, UpscalerData
 from PIL import Image
 
 from ...onestep_sr.errors import public_error
-from ...onestep_sr.model import SCALE, OneStepSR, load_model
+from ...onestep_sr.model import OneStepSR, load_model
 from ...onestep_sr.options import OptionError
 from . import entries, settings, webui
 
@@ -49,7 +49,7 @@ class UpscalerOneStepSR(Upscaler):
         self.model_path = None
         self.user_path = dirname
         super().__init__()
-        self.scalers = [UpscalerData(e.name, e.data_path, self, SCALE) for e in self.entries()]
+        self.scalers = [UpscalerData(e.name, e.data_path, self, e.scale) for e in self.entries()]
 
     # --- folders and entries -------------------------------------------------------------------
 
@@ -126,7 +126,9 @@ class UpscalerOneStepSR(Upscaler):
         setting (all their schedule's steps, stochastic or deterministic, or one step)."""
         options = dict(seed=settings.seed(), tile=settings.whole("onestepsr_tile"),
                        overlap=settings.whole("onestepsr_tile_overlap"), color_fix=settings.get("onestepsr_color_fix"))
-        if model.sampler != "one_step":
+        if model.levels:  # a progressively distilled model runs its own step count only
+            options.update(steps=len(model.levels), stochastic=False)
+        elif model.sampler != "one_step":
             all_steps, stochastic = settings.resshift_mode()
             options.update(steps=model.schedule.steps if all_steps else 1, stochastic=stochastic)
         else:
@@ -150,7 +152,7 @@ class UpscalerOneStepSR(Upscaler):
                 bar.update(done - bar.n)
 
         try:
-            return model.upscale(img, scale=SCALE, progress=progress, **options)
+            return model.upscale(img, scale=model.scale, progress=progress, **options)  # one native pass
         finally:
             if bar is not None:
                 bar.close()

@@ -101,7 +101,8 @@ class AppService:
     @staticmethod
     def label(entry: CatalogEntry) -> str:
         kind = " (bundled)" if entry.source.startswith(BUNDLED) else ""
-        return entry.title + kind + (f" - {entry.steps} steps" if entry.steps > 1 else "")
+        native = f" (x{entry.scale})" if entry.scale != 4 else ""
+        return entry.title + kind + native + (f" - {entry.steps} steps" if entry.steps > 1 else "")
 
     def choices(self) -> list[tuple[str, str]]:
         return [(self.label(e), e.source) for e in self.entries()]
@@ -132,9 +133,12 @@ class AppService:
                 f"(licence: {'; '.join(sorted({e.licence for e in missing}))})")
 
     def step_choices(self, source: str) -> list[tuple[str, str]]:
-        steps = self.entry(source).steps
+        entry = self.entry(source)
+        steps = entry.steps
         if steps == 1:
             return [("1 (one step)", "1")]
+        if entry.distilled:  # progressively distilled: only its own step count
+            return [(f"{steps} steps (distilled for them)", f"{steps}/deterministic")]
         return [(f"{steps} steps, stochastic (the paper's sampler)", f"{steps}/stochastic"),
                 (f"{steps} steps, deterministic", f"{steps}/deterministic"), ("1 (one step)", "1")]
 

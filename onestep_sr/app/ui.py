@@ -45,7 +45,7 @@ def build(service: AppService, concurrency: int = 1) -> gr.Blocks:
                                     label="Steps", elem_id="steps")
                 with gr.Row():
                     seed = gr.Number(-1, label="Seed (-1: random)", precision=None, step=1, elem_id="seed")
-                    scale = gr.Slider(1, SCALE, value=SCALE, step=0.25, label="Scale", elem_id="scale")
+                    scale = gr.Slider(1, 2 * SCALE, value=SCALE, step=0.25, label="Scale", elem_id="scale")
                 with gr.Row():
                     tile = gr.Slider(64, 512, value=Tiling.tile, step=64, label="Tile (input pixels)", elem_id="tile")
                     color_fix = gr.Radio(list(COLOR_FIXES), value="none", label="Colour fix", elem_id="color-fix")
