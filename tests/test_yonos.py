@@ -242,3 +242,20 @@ def test_lq_condition_is_the_upsampled_lr_space_to_depth_and_lq3_is_x4_only():
     assert torch.equal(lq_condition(lq, "lq3", 4), lq)
     with pytest.raises(ValueError, match="x4 only"):
         lq_condition(lq, "lq3", 2)
+
+
+def test_the_ladder_in_vq_latent_space_where_the_autoencoder_allows(tmp_path, goldens):
+    """With a VQ-f4 autoencoder the x2 teacher and the x4 student share the latent grid (HR / 4):
+    y = Enc(bicubic x s of the LR), the condition is the 48-channel upsampled LR; both export and
+    run through load_model with exact sizes."""
+    from onestep_sr import load_model
+
+    vq = str(goldens / "vq.safetensors")
+    data = str(_image_folder(tmp_path / "hr"))
+    common = dict(data=data, gt_size=64, batch_size=1, steps=1, degradation="bicubic", arch="tiny", autoencoder=vq)
+    teacher = Run(TrainConfig(mode="resshift", out=str(tmp_path / "x2"), scale=2, **common)).train(progress=False)
+    student = Run(TrainConfig(mode="yonos", out=str(tmp_path / "x4"), teacher=str(teacher), **common)).train(progress=False)
+    for path, scale in ((teacher, 2), (student, 4)):
+        model = load_model(path, device="cpu")
+        assert model.scale == scale and model.denoiser.config.in_channels == 3 + 48
+        assert model.upscale(torch.rand(1, 3, 16, 24), steps=1, scale=scale).shape == (1, 3, 16 * scale, 24 * scale)
