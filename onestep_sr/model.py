@@ -227,7 +227,7 @@ class OneStepSR(LatentStages):
                 f"device={self.device}, dtype={str(self.dtype).replace('torch.', '')})")
 
     def upscale(self, image: Any, *, steps: int | None = None, stochastic: bool | None = None,
-                seed: int | None = DEFAULT_SEED, scale: float = SCALE, tile: int | None = None,
+                seed: int | None = DEFAULT_SEED, scale: float | None = None, tile: int | None = None,
                 overlap: int | None = None, vq_tile: int | None = None, color_fix: str = "none",
                 dtype: str | torch.dtype | None = None, progress: Progress | None = None) -> Any:
         """Super-resolve ``image`` (PIL image, numpy array H x W[ x C], torch tensor [B x ]C x H x W)
@@ -236,8 +236,8 @@ class OneStepSR(LatentStages):
         ``steps``: 1 = one-step (SinSR), the schedule's T = full ResShift sampling (deterministic,
         or the original stochastic sampler with ``stochastic=True``; default: the model's own).
         ``seed``: the prior noise (and the stochastic sampler's); None draws a random seed.
-        ``scale``: the model's native scale (``model.scale``: 4, or 2/8 for YONOS models) is one
-        pass; larger requests run more passes while the result does not exceed the request, and
+        ``scale``: default the model's native scale (``model.scale``: 4, or 2/8 for YONOS models),
+        one pass; larger requests run more passes while the result does not exceed the request, and
         what is left is one Lanczos resize (``native_scale.passes_for``).
         ``tile``/``overlap``: denoiser tiles in LR pixels (at least 64, a multiple of the model's
         block: 64 for the official models); ``vq_tile``: autoencoder tiles in LR pixels (at least
@@ -263,10 +263,11 @@ class OneStepSR(LatentStages):
         self.plan(**options)
 
     def plan(self, *, steps: int | None = None, stochastic: bool | None = None, seed: int | None = DEFAULT_SEED,
-             scale: float = SCALE, tile: int | None = None, overlap: int | None = None,
+             scale: float | None = None, tile: int | None = None, overlap: int | None = None,
              vq_tile: int | None = None, color_fix: str = "none", dtype: str | torch.dtype | None = None) -> _Job:
         """The resolved sampler, tiling and dtype of an ``upscale`` call (ValueError if invalid)."""
         multiple = self.denoiser.config.latent_multiple
+        scale = self.scale if scale is None else scale
         checked = options.check_upscale(steps=steps, stochastic=stochastic, seed=seed, scale=scale, tile=tile,
                                         overlap=overlap, vq_tile=vq_tile, multiple=multiple)
         steps, stochastic, t = checked["steps"], checked["stochastic"], self.schedule.steps

@@ -140,3 +140,15 @@ def test_the_web_app_lists_scales_and_the_distilled_step_count(tmp_path, exports
     assert x2.error is None and x2.size == (26, 18) and pd.error is None and pd.size == (52, 36)
     with pytest.raises(OptionError, match="distilled for 2 step"):
         list(service.upscale_files([image], str(exports["pd"]), Settings(seed=1, steps="1", scale=4)))
+
+
+def test_the_cli_upscales_with_the_models_native_scale_by_default(exports, tmp_path):
+    from onestep_sr.cli import main as cli_main
+
+    source = tmp_path / "in.png"
+    _image().save(source)
+    for model, extra, size in ((exports["x2"], [], (26, 18)), (exports["x2"], ["--scale", "4"], (52, 36)),
+                               (exports["x8"], [], (104, 72))):
+        out = tmp_path / f"out_{model.stem}_{len(extra)}.png"
+        assert cli_main(["upscale", str(source), "-o", str(out), "--denoiser", str(model), *extra]) == 0
+        assert Image.open(out).size == size

@@ -1,4 +1,4 @@
-"""``onestep-sr upscale INPUT... -o OUT``: x4 super-resolution of image files, folders and globs.
+"""``onestep-sr upscale INPUT... -o OUT``: super-resolution (the model's native scale, x4 for the bundled model) of image files, folders and globs.
 
     onestep-sr upscale photo.jpg -o photo_x4.png
     onestep-sr upscale shots/ "more/*.jpg" -o upscaled/ --format webp --color-fix wavelet
@@ -216,8 +216,11 @@ def load(args: argparse.Namespace) -> OneStepSR:
 
 
 def upscale_options(args: argparse.Namespace) -> dict:
-    return dict(steps=args.steps, stochastic=args.stochastic, seed=args.seed, scale=args.scale,
-                tile=args.tile, overlap=args.overlap, vq_tile=args.vq_tile, color_fix=args.color_fix)
+    options = dict(steps=args.steps, stochastic=args.stochastic, seed=args.seed, scale=args.scale,
+                   tile=args.tile, overlap=args.overlap, vq_tile=args.vq_tile, color_fix=args.color_fix)
+    if options["scale"] is None:  # the model's native scale
+        del options["scale"]
+    return options
 
 
 def check_options(model: OneStepSR | None, options: dict) -> None:
@@ -331,7 +334,7 @@ def upscale(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     up = sub.add_parser(
-        "upscale", help="x4 super-resolution of image files, folders or glob patterns",
+        "upscale", help="super-resolution (x4 with the bundled model; a model's native scale) of image files, folders or glob patterns",
         description=__doc__.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     up.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -366,8 +369,9 @@ def register(sub) -> None:
                           help="the original ResShift stochastic sampler (with --steps T)")
     sampling.add_argument("--seed", type=int, default=DEFAULT_SEED,
                           help=f"noise seed, 0 to 2**64-1 (default {DEFAULT_SEED})")
-    sampling.add_argument("--scale", type=float, default=4.0,
-                          help="output scale; 4 is native, others resize the x4 result (default 4)")
+    sampling.add_argument("--scale", type=float, default=None,
+                          help="output scale (default: the model's native scale, 4 for the bundled and official "
+                               "models); larger scales chain native passes, the rest is one Lanczos resize")
     sampling.add_argument("--color-fix", choices=COLOR_FIXES, default="none",
                           help="match colours to the input (default none)")
     tiling = up.add_argument_group("tiling (memory)")
