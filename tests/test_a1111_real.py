@@ -173,7 +173,7 @@ def export_osediff_for(checkpoint: Path, dst: Path) -> Path:
     groups = {g: osediff[f"unet_lora_{g}_modules"] for g in ("encoder", "decoder", "others")}
     run = SimpleNamespace(config=config, groups=groups, vae_names=osediff["vae_lora_encoder_modules"],
                           score=SimpleNamespace(unet=SimpleNamespace(conv_in=conv_in)),
-                          sd=SimpleNamespace(family="sd1"), prediction_type="epsilon", step=10,
+                          sd=SimpleNamespace(family="sd1"), prediction_type="epsilon", step=10, schedule_shift=1.0,
                           last_losses={"mse": 0.1}, ema=weights)
     return export_kohya(run, weights, dst)
 

@@ -265,8 +265,8 @@ class Server:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def log_tail(self) -> str:
-        return _log_tail(self.log)
+    def log_tail(self, lines: int = 60) -> str:
+        return _log_tail(self.log, lines)
 
     def queue(self, prompt: dict[str, Any]) -> str:
         try:
@@ -546,6 +546,7 @@ def test_sd_upscale_applies_both_student_loras(server, object_info):
         print(f"\n[real ComfyUI] OneStep SD Upscale, student LoRA {name}: {seconds:.1f} s")
     images = list(results.values())
     assert all(not np.array_equal(a, b) for i, a in enumerate(images) for b in images[i + 1:])
+    upscale["overlap"] = 8
     upscale["tile"] = 16  # a new setting (not cached); latent 16 x 12 is still one tile, so the same image
     lora["strength_model"], upscale["vae_lora"] = 0.0, "none"
     outputs, _ = run_workflow(server, base)
@@ -605,6 +606,7 @@ def test_a_converted_osediff_lora_loads_in_comfyuis_loraloader_with_every_key(co
     prompt = make_cheap(to_api(workflow, object_info))
     lora = next(n for n in prompt.values() if n["class_type"] == "LoraLoader")["inputs"]
     upscale = next(n for n in prompt.values() if n["class_type"] == "OneStepSR_SDUpscale")["inputs"]
+    upscale["overlap"] = 8
     upscale["tile"] = 24  # a setting no other test uses: this run is not served from the cache
     results = {}
     for strength, vae_lora in ((0.0, "none"), (1.0, CONVERTED_VAE_LORA)):
