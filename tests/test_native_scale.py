@@ -152,3 +152,16 @@ def test_the_cli_upscales_with_the_models_native_scale_by_default(exports, tmp_p
         out = tmp_path / f"out_{model.stem}_{len(extra)}.png"
         assert cli_main(["upscale", str(source), "-o", str(out), "--denoiser", str(model), *extra]) == 0
         assert Image.open(out).size == size
+
+
+def test_the_cli_runs_a_progressive_model_with_its_steps_and_refuses_others_before_any_image(exports, tmp_path, capsys):
+    from onestep_sr.cli import main as cli_main
+
+    source = tmp_path / "in.png"
+    _image().save(source)
+    assert cli_main(["upscale", str(source), "-o", str(tmp_path / "a.png"), "--denoiser", str(exports["pd"])]) == 0
+    assert Image.open(tmp_path / "a.png").size == (52, 36)
+    capsys.readouterr()
+    assert cli_main(["upscale", str(source), "-o", str(tmp_path / "b.png"), "--denoiser", str(exports["pd"]),
+                     "--steps", "1"]) == 2
+    assert "distilled for 2 step" in capsys.readouterr().err and not (tmp_path / "b.png").exists()

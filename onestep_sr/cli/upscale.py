@@ -364,7 +364,8 @@ def register(sub) -> None:
                        help="weights' dtype (default fp16 on CUDA, fp32 otherwise)")
     sampling = up.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, default=None,
-                          help="1 = one-step, or the schedule's T = full ResShift sampling (default: the model's)")
+                          help="1 = one-step, or the schedule's T = full ResShift sampling; a progressively "
+                               "distilled model runs only its own step count (default: the model's)")
     sampling.add_argument("--stochastic", action="store_true", default=None,
                           help="the original ResShift stochastic sampler (with --steps T)")
     sampling.add_argument("--seed", type=int, default=DEFAULT_SEED,
