@@ -285,7 +285,7 @@ class OneStepSR(LatentStages):
             default = self.sampler if self.sampler != "one_step" else "deterministic"
             sampler = default if stochastic is None else ("stochastic" if stochastic else "deterministic")
         else:
-            raise options.OptionError("steps", steps, f"1 (one-step) or {t} (the schedule's steps)")
+            check_steps(steps, t, None)  # not 1 or T: raises with the rule of native_scale
         if color_fix not in COLOR_FIXES:
             raise options.OptionError("color_fix", color_fix, f"one of {', '.join(COLOR_FIXES)}")
         base = Tiling()
