@@ -19,3 +19,17 @@ def reference_keys(path: Path) -> list[tuple[str, list[int]]]:
             dims = shape.strip()[1:-1]
             out.append((key, [int(d) for d in dims.split(",")] if dims else []))
     return out
+
+
+def image_folder(folder: Path, count: int = 3, size: tuple[int, int] = (48, 56)) -> Path:
+    """``count`` smooth, noisy RGB PNGs of ``size`` (h, w) in ``folder``: training data for tests."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:size[0], 0:size[1]]
+    for i in range(count):
+        base = np.stack([np.sin(x / (3 + i)), np.cos(y / (4 + i)), np.sin((x + y) / 5)], -1) * 90 + 128
+        Image.fromarray(np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder

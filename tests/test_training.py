@@ -8,10 +8,8 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from onestep_sr import load_model
@@ -22,6 +20,7 @@ from training.common.data import PairDataset
 from training.common.degradations import bicubic_degrade
 from training.resshift.losses import q_sample, resshift_loss, sinsr_losses
 from training.resshift.trainer import Run, TrainConfig
+from helpers import image_folder
 
 # spec section 5, T = 15: sqrt(eta_t) and the network input divisors sqrt(1 + kappa^2 eta_t)
 SQRT_ETA = [0.02, 0.117165, 0.176305, 0.233629, 0.291574, 0.351009, 0.412356, 0.475858, 0.541672, 0.60991,
@@ -99,13 +98,7 @@ def test_sinsr_losses_equal_a_hand_computation():
 
 
 def _image_folder(folder: Path, count: int = 3) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:48, 0:56]
-    for i in range(count):
-        base = np.stack([np.sin(x / (3 + i)) , np.cos(y / (4 + i)), np.sin((x + y) / 5)], -1) * 90 + 128
-        Image.fromarray(np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return folder
+    return image_folder(folder, count)
 
 
 def test_pairs_are_reproducible_and_shaped(tmp_path):

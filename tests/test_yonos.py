@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from onestep_sr.model_info import read_model_info
 from onestep_sr.models import PixelSpaceAutoencoder, PixelSpaceConfig, lq_condition
@@ -22,16 +21,11 @@ from training.common.degradations import bicubic_degrade, degrade, degrade_coupl
 from training.resshift.losses import q_sample, yonos_losses
 from training.resshift.sampling import upscale_calls
 from training.resshift.trainer import Run, TrainConfig
+from helpers import image_folder
 
 
 def _image_folder(folder: Path, count: int = 3) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:72, 0:80]
-    for i in range(count):
-        base = np.stack([np.sin(x / (3 + i)), np.cos(y / (4 + i)), np.sin((x + y) / 5)], -1) * 90 + 128
-        Image.fromarray(np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return folder
+    return image_folder(folder, count, size=(72, 80))
 
 
 # --- coupled degradations -------------------------------------------------------------------------
