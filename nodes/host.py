@@ -135,3 +135,28 @@ def vae_with_patches(vae, lora: dict[str, torch.Tensor], key_map: dict[str, str]
     patched.patcher = vae.patcher.clone()
     keys = patched.patcher.add_patches(comfy.lora.load_lora(lora, key_map), strength)
     return patched, keys
+
+
+def unet_lora_key_map(model) -> dict[str, str]:
+    """ComfyUI's own LoRA key map of a MODEL (what LoraLoader uses)."""
+    import comfy.lora
+
+    return comfy.lora.model_lora_keys_unet(model.model, {})
+
+
+def model_weight(model, key: str) -> torch.Tensor:
+    """The MODEL's weight ``key`` without any patch currently applied in place (ComfyUI keeps the
+    originals of patched weights in the patcher's ``backup``)."""
+    saved = getattr(model, "backup", {}).get(key)
+    if saved is not None:
+        return getattr(saved, "weight", saved)
+    return comfy.utils.get_attr(model.model, key)
+
+
+def model_with_patches(model, lora: dict[str, torch.Tensor], key_map: dict[str, str], strength: float = 1.0):
+    """A clone of ``model`` with ``lora``'s patches (as LoraLoader makes them); ``model`` unchanged."""
+    import comfy.lora
+
+    patched = model.clone()
+    patched.add_patches(comfy.lora.load_lora(lora, key_map), strength)
+    return patched

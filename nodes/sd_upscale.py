@@ -21,6 +21,10 @@ Per image batch (the recipe verified in a real ComfyUI, shared/specs/comfyui.md 
 4. ``image = vae.decode(process_latent_out(x0))`` (tiled above ``vae_tile``), cropped back to the
    output size, colour-fixed towards ``ref`` (``onestep_sr.colorfix``; OSEDiff's default AdaIN).
 
+Guidance: ``guided_lora`` (a w-conditioned student file, ``onestep_sr.sd.guidance``) is applied to a
+clone of the MODEL at the ``guidance`` widget's w as ordinary weight patches (its LoRA plus the
+exact time-embedding bias of that w): one UNet call at any w; w = 0 is the plain student.
+
 Conditioning: the ``positive`` input (e.g. CLIPTextEncode, an empty prompt or tags); without it,
 the optional ``clip`` input encodes the empty prompt (the engine's default); with neither the node
 stops with a sentence saying what to connect. A zero tensor is never substituted: the UNet's
@@ -40,6 +44,7 @@ from ..onestep_sr.colorfix import COLOR_FIXES, color_fix as apply_color_fix
 from ..onestep_sr.sd.formulas import (LATENT_OVERLAP, LATENT_TILE, MIN_PIXELS, ONE_STEP_T, crop_to,
                                       latent_tile_boxes, pad_to_multiple, run_tiled_halving)
 from ..onestep_sr.options import VAE_FACTOR, VAE_TILE_FLOOR, check_finite, check_vae_tile
+from ..onestep_sr.sd import guidance as G
 from ..onestep_sr.sd.onestep import bicubic_to, check_sd_options, output_size
 from . import host
 from .api import io
@@ -141,6 +146,26 @@ def patched_vae(vae: Any, name: str, strength: float) -> Any:
     if not keys:
         raise ValueError(f"OneStep SD Upscale: vae_lora {name!r} patched no VAE weight")
     return patched
+
+
+def guided_model(model: Any, name: str, w: float) -> Any:
+    """A clone of ``model`` carrying the w-conditioned student file ``name`` (``loras`` folder) at
+    guidance ``w``: its LoRA and the exact time-embedding bias ``W c(w)`` (``onestep_sr.sd.guidance.
+    bake``) as ordinary weight patches, applied like LoraLoader's. ``model`` is left as it was."""
+    try:
+        guided = G.parse_guided(host.read_lora(name), source=f"guided_lora {name!r}")
+    except ValueError as exc:
+        raise ValueError(f"OneStep SD Upscale: {exc}") from None
+    key_map = host.unet_lora_key_map(model)
+    if G.TIME_EMBED_KEY not in key_map:
+        raise ValueError("OneStep SD Upscale: this MODEL has no time_embed.0 layer to take the guidance (not an "
+                         "SD 1.x/2.x UNet?)")
+    baked = G.bake(guided, host.model_weight(model, key_map[G.TIME_EMBED_KEY]), w)
+    unmatched = unmatched_lora_keys(baked, key_map)
+    if unmatched:
+        raise ValueError(f"OneStep SD Upscale: {len(unmatched)} of {len(baked)} keys of guided_lora {name!r} match "
+                         f"no weight of this MODEL (a student of another base model?), e.g. {unmatched[0]}")
+    return host.model_with_patches(model, baked, key_map)
 
 
 # --- the recipe ----------------------------------------------------------------------------------
@@ -249,6 +274,14 @@ class OneStepSDUpscale(io.ComfyNode):
                                        "LoRA in models/loras), applied to a copy of the VAE."),
                 io.Float.Input("vae_lora_strength", default=1.0, min=-10.0, max=10.0, step=0.01,
                                tooltip="Strength of vae_lora (1 = as trained; ignored without a VAE LoRA)."),
+                io.Combo.Input("guided_lora", options=[NO_VAE_LORA, *host.lora_files()], default=NO_VAE_LORA,
+                               tooltip="A student with a guidance input (NAME_guided.safetensors from onestep-sr "
+                                       "train osediff --guidance-range, or guided_lora.safetensors): applied "
+                                       "here with the guidance below, instead of LoraLoader."),
+                io.Float.Input("guidance", default=0.0, min=-G.W_LIMIT, max=G.W_LIMIT, step=0.1,
+                               tooltip="w of guided_lora: CFG scale - 1 (0 = no guidance, the plain student; "
+                                       "the file's header gives the trained range). One UNet call at any w. "
+                                       "Needs guided_lora."),
             ],
             outputs=[io.Image.Output()],
         )
@@ -257,7 +290,8 @@ class OneStepSDUpscale(io.ComfyNode):
     def execute(cls, model: Any, vae: Any, image: torch.Tensor, positive: Any = None, clip: Any = None,
                 scale: float = 4.0, tile: int = LATENT_TILE, overlap: int = LATENT_OVERLAP,
                 vae_tile: int = VAE_TILE, color_fix: str = "adain", vae_lora: str = NO_VAE_LORA,
-                vae_lora_strength: float = 1.0) -> io.NodeOutput:
+                vae_lora_strength: float = 1.0, guided_lora: str = NO_VAE_LORA,
+                guidance: float = 0.0) -> io.NodeOutput:
         if color_fix not in COLOR_FIXES:
             raise ValueError(f"unknown colour fix {color_fix!r}; expected one of {COLOR_FIXES}")
         if image.ndim != 4 or image.shape[-1] not in (3, 4):
@@ -265,11 +299,18 @@ class OneStepSDUpscale(io.ComfyNode):
         scale, tile, overlap, _ = check_sd_options(scale, tile, overlap)
         vae_tile = check_vae_tile(vae_tile)
         vae_lora_strength = check_finite(vae_lora_strength, "vae_lora_strength")
+        guidance = G.check_guidance(check_finite(guidance, "guidance"))
+        guided = bool(guided_lora) and guided_lora != NO_VAE_LORA
+        if guidance != 0.0 and not guided:
+            raise ValueError("OneStep SD Upscale: guidance needs a guided_lora (a student trained with a guidance "
+                             "input); a plain LoRA from LoraLoader has none")
         check_model_and_vae(model, vae)
         context = conditioning_tensor(positive, clip, image.shape[0], model)
         host.check_interrupted()
         if vae_lora and vae_lora != NO_VAE_LORA:
             vae = patched_vae(vae, vae_lora, vae_lora_strength)
+        if guided:
+            model = guided_model(model, guided_lora, guidance)
         rgb = image[..., :3].movedim(-1, 1)
         out = upscale(model, vae, rgb, context, scale=scale, tile=tile, overlap=overlap, vae_tile=vae_tile,
                       color_fix=color_fix, progress=host.NodeProgress())

@@ -374,6 +374,64 @@ def test_vae_encoder_lora_is_applied_to_a_copy_of_the_vae(comfy, engine):
                  vae_lora="gone_vae.safetensors")
 
 
+# --- the guidance input (a w-conditioned student file) ---------------------------------------------
+
+
+def _guided_file(unet, dim: int = 16) -> dict[str, torch.Tensor]:
+    """A small w-conditioned student: LoRAs on three UNet modules (kohya names), a conv_in diff and a
+    random cond_proj (onestep_sr.sd.guidance's format)."""
+    from onestep_sr.sd.guidance import COND_PROJ_KEY
+    from onestep_sr.sd.lora import kohya_unet_name
+
+    g = torch.Generator().manual_seed(21)
+    state = {}
+    names = [n for n, m in unet.named_modules() if n.endswith(("attn1.to_q", "attn2.to_v", "resnets.0.conv1"))][:3]
+    for name in names:
+        weight = dict(unet.named_modules())[name].weight
+        kernel = weight.shape[2:] if weight.ndim == 4 else ()
+        up_shape = (weight.shape[0], 2, 1, 1) if weight.ndim == 4 else (weight.shape[0], 2)
+        state[kohya_unet_name(name) + ".lora_down.weight"] = 0.3 * torch.randn(2, weight.shape[1], *kernel, generator=g)
+        state[kohya_unet_name(name) + ".lora_up.weight"] = 0.3 * torch.randn(*up_shape, generator=g)
+        state[kohya_unet_name(name) + ".alpha"] = torch.tensor(2.0)
+    state["lora_unet_conv_in.diff"] = 0.02 * torch.randn(unet.conv_in.weight.shape, generator=g)
+    state[COND_PROJ_KEY] = 0.5 * torch.randn(unet.time_embedding.linear_1.in_features, dim, generator=g)
+    return state
+
+
+def test_the_guidance_widget_applies_the_guided_student_at_its_w(comfy, engine):
+    from onestep_sr.sd.guidance import COND_PROJ_KEY
+    from onestep_sr.sd.onestep import merge_lora
+
+    state = _guided_file(engine.model.unet)
+    save_file(state, str(comfy.loras / "student_guided.safetensors"))
+    model, vae = make_model(engine), make_vae(engine)
+    images = _images(1, 12, 10, seed=8)
+    run = lambda **o: run_node(comfy.node, model=model, vae=vae, image=images, positive=positive(engine), **o)[0]  # noqa: E731
+    outs = {w: run(guided_lora="student_guided.safetensors", guidance=w) for w in (0.0, 3.0, 7.5)}
+    for w, out in outs.items():  # = the engine with the file baked at w and merged
+        other = copy.deepcopy(engine)
+        merge_lora(other.model, state, guidance=w)
+        assert torch.allclose(out, _engine_out(other, images), atol=ATOL, rtol=0), w
+    assert (outs[3.0] - outs[0.0]).abs().max() > 1e-3 and (outs[7.5] - outs[3.0]).abs().max() > 1e-3
+    plain = copy.deepcopy(engine)  # w = 0: the plain student, its LoRA alone
+    merge_lora(plain.model, {k: v for k, v in state.items() if k != COND_PROJ_KEY})
+    assert torch.allclose(outs[0.0], _engine_out(plain, images), atol=ATOL, rtol=0)
+    assert model.patches == {}  # the given MODEL is not patched; a clone is
+    assert torch.allclose(run(), _engine_out(engine, images), atol=ATOL, rtol=0)
+
+    save_file({k: v for k, v in state.items() if k != COND_PROJ_KEY}, str(comfy.loras / "plain.safetensors"))
+    with pytest.raises(ValueError, match="guided_lora 'plain.safetensors'.*not a w-conditioned"):
+        run(guided_lora="plain.safetensors", guidance=1.0)
+    with pytest.raises(ValueError, match="guidance needs a guided_lora"):
+        run(guidance=2.0)
+    with pytest.raises(ValueError, match="guidance"):
+        run(guided_lora="student_guided.safetensors", guidance=float("nan"))
+    other = {**state, "lora_unet_not_a_module.diff": torch.zeros(3)}
+    save_file(other, str(comfy.loras / "foreign_guided.safetensors"))
+    with pytest.raises(ValueError, match="1 of .* keys of guided_lora 'foreign_guided.safetensors' match no weight"):
+        run(guided_lora="foreign_guided.safetensors", guidance=1.0)
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 

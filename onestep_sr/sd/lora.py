@@ -523,6 +523,7 @@ def _targets(unet: Optional[nn.Module], vae: Optional[nn.Module]) -> dict[str, t
             ldm = unet_diffusers_to_ldm(name)
             if ldm is not None:
                 out[f"diffusion_model.{ldm}"] = (f"unet.{name}", module, "weight")
+                out[UNET_PREFIX + ldm.replace(".", "_")] = (f"unet.{name}", module, "weight")  # lora_unet_time_embed_0
                 if isinstance(getattr(module, "bias", None), torch.Tensor):
                     out[f"diffusion_model.{ldm}.bias"] = (f"unet.{name}.bias", module, "bias")
     if vae is not None:
@@ -545,7 +546,8 @@ def merge_kohya_lora(unet: Optional[nn.Module], vae: Optional[nn.Module], state_
     * ``P.diff`` / ``P.diff_b``: ``W += strength * diff``, ``bias += strength * diff_b``.
 
     ``P`` is ``lora_unet_<diffusers name, dots as underscores>``, ``diffusion_model.<LDM name>``
-    (top-level UNet modules such as ``input_blocks.0.0``; with ``.bias`` for the bias) or an LDM VAE
+    (top-level UNet modules such as ``input_blocks.0.0``; with ``.bias`` for the bias), ``lora_unet_<LDM
+    name, dots as underscores>`` for those (``lora_unet_time_embed_0``, as ComfyUI maps) or an LDM VAE
     encoder name (``encoder.mid.attn_1.q``, ``quant_conv``). Every key must be used: otherwise, or
     on a shape mismatch, a :class:`LoraFormatError` lists the keys and nothing is changed.
     Returns counts of what was applied."""

@@ -71,13 +71,16 @@ class SDOneStepSR:
 
     @classmethod
     def from_checkpoint(cls, path, family: str | None = None, prediction_type: str | None = None,
-                        config_dir=None, lora=None, lora_strength: float = 1.0,
+                        config_dir=None, lora=None, lora_strength: float = 1.0, guidance: float | None = None,
                         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "SDOneStepSR":
         """Load an SD 1.x/2.x checkpoint (file or diffusers folder) offline, optionally merging a
-        kohya LoRA (a file path or a state dict) into the UNet / VAE first."""
+        kohya LoRA (a file path or a state dict) into the UNet / VAE first. A w-conditioned student
+        file (``onestep_sr.sd.guidance``) is baked at ``guidance`` (w = CFG scale - 1) first."""
         model = load_sd_model(path, family=family, prediction_type=prediction_type, config_dir=config_dir)
         if lora is not None:
-            merge_lora(model, lora, lora_strength)
+            merge_lora(model, lora, lora_strength, guidance)
+        elif guidance is not None:
+            raise ValueError("guidance needs a w-conditioned student file as lora")
         return cls(model, device=device, dtype=dtype)
 
     @property
@@ -157,21 +160,41 @@ class SDOneStepSR:
         return restore(outputs)
 
 
-def merge_lora(model: SDModel, lora, strength: float = 1.0) -> None:
+def merge_lora(model: SDModel, lora, strength: float = 1.0, guidance: float | None = None) -> None:
     """Merge kohya-format LoRA(s) into ``model``'s UNet / VAE in place, through
     ``onestep_sr.sd.lora.merge_kohya_lora``. ``lora``: a file path, a state dict, or a list of them.
     A path ``NAME.safetensors`` whose sibling ``NAME_vae.safetensors`` exists (the VAE-encoder half
-    written by ``onestep-sr convert``) merges both files."""
+    written by ``onestep-sr convert``) merges both files. A w-conditioned student (its
+    ``cond_proj`` key) is baked at ``guidance`` first (``guidance.bake``); ``guidance`` without one
+    is an error, as is such a file without ``guidance``."""
+    from . import guidance as G
     from .lora import merge_kohya_lora
 
     items = list(lora) if isinstance(lora, (list, tuple)) else [lora]
+    used = False
+
+    def merge(state, source: str) -> None:
+        nonlocal used
+        if G.is_guided(state):
+            if guidance is None:
+                raise ValueError(f"{source} is a w-conditioned student: give the guidance w (CFG scale - 1)")
+            state = G.bake(G.parse_guided(state, source=source), model.unet.time_embedding.linear_1.weight, guidance)
+            used = True
+        merge_kohya_lora(model.unet, model.vae, state, strength=strength)
+
     for item in items:
         if isinstance(item, (str, os.PathLike)):
             from ..checkpoint import read_checkpoint
 
             path = Path(item)
-            sibling = path.with_name(f"{path.stem}_vae{path.suffix}")
-            for one in (path, sibling) if sibling.is_file() and not path.stem.endswith("_vae") else (path,):
-                merge_kohya_lora(model.unet, model.vae, read_checkpoint(one)[0], strength=strength)
+            state, metadata = read_checkpoint(path)
+            merge(state, str(path))
+            # the VAE-encoder half: NAME_vae beside NAME, or the file the header names (a guided file's)
+            sibling = path.with_name(metadata.get("vae_file") or f"{path.stem}_vae{path.suffix}")
+            if sibling.is_file() and sibling != path and not path.stem.endswith("_vae"):
+                merge(read_checkpoint(sibling)[0], str(sibling))
         else:
-            merge_kohya_lora(model.unet, model.vae, item, strength=strength)
+            merge(item, "LoRA state dict")
+    if guidance is not None and not used:
+        raise ValueError("guidance was given but no LoRA is a w-conditioned student (no "
+                         f"{G.COND_PROJ_KEY} key)")
