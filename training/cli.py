@@ -1,7 +1,8 @@
 """``python -m training`` / ``onestep-sr train``: ``resshift`` (teacher), ``sinsr`` (one-step
 distillation), ``yonos`` (scale distillation: a x2 teacher trains a x4 student, x4 a x8),
 ``progressive`` (rounds that halve the steps: 15 -> 8 -> 4 -> 2 -> 1),
-``osediff`` (a one-step LoRA from your SD checkpoint) and ``eval`` (PSNR/SSIM on Y against GT and against bicubic).
+``osediff`` (a one-step LoRA from your SD checkpoint), ``guided`` (guidance distillation of your SD
+UNet: one call instead of two-call CFG), ``bake-guidance`` and ``eval`` (PSNR/SSIM on Y against GT and against bicubic).
 
     python -m training resshift --data HR_FOLDER --out runs/teacher --steps 20000
     python -m training sinsr --teacher runs/teacher/model.safetensors --data HR_FOLDER --out runs/student
@@ -10,6 +11,9 @@ distillation), ``yonos`` (scale distillation: a x2 teacher trains a x4 student, 
     python -m training yonos --teacher runs/x4/model.safetensors --data HR_FOLDER --out runs/x8
     python -m training progressive --teacher runs/teacher/model.safetensors --data HR_FOLDER --out runs/pd
     python -m training osediff --checkpoint SD.safetensors --data HR_FOLDER --out runs/osediff
+    python -m training guided --checkpoint SD.safetensors --data HR_FOLDER --out runs/guided
+    python -m training osediff --checkpoint SD.safetensors --data HR_FOLDER --out runs/osediff_fast \
+        --real-score runs/guided/guided_lora.safetensors
     python -m training eval --model runs/student/model.safetensors --data VAL_FOLDER
     accelerate launch -m training sinsr ...      # several GPUs
 """
@@ -20,7 +24,7 @@ import json
 import sys
 from dataclasses import fields
 
-from .sd import osediff_cli
+from .sd import cli as sd_cli
 from .resshift.trainer import ARCHS, TrainConfig
 
 EVAL_SAMPLERS = ("one_step", "deterministic", "stochastic")
@@ -98,7 +102,7 @@ def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
                                                      "(--steps per round), each student from the previous model")
     _add_train_options(progressive, "progressive")
     progressive.add_argument("--rounds", type=int, default=0, help="rounds to run (0: until one step)")
-    osediff_cli.add_parser(sub)
+    sd_cli.add_parser(sub)
     ev = sub.add_parser("eval", help="PSNR/SSIM (Y) of a model vs GT and vs bicubic on a folder")
     ev.add_argument("--model", required=True, help="checkpoint path or model name (as load_model takes)")
     ev.add_argument("--data", required=True, help="folder of HR images; the LR is their bicubic x1/4")
@@ -157,8 +161,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
     args = build_parser(prog).parse_args(argv)
     if args.command == "eval":
         return run_eval(args)
-    if args.command == "osediff":
-        return osediff_cli.run(args, prog)
+    if args.command in ("osediff", "guided", "bake-guidance"):
+        return sd_cli.run(args, prog)
     from .resshift.trainer import Run
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "no_progress", "rounds")}

@@ -1,10 +1,13 @@
-"""The ``osediff`` subcommand of ``python -m training`` / ``onestep-sr train``."""
+"""The SD-space subcommands of ``python -m training`` / ``onestep-sr train``: ``osediff`` (a
+one-step LoRA), ``guided`` (guidance distillation: a w-conditioned copy of the UNet) and
+``bake-guidance`` (a w-conditioned file -> a plain kohya LoRA at one w, for stock LoRA loaders)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from dataclasses import MISSING, fields
 
+from .guided import GUIDED_FILE, GuidedConfig
 from .osediff import LORA_FILE, OSEDiffConfig
 
 HELP = {
@@ -41,41 +44,112 @@ HELP = {
     "schedule_shift": "training timesteps (VSD and regulariser) shifted by simple diffusion's log-SNR rule, "
                       "lambda - 2 log(factor): auto (factor = crop / the checkpoint's native size when the crop is "
                       "larger, else none), none, or a factor >= 1; recorded in the LoRA's metadata",
+    "real_score": "a w-conditioned file from `train guided` (guided_lora.safetensors): the VSD real score in ONE "
+                  "UNet call at w = cfg - 1 instead of two-call CFG",
+    "guidance_range": "W_MIN,W_MAX: give the generator a guidance input (w = CFG scale - 1) drawn per sample and "
+                      "used by the real score; exports NAME_guided.safetensors (the OneStep SD Upscale node's "
+                      "guided_lora) and NAME.safetensors baked at --export-guidance",
+    "export_guidance": "the w baked into the plain kohya LoRA of a --guidance-range run (default: the range's middle)",
+}
+
+GUIDED_HELP = {
+    "checkpoint": HELP["checkpoint"], "data": HELP["data"], "out": HELP["out"],
+    "w_range": "W_MIN,W_MAX: w ~ U[W_MIN, W_MAX] per sample (w = CFG scale - 1; default 2,10 = CFG 3-11)",
+    "embed_dim": "dimension of the sinusoidal w features (cond_proj: dim -> the UNet's 320 time features)",
+    "lr": "AdamW learning rate", "rank": "LoRA rank (the OSEDiff target list, one adapter)",
+    "negative_prompt": "the unconditional branch of the teacher's CFG (OSEDiff's negative prompt by default)",
+    "prompt": "prompt of images without a caption file",
 }
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("osediff", help="distil a one-step LoRA (OSEDiff VSD) from your SD 1.x/2.x checkpoint")
-    for f in fields(OSEDiffConfig):
+def _add_options(parser: argparse.ArgumentParser, config_cls, helps: dict[str, str]) -> None:
+    for f in fields(config_cls):
         if f.name == "extra":
             continue
         flag = "--" + f.name.replace("_", "-")
         required = f.default is MISSING
         if isinstance(f.default, bool):
             action = argparse.BooleanOptionalAction if f.default else "store_true"
-            parser.add_argument(flag, dest=f.name, action=action, default=f.default, help=HELP.get(f.name))
+            parser.add_argument(flag, dest=f.name, action=action, default=f.default, help=helps.get(f.name))
             continue
         kind = {int: int, float: float}.get(type(f.default), str)
+        if f.name == "export_guidance":  # default None: typed by name
+            kind = float
         parser.add_argument(flag, dest=f.name, type=kind, required=required, default=None if required else f.default,
-                            help=HELP.get(f.name))
+                            help=helps.get(f.name))
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    _add_options(sub.add_parser("osediff", help="distil a one-step LoRA (OSEDiff VSD) from your SD 1.x/2.x "
+                                                "checkpoint"), OSEDiffConfig, HELP)
+    _add_options(sub.add_parser("guided", help="guidance distillation: a w-conditioned copy of your SD UNet (LoRA + "
+                                               "w embedding) whose one call matches two-call CFG"),
+                 GuidedConfig, {**HELP, **GUIDED_HELP})
+    bake = sub.add_parser("bake-guidance", help="a w-conditioned file at one fixed w as a plain kohya LoRA "
+                                                "(time_embed.0 bias delta) for stock LoRA loaders")
+    bake.add_argument("--checkpoint", required=True, help="the SD checkpoint the file was trained on")
+    bake.add_argument("--guided", required=True, help="the w-conditioned file (guided_lora / NAME_guided)")
+    bake.add_argument("--w", type=float, required=True, help="guidance w = CFG scale - 1 (0: the plain student)")
+    bake.add_argument("--out", required=True, help="the kohya LoRA to write")
+    for name in ("family", "prediction_type", "config_dir"):
+        bake.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=HELP[name])
+
+
+def _fail(prog: str, exc: BaseException) -> int:
+    if isinstance(exc, ImportError):  # diffusers / transformers / peft are the optional "sd" extra
+        print(f"{prog}: error: SD training needs diffusers, transformers and peft: "
+              f"pip install 'onestep-sr[train,sd]' ({exc})", file=sys.stderr)
+    else:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+    return 2
 
 
 def run(args: argparse.Namespace, prog: str) -> int:
     from onestep_sr.checkpoint import CheckpointError
 
-    from .osediff import OSEDiffRun
-
-    options = {f.name: getattr(args, f.name) for f in fields(OSEDiffConfig) if f.name != "extra"}
+    if args.command == "bake-guidance":
+        return run_bake(args, prog)
+    config_cls = GuidedConfig if args.command == "guided" else OSEDiffConfig
+    options = {f.name: getattr(args, f.name) for f in fields(config_cls) if f.name != "extra"}
     try:
-        path = OSEDiffRun(OSEDiffConfig(**options)).train(progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:  # diffusers / transformers / peft are the optional "sd" extra
-        print(f"{prog}: error: osediff training needs diffusers, transformers and peft: "
-              f"pip install 'onestep-sr[train,sd]' ({exc})", file=sys.stderr)
-        return 2
+        if args.command == "guided":
+            from .guided import GuidedRun
+
+            path = GuidedRun(GuidedConfig(**options)).train(progress=not args.no_progress)
+        else:
+            from .osediff import OSEDiffRun
+
+            path = OSEDiffRun(OSEDiffConfig(**options)).train(progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, CheckpointError, ImportError) as exc:
+        return _fail(prog, exc)
+    if args.command == "guided":
+        print(f"exported {path}; use it as the OSEDiff real score (--real-score {path}) or bake it at one w "
+              f"(bake-guidance; default name {GUIDED_FILE})")
+        return 0
     print(f"exported {path} (+ {path.stem}_vae{path.suffix} when the VAE has a LoRA); load it with ComfyUI's "
           f"LoraLoader, A1111, or the OneStep SD Upscale node (default name {LORA_FILE})")
+    if args.guidance_range:
+        print(f"and {path.stem}_guided{path.suffix}: the guidance input, for the OneStep SD Upscale node's "
+              "guided_lora and its guidance widget")
+    return 0
+
+
+def run_bake(args: argparse.Namespace, prog: str) -> int:
+    """``bake-guidance``: read the checkpoint's time_embed.0 weight, write the baked LoRA atomically."""
+    from onestep_sr.checkpoint import CheckpointError, read_checkpoint, write_safetensors_atomic
+    from onestep_sr.sd import guidance as G
+
+    try:
+        w = G.check_guidance(args.w, "--w")
+        guided = G.parse_guided(*read_checkpoint(args.guided), source=args.guided)
+        from onestep_sr.sd.checkpoint import load_sd_model
+
+        sd = load_sd_model(args.checkpoint, family=args.family, prediction_type=args.prediction_type,
+                           config_dir=args.config_dir)
+        state = G.bake(guided, sd.unet.time_embedding.linear_1.weight, w)
+        write_safetensors_atomic(state, {**G.baked_metadata(guided, w), "onestep_sr_part": "unet"}, args.out)
+    except (ValueError, FileNotFoundError, CheckpointError, ImportError) as exc:
+        return _fail(prog, exc)
+    print(f"wrote {args.out}: the student at w = {w:g} (CFG scale {1 + w:g}) for LoraLoader / A1111")
     return 0

@@ -78,6 +78,9 @@ class OSEDiffConfig:
     scale_teacher: str | None = None  # the x(scale/2) run of the scale curriculum (a run folder)
     lambda_scale: float = 1.0  # weight of the latent term against the scale teacher
     schedule_shift: str = "auto"  # training timesteps shifted for crops above the native size: auto, none or a factor
+    real_score: str | None = None  # a w-conditioned file (train guided): the real score in ONE call at w = cfg - 1
+    guidance_range: str | None = None  # "W_MIN,W_MAX": the generator gets a guidance input, w drawn per sample
+    export_guidance: float | None = None  # the w baked into the kohya LoRA (default: the range's middle)
     degradation: str = "realesrgan"
     augment: str = "flip"
     rank: int = 4
@@ -121,6 +124,19 @@ class OSEDiffConfig:
             raise ValueError("steps, batch size, gradient accumulation and rank must be at least 1")
         if min(self.lambda_mse, self.lambda_perceptual, self.lambda_vsd) < 0 or not math.isfinite(self.cfg):
             raise ValueError("loss weights must be >= 0 and cfg finite")
+        if self.real_score is not None and not Path(self.real_score).is_file():
+            raise FileNotFoundError(f"--real-score {self.real_score}: no such file (give the guided_lora.safetensors "
+                                    "that `train guided` exported)")
+        if self.guidance_range is not None:
+            from .guided import parse_range
+
+            low, high = parse_range(self.guidance_range, "--guidance-range")
+            if self.scale_teacher:
+                raise ValueError("--guidance-range with --scale-teacher is not supported (the x2 run has no guidance input)")
+            if self.export_guidance is not None and not low <= self.export_guidance <= high:
+                raise ValueError(f"--export-guidance {self.export_guidance} is outside --guidance-range {low:g},{high:g}")
+        elif self.export_guidance is not None:
+            raise ValueError("--export-guidance needs --guidance-range (a generator with a guidance input)")
 
 
 class OSEDiffRun:
@@ -150,6 +166,22 @@ class OSEDiffRun:
             self.perceptual.net.to(device)
         torch.manual_seed(c.seed)  # the gaussian LoRA init
         generator, score, self.groups, self.vae_names = build_networks(sd, c.rank, c.lora_alpha, c.vae_lora)
+        self.guidance_range = None
+        if c.guidance_range is not None:  # Step B of the guidance spec: a w input on the generator
+            from .guidance_model import attach_cond_proj
+            from .guided import parse_range
+
+            self.guidance_range = parse_range(c.guidance_range, "--guidance-range")
+            attach_cond_proj(generator.unet)
+        self.real_hooks = None
+        if c.real_score is not None:  # the real score in one call: a w-conditioned file on the score UNet
+            from onestep_sr.checkpoint import read_checkpoint
+            from onestep_sr.sd.guidance import parse_guided
+
+            from .guidance_model import HookedLora
+
+            self.real_hooks = HookedLora(score.unet, parse_guided(*read_checkpoint(c.real_score), source=c.real_score),
+                                         source=c.real_score)
         if c.gradient_checkpointing:
             for net in (generator.unet, generator.vae, score.unet):
                 net.enable_gradient_checkpointing()
@@ -214,7 +246,8 @@ class OSEDiffRun:
         target = None
         if lq_teacher is not None and c.lambda_scale:  # first: it swaps weights the graph must not see change
             target = self.teacher_latent(lq_teacher.to(context.device), context, size)
-        z, x_hat = self.generator(lq, context, size)
+        w = self.guidance_weights(z_shape=lq.shape[0], step=step)
+        z, x_hat = self.generator(lq, context, size, w if self.guidance_range else None)
         parts = {"mse": L.data_loss(x_hat, x_hq).mean()}
         total = c.lambda_mse * parts["mse"]
         if target is not None:
@@ -228,14 +261,37 @@ class OSEDiffRun:
             t, noise = self._t_and_noise(z, *L.VSD_T_RANGE, self._rng(step, 0))
             with torch.no_grad():
                 z_t = L.add_noise(z.detach().float(), noise.float(), t, self.alphas_cumprod)
-                negative = self.embeddings([c.negative_prompt] * z.shape[0])
-                x0_real = L.score_x0(score.real, z_t, t, context, self.alphas_cumprod, self.prediction_type,
-                                     negative=negative, guidance=c.cfg)
+                x0_real = self.real_x0(z_t, t, context, w)
                 x0_fake = L.score_x0(score, z_t, t, context, self.alphas_cumprod, self.prediction_type)
             parts["vsd"] = L.vsd_loss(z, x0_real, x0_fake)
             total = total + c.lambda_vsd * parts["vsd"]
         parts["total"] = total
         return parts, z
+
+    def guidance_weights(self, z_shape: int, step: int) -> torch.Tensor:
+        """Per-sample w of a micro-batch: U[guidance range] (a function of seed and step) for a
+        generator with a guidance input, else the fixed ``cfg - 1``."""
+        if self.guidance_range is None:
+            return torch.full((z_shape,), self.config.cfg - 1.0)
+        low, high = self.guidance_range
+        return low + (high - low) * torch.rand(z_shape, generator=self._rng(step, 2))
+
+    @torch.no_grad()
+    def real_x0(self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, w: torch.Tensor,
+                one_call: bool | None = None) -> torch.Tensor:
+        """The real score's x0 at guidance ``w`` (CFG scale 1 + w): the base UNet with two-call CFG
+        against the negative prompt, or (``--real-score``) the w-conditioned file in ONE call."""
+        score = self.accelerator.unwrap_model(self.score)
+        one_call = self.real_hooks is not None if one_call is None else one_call
+        if one_call:
+            def guided(z, tt, ctx):
+                with score.adapters_disabled(), self.real_hooks.active(w):
+                    return score.unet(z, tt, encoder_hidden_states=ctx).sample
+            return L.score_x0(guided, z_t, t, context, self.alphas_cumprod, self.prediction_type)
+        negative = self.embeddings([self.config.negative_prompt] * z_t.shape[0])
+        scale = (1.0 + w.float()).to(z_t.device).view(-1, *([1] * (z_t.dim() - 1)))
+        return L.score_x0(score.real, z_t, t, context, self.alphas_cumprod, self.prediction_type,
+                          negative=negative, guidance=scale)
 
     def regulariser_loss(self, z: torch.Tensor, prompts, step: int) -> torch.Tensor:
         context = self.embeddings(list(prompts))

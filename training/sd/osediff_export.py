@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from onestep_sr.sd.lora import osediff_to_kohya, write_kohya_files
+from onestep_sr.checkpoint import write_safetensors_atomic
+from onestep_sr.sd.lora import osediff_to_kohya, vae_sibling_path, write_kohya_files
 from onestep_sr.sd.lora_targets import ADAPTERS
 
 UNET_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
@@ -46,7 +47,8 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
 def osediff_dict(groups: dict[str, list[str]], vae_names: list[str], rank: int,
                  weights: dict[str, torch.Tensor]) -> dict:
     """OSEDiff's checkpoint layout from trainer weights named ``unet.<peft name>`` / ``vae.<peft name>``."""
-    unet = {k[len("unet."):]: v for k, v in weights.items() if k.startswith("unet.")}
+    unet = {k[len("unet."):]: v for k, v in weights.items()
+            if k.startswith("unet.") and k != "unet." + COND_PROJ_PARAM}  # the w input: see export_kohya
     vae = {k[len("vae."):]: v for k, v in weights.items() if k.startswith("vae.")}
     return {f"unet_lora_{g}_modules": list(groups[g]) for g in ADAPTERS} | {
         "vae_lora_encoder_modules": list(vae_names), "rank_unet": rank, "rank_vae": rank,
@@ -89,5 +91,68 @@ def export_kohya(run, weights: dict[str, torch.Tensor], dst: Path) -> Path:
         "ss_v2": str(run.sd.family == "sd2"),
         "ss_steps": str(run.step),
     })
+    cond_proj = weights.get("unet." + COND_PROJ_PARAM)
+    if cond_proj is not None:  # a guidance input: the w-conditioned file + the LoRA baked at one w
+        from onestep_sr.sd.guidance import COND_PROJ_KEY, GuidedLora, bake, baked_metadata
+
+        low, high = run.guidance_range
+        w = c.export_guidance if c.export_guidance is not None else (low + high) / 2
+        guided_meta = {**metadata, **guidance_header(cond_proj.float(), run.guidance_range),
+                       "vae_file": vae_sibling_path(dst).name if vae_sd else ""}
+        write_safetensors_atomic({**unet_sd, COND_PROJ_KEY: cond_proj.float().contiguous()},
+                                 {**guided_meta, "onestep_sr_part": "unet"}, guided_path(dst))
+        guided = GuidedLora(unet_sd, cond_proj.float(), run.guidance_range, guided_meta)
+        time_embed = run.accelerator.unwrap_model(run.generator).unet.time_embedding.linear_1
+        unet_sd, metadata = bake(guided, getattr(time_embed, "base_layer", time_embed).weight, w), \
+            baked_metadata(guided, w)
     write_kohya_files(unet_sd, vae_sd, metadata, dst)
     return Path(dst)
+
+
+def guided_path(dst) -> Path:
+    """``out/osediff_lora.safetensors`` -> ``out/osediff_lora_guided.safetensors``."""
+    dst = Path(dst)
+    return dst.with_name(f"{dst.stem}_guided{dst.suffix}")
+
+
+# --- w-conditioned students (guidance distillation) -------------------------------------------------
+
+COND_PROJ_PARAM = "time_embedding.cond_proj.weight"
+
+
+def guidance_header(cond_proj: torch.Tensor, w_range: tuple[float, float]) -> dict[str, str]:
+    from onestep_sr.sd.guidance import CONVENTION
+
+    return {"guidance_embed_dim": str(cond_proj.shape[1]), "guidance_w_min": f"{w_range[0]:g}",
+            "guidance_w_max": f"{w_range[1]:g}", "guidance_convention": CONVENTION,
+            "guidance_embedding": "LCM sin/cos(1000 w f_k) minus its value at w = 0, through cond_proj into the "
+                                  "time features (time_embed.0 input)"}
+
+
+def guided_file_tensors(run, weights: dict[str, torch.Tensor], unet, w_range: tuple[float, float]
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The w-conditioned file of a guidance-distillation run: its one LoRA adapter as kohya keys
+    (through ``osediff_to_kohya``, conv_in's LoRA folded into a ``.diff`` against the base, which
+    the run never changes) + ``onestep_guidance.cond_proj.weight``; and the header."""
+    from onestep_sr.sd.guidance import COND_PROJ_KEY
+
+    lora = {k: v for k, v in weights.items() if k != COND_PROJ_PARAM}
+    conv = getattr(unet.conv_in, "base_layer", unet.conv_in)
+    base = (conv.weight.detach().float().cpu(), conv.bias.detach().float().cpu())
+    ckpt = {"unet_lora_encoder_modules": list(run.modules), "unet_lora_decoder_modules": [],
+            "unet_lora_others_modules": [], "vae_lora_encoder_modules": [], "rank_unet": run.config.rank,
+            "rank_vae": run.config.rank, "state_dict_unet": {**lora, "conv_in.base_layer.weight": base[0],
+                                                             "conv_in.base_layer.bias": base[1]},
+            "state_dict_vae": {}}
+    unet_sd, _vae, metadata = osediff_to_kohya(ckpt, alpha=run.config.lora_alpha, conv_in_base=base)
+    cond_proj = weights[COND_PROJ_PARAM].float().contiguous()
+    c = run.config
+    checkpoint = base_model_file(c.checkpoint)
+    for key in ("converted_from", "vae_lora_modules", "vae_keys", "rank_vae"):
+        metadata.pop(key, None)
+    metadata.update(guidance_header(cond_proj, w_range))
+    metadata.update({"source": Path(c.out).name, "base_model": Path(c.checkpoint).name,
+                     "base_model_sha256": sha256_file(checkpoint), "base_model_family": run.sd.family,
+                     "prediction_type": run.prediction_type, "schedule_shift": f"{run.schedule_shift:g}",
+                     "unet_adapters": f"guided: {len(run.modules)}", "ss_v2": str(run.sd.family == "sd2")})
+    return {**unet_sd, COND_PROJ_KEY: cond_proj}, metadata

@@ -82,9 +82,10 @@ def vsd_loss(z: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor) -> t
 
 def score_x0(unet: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], z_t: torch.Tensor,
              t: torch.Tensor, context: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str,
-             negative: torch.Tensor | None = None, guidance: float = 1.0) -> torch.Tensor:
+             negative: torch.Tensor | None = None, guidance: float | torch.Tensor = 1.0) -> torch.Tensor:
     """x0 estimate of ``unet(z_t, t, context)``; with ``negative`` (and ``guidance``) the output is
-    classifier-free guided: one batched call on ``[negative, context]``."""
+    classifier-free guided: one batched call on ``[negative, context]`` (``guidance``: the CFG scale,
+    a number or a per-sample tensor broadcasting over the output)."""
     if negative is None:
         out = unet(z_t, t, context)
     else:

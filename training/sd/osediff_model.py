@@ -83,20 +83,26 @@ class OneStepGenerator(nn.Module):
     def scaling_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
 
-    def forward(self, lq: torch.Tensor, context: torch.Tensor,
-                size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``size``: the HR size the LR is resized to before encoding (default x4)."""
-        z = self.latent(lq, context, size)
+    def forward(self, lq: torch.Tensor, context: torch.Tensor, size: tuple[int, int] | None = None,
+                guidance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size``: the HR size the LR is resized to before encoding (default x4); ``guidance``:
+        per-sample w of a generator with a guidance input (``attach_cond_proj``)."""
+        z = self.latent(lq, context, size, guidance)
         x_hat = self.vae.decode(z / self.scaling_factor).sample
         return z, x_hat
 
-    def latent(self, lq: torch.Tensor, context: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def latent(self, lq: torch.Tensor, context: torch.Tensor, size: tuple[int, int] | None = None,
+               guidance: torch.Tensor | None = None) -> torch.Tensor:
         """The clean latent z (scaled) only: the forward without the VAE decoder."""
         h, w = lq.shape[-2:]
         ref = bicubic_to(lq.float(), tuple(size) if size is not None else (SCALE * h, SCALE * w))
         latent = self.vae.encode(ref * 2.0 - 1.0).latent_dist.mode() * self.scaling_factor
         t = torch.full((latent.shape[0],), ONE_STEP_T, device=latent.device, dtype=torch.long)
-        out = self.unet(latent, t, encoder_hidden_states=context).sample
+        if guidance is None:
+            out = self.unet(latent, t, encoder_hidden_states=context).sample
+        else:
+            from .guidance_model import conditioned
+            out = conditioned(self.unet, latent, t, context, guidance)
         return x0_from_prediction(latent.float(), out.float(), abar_at(ONE_STEP_T), self.prediction_type)
 
 
