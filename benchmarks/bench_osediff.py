@@ -112,21 +112,27 @@ def latent_std(vae, images, args, rng) -> float:
     return float(vae.encode(x).latent_dist.mean.std())
 
 
-def train_unet(unet, vae, context, scaling, images, args, rng) -> float:
-    """eps-prediction diffusion pre-training on scaled VAE latents; returns the last mean loss."""
+def train_unet(unet, vae, context, scaling, images, args, rng, batches=None) -> float:
+    """eps-prediction diffusion pre-training on scaled VAE latents; returns the last mean loss.
+    ``batches(rng) -> (crops in [0, 1], text embeddings)`` replaces the default draw (random crops,
+    ``context`` for each), e.g. for captions (bench_guidance.py)."""
     abar = scaled_linear_alphas_cumprod().float()
     unet.train().requires_grad_(True)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, weight_decay=1e-2)
     recent = []
     for step in range(args.unet_steps):
-        x = random_crops(images, args.pretrain_size, args.pretrain_batch, rng) * 2 - 1
+        if batches is None:
+            x = random_crops(images, args.pretrain_size, args.pretrain_batch, rng)
+            contexts = context.expand(x.shape[0], -1, -1)
+        else:
+            x, contexts = batches(rng)
         with torch.no_grad():
-            z0 = vae.encode(x).latent_dist.mode() * scaling
+            z0 = vae.encode(x * 2 - 1).latent_dist.mode() * scaling
         t = torch.randint(0, 1000, (z0.shape[0],), generator=args.gen)
         noise = torch.randn(z0.shape, generator=args.gen)
         a = abar[t].view(-1, 1, 1, 1)
         z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        eps = unet(z_t, t, encoder_hidden_states=context.expand(z0.shape[0], -1, -1)).sample
+        eps = unet(z_t, t, encoder_hidden_states=contexts).sample
         loss = F.mse_loss(eps, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()

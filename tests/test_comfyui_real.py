@@ -55,6 +55,9 @@ STUDENT_LORA = "tiny_student.safetensors"  # kohya UNet LoRA (LoraLoader) for th
 STUDENT_VAE_LORA = "tiny_student_vae.safetensors"  # its VAE-encoder half (OneStep SD Upscale's vae_lora)
 CONVERTED_LORA = "osediff_converted.safetensors"  # onestep-sr convert of a full OSEDiff-layout pickle
 CONVERTED_VAE_LORA = "osediff_converted_vae.safetensors"
+GUIDED_LORA = "tiny_student_guided.safetensors"  # a w-conditioned student (OneStep SD Upscale's guided_lora)
+BAKED_LORA = "tiny_student_w3.safetensors"  # the same baked at w = 3 for the stock LoraLoader
+BAKED_W = 3.0
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}  # never sent to the server
 START_TIMEOUT = 240
@@ -184,6 +187,26 @@ def _student_loras(folder: Path) -> None:
     save_file(vae, str(folder / STUDENT_VAE_LORA))
 
 
+def _guided_student(folder: Path, checkpoint: Path) -> None:
+    """A w-conditioned student for the synthetic SD1.5 checkpoint (onestep_sr.sd.guidance's format:
+    the tiny student's LoRA + a random cond_proj 320 x 256) as GUIDED_LORA, and the same baked at
+    w = BAKED_W (its lora_unet_time_embed_0.diff_b from the checkpoint's own time_embed.0 weight)
+    as BAKED_LORA, both written by the engine's functions."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from onestep_sr.sd import guidance as G
+
+    lora = load_file(str(folder / STUDENT_LORA))
+    proj = 0.05 * torch.randn(320, G.EMBED_DIM, generator=torch.Generator().manual_seed(7))
+    save_file({**lora, G.COND_PROJ_KEY: proj}, str(folder / GUIDED_LORA))
+    with safe_open(str(checkpoint), framework="pt") as f:
+        weight = f.get_tensor("model.diffusion_model.time_embed.0.weight").float()
+    baked = G.bake(G.parse_guided({**lora, G.COND_PROJ_KEY: proj}), weight, BAKED_W)
+    save_file(baked, str(folder / BAKED_LORA))
+
+
 def _converted_osediff(folder: Path) -> bool:
     """``onestep-sr convert`` of an OSEDiff-layout pickle with LoRA factors on every OSEDiff target
     of the synthetic checkpoint (diffusers names of a UNet with its shapes: 320 channels, one
@@ -299,6 +322,7 @@ def base_dir(comfyui, sd_checkpoint, tmp_path_factory) -> Path:
     _link_or_copy(sd_checkpoint, base / "models" / "checkpoints" / SD_CHECKPOINT)
     _student_loras(base / "models" / "loras")
     _converted_osediff(base / "models" / "loras")
+    _guided_student(base / "models" / "loras", sd_checkpoint)
     _input_image(base / "input" / INPUT_IMAGE)
     for name in ("output", "temp", "user"):
         (base / name).mkdir(exist_ok=True)
@@ -579,6 +603,15 @@ print(json.dumps({"lora_modules": len(modules), "set_weights": len(sets), "keys"
 '''
 
 
+def _lora_probe(comfyui, checkpoint: Path, lora: Path) -> dict:
+    """LORA_PROBE's report for ``lora`` against ``checkpoint``, run by ComfyUI's interpreter."""
+    checkout, python, _ = comfyui
+    done = subprocess.run([python, "-c", LORA_PROBE, str(checkpoint), str(lora)],
+                          cwd=checkout, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_a_converted_osediff_lora_loads_in_comfyuis_loraloader_with_every_key(comfyui, server, object_info,
                                                                                base_dir, sd_checkpoint):
     """A file written by ``onestep-sr convert`` from a full OSEDiff-layout pickle (every attention
@@ -590,11 +623,7 @@ def test_a_converted_osediff_lora_loads_in_comfyuis_loraloader_with_every_key(co
 
     if not (base_dir / "models" / "loras" / CONVERTED_LORA).is_file():
         pytest.skip("the converted OSEDiff LoRA needs diffusers in the test interpreter (pip install -e .[test])")
-    checkout, python, _ = comfyui
-    done = subprocess.run([python, "-c", LORA_PROBE, str(sd_checkpoint), str(base_dir / "models" / "loras" / CONVERTED_LORA)],
-                          cwd=checkout, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    probe = _lora_probe(comfyui, sd_checkpoint, base_dir / "models" / "loras" / CONVERTED_LORA)
     print(f"\n[real ComfyUI] converted OSEDiff LoRA: {probe['lora_modules']} LoRA modules + "
           f"{probe['set_weights']} set_weight keys ({probe['keys']} keys) -> {probe['patches']} patches, "
           f"{probe['accepted']} accepted")
@@ -622,6 +651,44 @@ def test_a_converted_osediff_lora_loads_in_comfyuis_loraloader_with_every_key(co
     plain, student = results["none"], results[CONVERTED_VAE_LORA]
     assert student.shape == plain.shape and student.std() > 1.0
     assert np.abs(student.astype(int) - plain.astype(int)).mean() > 1.0
+
+
+def test_the_guidance_widget_equals_the_baked_lora_in_the_stock_loraloader(comfyui, server, object_info, base_dir,
+                                                                          sd_checkpoint):
+    """ComfyUI's own load_lora maps every key of the baked fixed-w LoRA, the time-embedding bias
+    delta (lora_unet_time_embed_0.diff_b) included; OneStep SD Upscale with the w-conditioned file
+    and guidance w gives the image of LoraLoader with the file baked at w; guidance 0 is another."""
+    import numpy as np
+
+    probe = _lora_probe(comfyui, sd_checkpoint, base_dir / "models" / "loras" / BAKED_LORA)
+    print(f"\n[real ComfyUI] baked guided LoRA: {probe['keys']} keys -> {probe['patches']} patches, "
+          f"{probe['accepted']} accepted")
+    assert probe["patches"] == probe["lora_modules"] + 2 == probe["accepted"]  # + time_embed.0 weight (0) and bias
+    assert not [w for w in probe["warnings"] if "lora key not loaded" in w], probe["warnings"][:5]
+
+    workflow = json.loads((ROOT / "example_workflows" / "sd_onestep_upscale.json").read_text())
+    prompt = make_cheap(to_api(workflow, object_info))
+    lora = next(n for n in prompt.values() if n["class_type"] == "LoraLoader")["inputs"]
+    upscale = next(n for n in prompt.values() if n["class_type"] == "OneStepSR_SDUpscale")["inputs"]
+    upscale.update(vae_lora="none", tile=40, overlap=8)  # a setting no other test uses (not cached)
+    results = {}
+    for name, lora_name, strength, guided, w in (("node w3", STUDENT_LORA, 0.0, GUIDED_LORA, BAKED_W),
+                                                 ("loraloader w3", BAKED_LORA, 1.0, "none", 0.0),
+                                                 ("node w0", STUDENT_LORA, 0.0, GUIDED_LORA, 0.0),
+                                                 ("loraloader plain", STUDENT_LORA, 1.0, "none", 0.0)):
+        lora.update(lora_name=lora_name, strength_model=strength)
+        upscale.update(guided_lora=guided, guidance=w)
+        log_start = len(server.log.read_text(errors="replace"))
+        outputs, seconds = run_workflow(server, prompt)
+        (results[name],) = outputs.values()
+        log = server.log.read_text(errors="replace")[log_start:]
+        for problem in ("lora key not loaded", "SHAPE MISMATCH", "ERROR"):
+            assert problem not in log, log[-4000:]
+        print(f"[real ComfyUI] OneStep SD Upscale, {name}: {seconds:.1f} s")
+    diff = lambda a, b: np.abs(results[a].astype(int) - results[b].astype(int))  # noqa: E731
+    assert diff("node w3", "loraloader w3").max() <= 1
+    assert diff("node w0", "loraloader plain").max() <= 1   # w = 0: the plain student
+    assert diff("node w3", "node w0").mean() > 0.5
 
 
 def test_an_engine_error_is_readable_and_comfyui_keeps_running(server, object_info):

@@ -58,6 +58,7 @@ def test_baking_adds_exactly_w_times_the_projection_to_the_time_bias():
     expected = weight @ (proj @ G.guidance_features(2.5, 8)[0])
     assert torch.allclose(baked[G.TIME_EMBED_KEY + ".diff_b"], expected, atol=1e-5)
     assert torch.equal(G.bake(guided, weight, 0.0)[G.TIME_EMBED_KEY + ".diff_b"], torch.zeros(10))
+    assert torch.equal(baked[G.TIME_EMBED_KEY + ".diff"], torch.zeros(10, 6))  # A1111 builds the module from it
     with pytest.raises(G.LoraFormatError, match="another model family"):
         G.bake(guided, torch.randn(10, 7), 1.0)
     with pytest.raises(G.LoraFormatError, match="not a w-conditioned"):
@@ -213,7 +214,7 @@ def test_the_file_by_hooks_and_baked_into_a_kohya_lora_equals_the_trained_studen
             baked = copy.deepcopy(base)
             counts = merge_kohya_lora(baked, None, G.bake(file, base.time_embedding.linear_1.weight, w))
             merged = baked(z_t, t, encoder_hidden_states=context).sample
-        assert counts["diff"] == 3                      # conv_in .diff / .diff_b and the time bias
+        assert counts["diff"] == 4                      # conv_in .diff / .diff_b, time_embed.0 zero .diff / .diff_b
         assert (student - hooked).abs().max() < 1e-5, w
         assert (student - merged).abs().max() < 1e-5, w
     with torch.no_grad():  # the hooks are gone outside the context

@@ -14,7 +14,8 @@ Convention: w = 0 is no guidance; ComfyUI / A1111 / diffusers "CFG scale" = 1 + 
 
 Because ``time_embed.0`` is linear, ``W (s + c) + b = W s + (W c + b)``: at a fixed w the whole
 w pathway is a constant bias delta ``W c`` on ``time_embed.0``. That is exact and is what stock LoRA
-loaders apply: :func:`bake` writes it as ``lora_unet_time_embed_0.diff_b`` beside the LoRA keys.
+loaders apply: :func:`bake` writes it as ``lora_unet_time_embed_0.diff_b`` beside the LoRA keys
+(with a zero ``.diff``, which A1111 needs to build the module).
 
 File format of the w-conditioned set (one ``.safetensors``): the kohya LoRA keys of the UNet (as
 ``onestep-sr convert`` writes them) plus ``onestep_guidance.cond_proj.weight`` (``C x dim``), header
@@ -117,10 +118,13 @@ def time_bias_delta(time_embed_weight: torch.Tensor, guided: GuidedLora, w: floa
 
 def bake(guided: GuidedLora, time_embed_weight: torch.Tensor, w: float) -> dict[str, torch.Tensor]:
     """The kohya LoRA of the student at the fixed guidance ``w``: its LoRA keys plus
-    ``lora_unet_time_embed_0.diff_b`` (exact; stock ComfyUI / A1111 loaders apply it)."""
+    ``lora_unet_time_embed_0.diff_b`` (exact) and a zero ``.diff`` beside it, because A1111's Lora
+    extension only builds a "full" module (which applies ``diff_b``) when ``diff`` is present;
+    ComfyUI applies both (a zero weight change)."""
     delta = time_bias_delta(time_embed_weight, guided, w)
     like = next((v for k, v in guided.lora.items() if k.endswith(".lora_up.weight")), delta)
-    return {**guided.lora, f"{TIME_EMBED_KEY}.diff_b": delta.to(like.dtype).contiguous()}
+    return {**guided.lora, f"{TIME_EMBED_KEY}.diff": torch.zeros(time_embed_weight.shape, dtype=like.dtype),
+            f"{TIME_EMBED_KEY}.diff_b": delta.to(like.dtype).contiguous()}
 
 
 def baked_metadata(guided: GuidedLora, w: float) -> dict[str, str]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,8 +181,12 @@ class OSEDiffRun:
 
             from .guidance_model import HookedLora
 
-            self.real_hooks = HookedLora(score.unet, parse_guided(*read_checkpoint(c.real_score), source=c.real_score),
-                                         source=c.real_score)
+            guided = parse_guided(*read_checkpoint(c.real_score), source=c.real_score)
+            self.real_hooks = HookedLora(score.unet, guided, source=c.real_score)
+            low, high = self.guidance_range or (c.cfg - 1, c.cfg - 1)
+            if guided.w_range and not (guided.w_range[0] <= low and high <= guided.w_range[1]):
+                warnings.warn(f"--real-score {c.real_score} was trained for w in {guided.w_range} but this run asks "
+                              f"for w in [{low:g}, {high:g}] (w = cfg - 1): outside it the one-call score extrapolates")
         if c.gradient_checkpointing:
             for net in (generator.unet, generator.vae, score.unet):
                 net.enable_gradient_checkpointing()
