@@ -19,20 +19,22 @@ one resumable command:
    distillation; also the student at step 0).
 4. **The VSD step**: the OSEDiff trainer on this model (64-px crops, batch 4, real-score w = 3)
    with the two-call CFG real score vs ``--real-score`` the stage-1 file: UNet samples per step and
-   seconds per step (median of ``--time-steps`` steps after two warm-up steps, same seed, one run
-   after the other), and the cosine similarity of the VSD gradient (``osediff_losses.vsd_gradient``)
+   seconds per step (median of ``--time-steps`` steps after two warm-up steps, same seed, the two
+   runs taking their steps in turn), and the cosine similarity of the VSD gradient (``osediff_losses.vsd_gradient``)
    of the one-call real score against the two-call one on held-out batches.
 5. **The baked export**: the stage-1 file baked at w = 3 into a kohya LoRA (``lora_unet_time_embed_0.
    diff_b``) and merged into a fresh UNet vs the trained student at w = 3 (max abs difference,
    fp32).
 
-Prints a table and writes ``results.json`` (atomically) into --out; each finished stage is kept.
+Prints a table and writes ``results.json`` (atomically) into --out; the pre-trained model is kept, and
+the stage-1 run resumes (a larger ``--guided-steps`` on the same --out continues it).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -171,36 +173,43 @@ def vsd_comparison(args, out: Path, ckpt: Path, config_dir: Path, guided: Path, 
     from training.sd.osediff import OSEDiffConfig, OSEDiffRun
 
     results = {}
+    for folder in ("vsd_two", "vsd_one"):  # timing runs: always from scratch
+        shutil.rmtree(out / folder, ignore_errors=True)
+    runs, samples, times = {}, {}, {}
     for name, extra in (("two-call CFG", {}), ("one-call guided", {"real_score": str(guided)})):
         config = OSEDiffConfig(checkpoint=str(ckpt), config_dir=str(config_dir), data=str(data),
                                out=str(out / f"vsd_{'one' if extra else 'two'}"), steps=args.time_steps + 2,
-                               batch_size=4, gt_size=args.crop, lr=1e-4, warmup=0, degradation="bicubic",
+                               batch_size=4, gt_size=args.time_crop or args.crop, lr=1e-4, warmup=0,
+                               degradation="bicubic", schedule_shift="none",
                                negative_prompt="", cfg=1.0 + args.vsd_w, seed=args.seed, log_every=1,
                                save_every=10**6, keep=1, **extra)
-        run = OSEDiffRun(config)
-        score = run.accelerator.unwrap_model(run.score)
-        samples, times = [], []
-        score.unet.register_forward_pre_hook(lambda m, a, k: samples.append(a[0].shape[0]), with_kwargs=True)
-        gen = run.accelerator.unwrap_model(run.generator)
-        gen.unet.register_forward_pre_hook(lambda m, a, k: samples.append(a[0].shape[0]), with_kwargs=True)
-        micro = 0
-        for lq, gt, prompts in run.loader:
+        runs[name] = run = OSEDiffRun(config)
+        samples[name], times[name] = [], []
+        for net in (run.accelerator.unwrap_model(run.score).unet, run.accelerator.unwrap_model(run.generator).unet):
+            net.register_forward_pre_hook(lambda m, a, k, sink=samples[name]: sink.append(a[0].shape[0]),
+                                          with_kwargs=True)
+    # the two runs take their steps in turn, so a change of machine load hits both alike
+    for micro, batches in enumerate(zip(*(r.loader for r in runs.values()))):
+        for (name, run), (lq, gt, prompts) in zip(runs.items(), batches):
             began = time.perf_counter()
             parts, z = run.generator_losses(lq, gt, prompts, micro)
             parts["regulariser"] = run.regulariser_loss(z, prompts, micro)
             run._update(parts["total"] + parts["regulariser"])
-            times.append(time.perf_counter() - began)
-            micro += 1
-        per_step = sum(samples) / micro
-        results[name] = {"seconds_per_step": statistics.median(times[2:]), "unet_samples_per_step": per_step,
-                         "steps_timed": len(times) - 2}
+            times[name].append(time.perf_counter() - began)
+    for name, run in runs.items():
+        extra = name == "one-call guided"
+        score = run.accelerator.unwrap_model(run.score)
+        gen = run.accelerator.unwrap_model(run.generator)
+        results[name] = {"seconds_per_step": statistics.median(times[name][2:]),
+                         "unet_samples_per_step": sum(samples[name]) / len(times[name]),
+                         "steps_timed": len(times[name]) - 2}
         if extra:  # the VSD gradient of both real scores on held-out batches, with this run's generator
             cosines = []
             val = held_out_lq(args, run)
             for i, (lq, prompts) in enumerate(val):
                 context = run.embeddings(prompts)
                 with torch.no_grad():
-                    z = gen.latent(lq, context, (args.crop, args.crop))
+                    z = gen.latent(lq, context, (run.config.gt_size, run.config.gt_size))
                     t, noise = run._t_and_noise(z, *L.VSD_T_RANGE, run._rng(10_000 + i, 0))
                     z_t = L.add_noise(z.float(), noise.float(), t, run.alphas_cumprod)
                     w = torch.full((z.shape[0],), args.vsd_w)
@@ -261,7 +270,8 @@ def main() -> None:
     parser.add_argument("--guided-batch", type=int, default=8)
     parser.add_argument("--eval-batches", type=int, default=4, help="held-out batches of 8 latents")
     parser.add_argument("--vsd-w", type=float, default=3.0, help="the real score's w in the VSD comparison")
-    parser.add_argument("--time-steps", type=int, default=10)
+    parser.add_argument("--time-steps", type=int, default=30)
+    parser.add_argument("--time-crop", type=int, default=0, help="HR crop of the VSD comparison (default --crop)")
     parser.add_argument("--cos-batches", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -308,7 +318,7 @@ def main() -> None:
     for w, row in errors.items():
         print(f"{w:>5} {row['student']:17.4f} {row['one_call_unguided']:23.4f}")
     two, one = vsd["two-call CFG"], vsd["one-call guided"]
-    print(f"\nVSD step (OSEDiff trainer, batch 4, {args.crop}-px crops, real-score w {args.vsd_w:g}):")
+    print(f"\nVSD step (OSEDiff trainer, batch 4, {args.time_crop or args.crop}-px crops, real-score w {args.vsd_w:g}):")
     for name, row in (("two-call CFG", two), ("one-call guided", one)):
         print(f"  {name:<16} {row['unet_samples_per_step']:.0f} UNet samples / step, "
               f"{row['seconds_per_step']:.3f} s / step (median of {row['steps_timed']})")
