@@ -135,6 +135,7 @@ def test_an_entry_without_weights_fails_with_a_message_not_a_resize(webui):
 
 SD_NAME = "synthetic_sd15"
 LORA_NAME = "osediff_sd15"
+BAKED_NAME = "osediff_sd15_w3"  # the export with a guidance input, baked at w = 3 (lora_unet_time_embed_0)
 
 
 def _is_a1111(checkout: Path) -> bool:
@@ -178,6 +179,23 @@ def export_osediff_for(checkpoint: Path, dst: Path) -> Path:
     return export_kohya(run, weights, dst)
 
 
+def bake_guidance_for(checkpoint: Path, folder: Path) -> Path:
+    """The OSEDiff export plus a random cond_proj (320 x 256) as a w-conditioned student, baked at
+    w = 3 with the checkpoint's own time_embed.0 weight by ``onestep_sr.sd.guidance.bake``."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from onestep_sr.sd import guidance as G
+
+    lora = load_file(str(folder / f"{LORA_NAME}.safetensors"))
+    with safe_open(str(checkpoint), "pt") as f:
+        weight = f.get_tensor("model.diffusion_model.time_embed.0.weight").float()
+    proj = 0.05 * torch.randn(320, G.EMBED_DIM, generator=torch.Generator().manual_seed(3))
+    save_file(G.bake(G.GuidedLora(lora, proj), weight, 3.0), str(folder / f"{BAKED_NAME}.safetensors"))
+    return folder / f"{BAKED_NAME}.safetensors"
+
+
 @pytest.fixture(scope="module")
 def sd_data_dir(tmp_path_factory) -> Iterator[tuple[Path, Path]]:
     """(data dir, HF_HOME) for the SD webui: our extension, the probe, the checkpoint, the export.
@@ -199,6 +217,7 @@ def sd_data_dir(tmp_path_factory) -> Iterator[tuple[Path, Path]]:
     made = time.perf_counter() - started
     (data / "models" / "Lora").mkdir(parents=True, exist_ok=True)
     export_osediff_for(checkpoint, data / "models" / "Lora" / f"{LORA_NAME}.safetensors")
+    bake_guidance_for(checkpoint, data / "models" / "Lora")
     print(f"\n[real webui] random SD 1.5 checkpoint {checkpoint.stat().st_size / 2**30:.2f} GiB ({summary}) in "
           f"{made:.1f} s; OSEDiff export in {time.perf_counter() - started - made:.1f} s")
     yield data, hf_home
@@ -266,6 +285,29 @@ def test_an_osediff_export_loads_in_a1111s_lora_extension_with_every_key(sd_webu
     assert f"Lora hashes: \"{LORA_NAME}: " in info and "Networks with errors" not in info
     assert "Lora hashes" not in base_info
     assert difference.mean() > 1.0
+
+
+def test_a_baked_guidance_lora_moves_the_time_embedding_bias_by_its_diff_b(sd_webui, sd_data_dir):
+    """A student with a guidance input baked at one w (the w pathway as lora_unet_time_embed_0.diff_b
+    with a zero .diff): A1111's Lora extension matches every key, builds time_embed.0 as a "full"
+    module and moves its bias by exactly the file's diff_b."""
+    from safetensors import safe_open
+
+    with safe_open(str(sd_data_dir[0] / "models" / "Lora" / f"{BAKED_NAME}.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        bias = f.get_tensor("lora_unet_time_embed_0.diff_b")
+    plain, _, _ = _txt2img(sd_webui, f"a photo <lora:{LORA_NAME}:1>")
+    baked, info, _ = _txt2img(sd_webui, f"a photo <lora:{BAKED_NAME}:1>")
+    report = _probe(sd_webui, BAKED_NAME)
+    time_embed = report["full"].get("diffusion_model_time_embed_0")
+    print(f"\n[real webui] {BAKED_NAME}: {report['modules']} modules {report['module_types']}, "
+          f"{report['didnt_match']} keys unmatched; time_embed.0 {time_embed}; |diff_b| max {float(bias.abs().max()):.3f}; "
+          f"pixel difference to the unbaked LoRA max {np.abs(baked - plain).max()}")
+    assert report["didnt_match"] == 0 and report["file_keys"] == len(keys) and report["errors"] == {}
+    assert report["module_types"]["NetworkModuleFull"] == 2          # conv_in and time_embed.0
+    assert time_embed is not None and time_embed["bias_change_vs_diff_b"] < 1e-6 < float(bias.abs().max())
+    assert time_embed["weight_change_vs_diff"] == 0.0                 # the zero .diff changes no weight
+    assert "Networks with errors" not in info
 
 
 def test_the_vae_sibling_in_the_lora_folder_is_listed_but_matches_nothing(sd_webui, sd_data_dir):
