@@ -349,3 +349,19 @@ def test_cli_guided_and_bake_guidance(tiny, guided, capsys):
     assert main(["guided", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out", str(out),
                  "--w-range", "a,b"]) == 2
     assert "--w-range must be two numbers" in capsys.readouterr().err
+
+
+def test_the_guided_trainer_shifts_its_timesteps_above_the_native_size(tiny, guided):
+    """The tiny UNet's native size is 64 px (sample_size 8): 128-px crops shift t by the log-SNR rule
+    (factor 2, lambda - 2 log 2), recorded in the file's header; 64-px crops do not."""
+    from training.sd.guided import GuidedRun
+    from training.sd.schedule_shift import log_snr
+
+    run = GuidedRun(_guided_config(tiny, "shifted", 1, gt_size=128))
+    assert run.schedule_shift == 2.0
+    lam = log_snr(run.alphas_cumprod)
+    for t in (100, 500, 900):
+        target = lam[t] - 2 * np.log(2.0)
+        best = int((lam - target).abs().argmin())
+        assert int(run.t_map[t]) == best
+    assert guided["run"].schedule_shift == 1.0 and header(guided["path"])["schedule_shift"] == "1"
