@@ -116,9 +116,8 @@ class GuidedRun:
         from accelerate import Accelerator
 
         from onestep_sr.sd.checkpoint import load_sd_model
-        from onestep_sr.sd.lora_targets import unet_targets
 
-        from .osediff_model import _activate, _lora_config, trainable
+        from .osediff_model import add_full_adapter, trainable
 
         self.config = c = config
         self.out = Path(c.out)
@@ -132,10 +131,8 @@ class GuidedRun:
         self.t_map = shift_table(self.alphas_cumprod, self.schedule_shift)
         torch.manual_seed(c.seed)
         unet = sd.unet
-        self.modules = [n for group in unet_targets(unet).values() for n in group]
         unet.requires_grad_(False)
-        unet.add_adapter(_lora_config(c.rank, c.lora_alpha, self.modules), adapter_name=ADAPTER)
-        _activate(unet, [ADAPTER])
+        self.modules = add_full_adapter(unet, c.rank, c.lora_alpha, ADAPTER)
         attach_cond_proj(unet, c.embed_dim).requires_grad_(True)
         if c.gradient_checkpointing:
             unet.enable_gradient_checkpointing()

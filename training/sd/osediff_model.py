@@ -65,10 +65,17 @@ def add_vae_adapter(vae: nn.Module, rank: int, alpha: float) -> list[str]:
     return names
 
 
-def add_regulariser_adapter(unet: nn.Module, rank: int, alpha: float) -> None:
+def add_full_adapter(unet: nn.Module, rank: int, alpha: float, adapter: str) -> list[str]:
+    """One trainable adapter on every OSEDiff UNet target (the regulariser; the guided student);
+    returns the module names."""
     names = [n for group in unet_targets(unet).values() for n in group]
-    unet.add_adapter(_lora_config(rank, alpha, names), adapter_name=REGULARISER)
-    _activate(unet, [REGULARISER])
+    unet.add_adapter(_lora_config(rank, alpha, names), adapter_name=adapter)
+    _activate(unet, [adapter])
+    return names
+
+
+def add_regulariser_adapter(unet: nn.Module, rank: int, alpha: float) -> None:
+    add_full_adapter(unet, rank, alpha, REGULARISER)
 
 
 class OneStepGenerator(nn.Module):
