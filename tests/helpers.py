@@ -33,3 +33,16 @@ def image_folder(folder: Path, count: int = 3, size: tuple[int, int] = (48, 56))
         base = np.stack([np.sin(x / (3 + i)), np.cos(y / (4 + i)), np.sin((x + y) / 5)], -1) * 90 + 128
         Image.fromarray(np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
     return folder
+
+
+def wave_images(folder: Path, count: int = 3, size: int = 96) -> Path:
+    """``count`` smooth sine-pattern RGB PNGs (``size`` square) in ``folder``: SD trainer data."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size] / float(size)
+    for i in range(count):
+        img = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (xx * (i + 1) + yy * c)) for c in (0.5, 1.0, 1.5)], -1)
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"im{i}.png")
+    return folder

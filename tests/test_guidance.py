@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import copy
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -21,6 +19,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
 from onestep_sr.sd import guidance as G  # noqa: E402
+from helpers import wave_images  # noqa: E402
 from sd_tiny import make_tiny_sd  # noqa: E402
 
 
@@ -68,20 +67,11 @@ def test_baking_adds_exactly_w_times_the_projection_to_the_time_bias():
 # --- a tiny SD and short runs ---------------------------------------------------------------------
 
 
-def _images(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:96, 0:96] / 96.0
-    for i in range(3):
-        img = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (xx * (i + 1) + yy * c)) for c in (0.5, 1.0, 1.5)], -1)
-        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"im{i}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("guidance")
     config_dir, ckpt, _ = make_tiny_sd(root / "sd", "sd1", seed=0)
-    return {"root": root, "config_dir": str(config_dir), "ckpt": str(ckpt), "data": str(_images(root / "hr"))}
+    return {"root": root, "config_dir": str(config_dir), "ckpt": str(ckpt), "data": str(wave_images(root / "hr"))}
 
 
 def _guided_config(tiny, out, steps, **kw):

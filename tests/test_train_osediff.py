@@ -14,10 +14,8 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -28,6 +26,7 @@ pytest.importorskip("peft")
 pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
+from helpers import wave_images  # noqa: E402
 from sd_tiny import make_tiny_sd  # noqa: E402
 
 
@@ -184,11 +183,7 @@ def test_lpips_vgg_from_torchvision_and_lpips_layouts_equals_a_hand_computation(
 
 
 def _images(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:96, 0:96] / 96.0
-    for i in range(3):
-        img = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (xx * (i + 1) + yy * c)) for c in (0.5, 1.0, 1.5)], -1)
-        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"im{i}.png")
+    wave_images(folder)
     (folder / "im1.txt").write_text("a photo of waves\n")
     return folder
 
@@ -491,11 +486,11 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale(tiny, monkeypatch, fr
             seen["scale"] = run.accelerator.scaler.get_scale()
         return ema_original(*args)
 
-    import training.sd.osediff as osediff
+    import training.sd.run_base as run_base  # the training loop's module
 
-    ema_original = osediff.ema_update
+    ema_original = run_base.ema_update
     monkeypatch.setattr(run, "generator_losses", overflowing)
-    monkeypatch.setattr(osediff, "ema_update", after_first_step)
+    monkeypatch.setattr(run_base, "ema_update", after_first_step)
     run.train(progress=False)
     assert seen["scale"] == 2.0 ** 9
     assert all(torch.equal(seen[k], v) for k, v in start.items())        # nothing moved on the skipped step

@@ -24,26 +24,18 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from onestep_sr.checkpoint import atomic_write_text, write_safetensors_atomic
-from onestep_sr.sd.formulas import scaled_linear_alphas_cumprod
+from onestep_sr.checkpoint import write_safetensors_atomic
 from onestep_sr.sd.guidance import COND_PROJ_KEY, CONVENTION, EMBED_DIM
-from onestep_sr.sd.lora import DEFAULT_ALPHA
 
 from . import osediff_losses as L
-from ..common.data import AUGMENTS, CaptionedPairDataset
-from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
-                           save_run_state, staging_dir)
+from ..common.data import CaptionedPairDataset
+from .run_base import SDRunOptions, SDRunState
 from .guidance_model import attach_cond_proj, conditioned, guided_output
-from .osediff import NEGATIVE_PROMPT
-from .schedule_shift import native_size, resolve_shift, shift_table
 
 GUIDED_FILE = "guided_lora.safetensors"
 ADAPTER = "guided"
@@ -61,74 +53,29 @@ def parse_range(text: str, what: str = "--w-range") -> tuple[float, float]:
 
 
 @dataclass
-class GuidedConfig:
-    checkpoint: str  # SD 1.x / 2.x single file or diffusers folder
-    data: str  # folder of HR images (captions: <stem>.txt beside an image)
-    out: str  # run folder
-    steps: int = 1000
-    batch_size: int = 1
-    grad_accum: int = 1
+class GuidedConfig(SDRunOptions):
     lr: float = 1e-4
-    weight_decay: float = 1e-2
     warmup: int = 100
-    grad_clip: float = 1.0
-    ema: float = 0.999
-    gt_size: int = 512
     w_range: str = "2,10"  # w ~ U[W_MIN, W_MAX] (CFG scale 3 - 11), the spec's default
     embed_dim: int = EMBED_DIM
-    schedule_shift: str = "auto"
-    augment: str = "flip"
-    rank: int = 4
-    lora_alpha: float = DEFAULT_ALPHA
-    prompt: str = ""
-    negative_prompt: str = NEGATIVE_PROMPT
-    family: str | None = None
-    prediction_type: str | None = None
-    config_dir: str | None = None
-    gradient_checkpointing: bool = False
-    mixed_precision: str = "no"
-    seed: int = 0
-    log_every: int = 10
-    save_every: int = 500
-    keep: int = 2
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not Path(self.checkpoint).exists():
-            raise FileNotFoundError(f"SD checkpoint not found: {self.checkpoint} (give an SD 1.x/2.x "
-                                    ".safetensors file or a diffusers folder)")
+        super().__post_init__()
         parse_range(self.w_range)
-        resolve_shift(self.schedule_shift, self.gt_size, 512)
-        if self.augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {AUGMENTS}")
-        if self.gt_size % 32:
-            raise ValueError(f"--gt-size must be a multiple of 32, got {self.gt_size}")
         if self.embed_dim < 4 or self.embed_dim % 2:
             raise ValueError(f"--embed-dim must be even and >= 4, got {self.embed_dim}")
-        if min(self.steps, self.batch_size, self.grad_accum, self.rank) < 1:
-            raise ValueError("steps, batch size, gradient accumulation and rank must be at least 1")
 
 
-class GuidedRun:
+class GuidedRun(SDRunState):
     """State of one guidance-distillation run; :meth:`train` does the work."""
 
     def __init__(self, config: GuidedConfig):
-        from accelerate import Accelerator
-
-        from onestep_sr.sd.checkpoint import load_sd_model
-
         from .osediff_model import add_full_adapter, trainable
 
         self.config = c = config
         self.out = Path(c.out)
         self.w_range = parse_range(c.w_range)
-        self.accelerator = Accelerator(gradient_accumulation_steps=c.grad_accum, mixed_precision=c.mixed_precision)
-        self.sd = sd = load_sd_model(c.checkpoint, family=c.family, prediction_type=c.prediction_type,
-                                     config_dir=c.config_dir)
-        self.prediction_type = sd.prediction_type
-        self.alphas_cumprod = scaled_linear_alphas_cumprod().float()
-        self.schedule_shift = resolve_shift(c.schedule_shift, c.gt_size, native_size(sd.unet))
-        self.t_map = shift_table(self.alphas_cumprod, self.schedule_shift)
+        sd = self.load_base()
         torch.manual_seed(c.seed)
         unet = sd.unet
         unet.requires_grad_(False)
@@ -157,13 +104,6 @@ class GuidedRun:
             unet, self.optimizer, self.loader, self.scheduler)
 
     # --- pieces ---
-
-    def embeddings(self, prompts: list[str]) -> torch.Tensor:
-        from onestep_sr.sd.prompt import encode_prompt
-
-        for p in set(prompts) - set(self._embeddings):
-            self._embeddings[p] = encode_prompt(self.text_encoder, p, self.sd.prompt)
-        return torch.cat([self._embeddings[p] for p in prompts]).to(self.accelerator.device)
 
     def _rng(self, step: int) -> torch.Generator:
         key = (self.config.seed * 1_000_003 + step) * 1024 + self.accelerator.process_index
@@ -207,24 +147,10 @@ class GuidedRun:
         target = self.teacher(z_t, t, context, negative, w)
         return L.regulariser_loss(self.student(z_t, t, context, w), target)
 
-    # --- checkpoints and export ---
+    # --- checkpoints (save / resume: run_base.SDRunState) and export ---
 
-    def _resume(self) -> None:
-        saved = checkpoint_dirs(self.out)
-        if not saved:
-            return
-        weights = load_file(saved[-1] / "trainable.safetensors")
-        with torch.no_grad():
-            for name, p in self.params.items():
-                p.copy_(weights[name])
-        self.ema, self.step = restore_run_state(saved[-1], self.optimizer, self.scheduler)
-
-    def save_checkpoint(self) -> Path:
-        tmp, final = staging_dir(self.out, self.step)
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.params.items()}
-        write_safetensors_atomic(weights, {}, tmp / "trainable.safetensors")
-        save_run_state(tmp, self.step, self.ema, self.optimizer, self.scheduler, asdict(self.config))
-        return commit_checkpoint(tmp, final, self.out, self.config.keep)
+    def trainable_params(self) -> dict[str, torch.nn.Parameter]:
+        return self.params
 
     def export(self, use_ema: bool = True, path: Path | None = None) -> Path:
         from .osediff_export import guided_file_tensors
@@ -241,55 +167,28 @@ class GuidedRun:
         write_safetensors_atomic(tensors, metadata, dst)
         return dst
 
-    # --- the loop ---
+    # --- the loop (run_base.SDRunState.train) ---
 
-    def train(self, progress: bool = True) -> Path:
-        c, acc = self.config, self.accelerator
-        self.out.mkdir(parents=True, exist_ok=True)
-        if acc.is_main_process:
-            atomic_write_text(self.out / "config.json", json.dumps(asdict(c), indent=1) + "\n")
-        bar = None
-        if progress and acc.is_local_main_process:
-            from tqdm import tqdm
-            bar = tqdm(total=c.steps, initial=self.step, desc="guided", dynamic_ncols=True)
-        started, total, count = time.perf_counter(), 0.0, 0
-        micro = self.step * c.grad_accum
-        self.unet.train()
-        with CsvLog(self.out / "log.csv") as log:
-            for _lq, gt, prompts in self.loader:
-                with acc.accumulate(self.unet), acc.autocast():
-                    loss = self.loss(gt, prompts, micro)
-                    if not math.isfinite(loss.item()):
-                        raise FloatingPointError(f"the loss is {loss.item()} at step {self.step}; lower --lr")
-                    acc.backward(loss)
-                    if acc.sync_gradients and c.grad_clip > 0:
-                        acc.clip_grad_norm_(list(self.params.values()), c.grad_clip)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                micro += 1
-                total, count = total + float(loss.detach()), count + 1
-                if not acc.sync_gradients:
-                    continue
-                self.step += 1
-                ema_update(self.ema, self.params.items(), ema_decay(c.ema, self.step))
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{total / count:.4g}")
-                if self.step % c.log_every == 0 or self.step == c.steps:
-                    self.last_losses = {"guided": total / count}
-                    if acc.is_main_process:
-                        log.write({"step": self.step, "loss_guided": total / count,
-                                   "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started})
-                    total, count = 0.0, 0
-                if self.step % c.save_every == 0 or self.step == c.steps:
-                    acc.wait_for_everyone()
-                    if acc.is_main_process:
-                        self.save_checkpoint()
-        if bar:
-            bar.close()
-        self.unet.eval()
-        return self.export() if acc.is_main_process else self.out / GUIDED_FILE
+    EXPORT_FILE = GUIDED_FILE
+
+    def networks(self) -> tuple[torch.nn.Module, ...]:
+        return (self.unet,)
+
+    def ema_params(self) -> dict[str, torch.nn.Parameter]:
+        return self.params
+
+    def micro_step(self, batch, micro: int) -> dict[str, torch.Tensor]:
+        _lq, gt, prompts = batch
+        loss = self.loss(gt, prompts, micro)
+        self.check_finite(loss, "loss", self.step, "lower --lr")
+        acc = self.accelerator
+        acc.backward(loss)
+        if acc.sync_gradients and self.config.grad_clip > 0:
+            acc.clip_grad_norm_(list(self.params.values()), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"total": loss}
 
 
 __all__ = ["GuidedConfig", "GuidedRun", "GUIDED_FILE", "COND_PROJ_KEY", "CONVENTION", "parse_range"]

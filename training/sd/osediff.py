@@ -31,98 +31,57 @@ levels to adapt the target to.
 """
 from __future__ import annotations
 
-import json
 import math
-import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from onestep_sr.checkpoint import atomic_write_text, write_safetensors_atomic
-from onestep_sr.sd.formulas import scaled_linear_alphas_cumprod
-from onestep_sr.sd.lora import DEFAULT_ALPHA
 
 from . import osediff_losses as L
-from ..common.data import AUGMENTS, DEGRADATIONS, CaptionedCoupledPairDataset, CaptionedPairDataset
+from ..common.data import DEGRADATIONS, CaptionedCoupledPairDataset, CaptionedPairDataset
 from ..common.perceptual import PERCEPTUALS, build_perceptual
-from .schedule_shift import native_size, resolve_shift, shift_table
-from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
-                   save_run_state, staging_dir)
+from ..common.runs import checkpoint_dirs
+from .run_base import NEGATIVE_PROMPT, SDRunOptions, SDRunState
 
-NEGATIVE_PROMPT = ("painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, "
-                   "unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, "
-                   "signature, jpeg artifacts, deformed, lowres, over-smooth")
+__all__ = ["NEGATIVE_PROMPT", "LORA_FILE", "OSEDiffConfig", "OSEDiffRun", "run_weights"]
+
 LORA_FILE = "osediff_lora.safetensors"
 
 
 @dataclass
-class OSEDiffConfig:
-    checkpoint: str  # SD 1.x / 2.x single file or diffusers folder
-    data: str  # folder of HR images (captions: <stem>.txt beside an image)
-    out: str  # run folder
-    steps: int = 1000
-    batch_size: int = 1
-    grad_accum: int = 1
+class OSEDiffConfig(SDRunOptions):
     lr: float = 5e-5
     lr_regulariser: float = 5e-5
-    weight_decay: float = 1e-2
     warmup: int = 500
-    grad_clip: float = 1.0
-    ema: float = 0.999
-    gt_size: int = 512
     scale: int = 4  # LR scale of the pairs (the generator resizes the LR to the HR crop size)
     init: str | None = None  # a run folder (its newest checkpoint): start from its weights
     scale_teacher: str | None = None  # the x(scale/2) run of the scale curriculum (a run folder)
     lambda_scale: float = 1.0  # weight of the latent term against the scale teacher
-    schedule_shift: str = "auto"  # training timesteps shifted for crops above the native size: auto, none or a factor
     real_score: str | None = None  # a w-conditioned file (train guided): the real score in ONE call at w = cfg - 1
     guidance_range: str | None = None  # "W_MIN,W_MAX": the generator gets a guidance input, w drawn per sample
     export_guidance: float | None = None  # the w baked into the kohya LoRA (default: the range's middle)
     degradation: str = "realesrgan"
-    augment: str = "flip"
-    rank: int = 4
-    lora_alpha: float = DEFAULT_ALPHA
     vae_lora: bool = True
-    prompt: str = ""
-    negative_prompt: str = NEGATIVE_PROMPT
     cfg: float = 7.5
     lambda_mse: float = 1.0
     lambda_perceptual: float = 2.0
     lambda_vsd: float = 1.0
     perceptual: str = "vae"
     lpips_weights: str | None = None  # --perceptual lpips: VGG16 + LPIPS weight file(s), comma-separated
-    family: str | None = None
-    prediction_type: str | None = None
-    config_dir: str | None = None
-    gradient_checkpointing: bool = False
-    mixed_precision: str = "no"
-    seed: int = 0
-    log_every: int = 10
-    save_every: int = 500
-    keep: int = 2
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not Path(self.checkpoint).exists():
-            raise FileNotFoundError(f"SD checkpoint not found: {self.checkpoint} (give an SD 1.x/2.x "
-                                    ".safetensors file, e.g. from ComfyUI/models/checkpoints, or a diffusers folder)")
+        super().__post_init__()
         if self.perceptual not in PERCEPTUALS:
             raise ValueError(f"unknown perceptual loss {self.perceptual!r}; use one of {', '.join(PERCEPTUALS)}")
-        if self.degradation not in DEGRADATIONS or self.augment not in AUGMENTS:
-            raise ValueError(f"degradation must be one of {DEGRADATIONS}, augment one of {AUGMENTS}")
-        resolve_shift(self.schedule_shift, self.gt_size, 512)  # the spelling; the size comes with the checkpoint
+        if self.degradation not in DEGRADATIONS:
+            raise ValueError(f"degradation must be one of {', '.join(DEGRADATIONS)}, got {self.degradation!r}")
         if self.scale not in (2, 4, 8):  # with gt_size a multiple of 32 the LR size is whole
             raise ValueError(f"--scale must be 2, 4 or 8, got {self.scale}")
         if self.scale_teacher and self.scale < 4:
             raise ValueError("a scale teacher works at half the scale: --scale-teacher needs --scale 4 or 8")
-        if self.gt_size % 32:
-            raise ValueError(f"--gt-size must be a multiple of 32 (the LR is gt/4, the latent gt/8), got {self.gt_size}")
-        if min(self.steps, self.batch_size, self.grad_accum, self.rank) < 1:
-            raise ValueError("steps, batch size, gradient accumulation and rank must be at least 1")
         if min(self.lambda_mse, self.lambda_perceptual, self.lambda_vsd) < 0 or not math.isfinite(self.cfg):
             raise ValueError("loss weights must be >= 0 and cfg finite")
         if self.real_score is not None and not Path(self.real_score).is_file():
@@ -140,27 +99,17 @@ class OSEDiffConfig:
             raise ValueError("--export-guidance needs --guidance-range (a generator with a guidance input)")
 
 
-class OSEDiffRun:
+class OSEDiffRun(SDRunState):
     """State of one OSEDiff training run; :meth:`train` does the work."""
 
     def __init__(self, config: OSEDiffConfig):
-        from accelerate import Accelerator
-
-        from onestep_sr.sd.checkpoint import load_sd_model
-
         from .osediff_model import build_networks, trainable
 
         self.config = c = config
         self.out = Path(c.out)
         lpips = build_perceptual("lpips", None, c.lpips_weights) if c.perceptual == "lpips" else None  # fail fast
-        self.accelerator = Accelerator(gradient_accumulation_steps=c.grad_accum, mixed_precision=c.mixed_precision)
+        sd = self.load_base()
         device = self.accelerator.device
-        self.sd = sd = load_sd_model(c.checkpoint, family=c.family, prediction_type=c.prediction_type,
-                                     config_dir=c.config_dir)
-        self.prediction_type = sd.prediction_type
-        self.alphas_cumprod = scaled_linear_alphas_cumprod().float()
-        self.schedule_shift = resolve_shift(c.schedule_shift, c.gt_size, native_size(sd.unet))
-        self.t_map = shift_table(self.alphas_cumprod, self.schedule_shift)
         # "vae": a frozen copy of the VAE encoder taken before any LoRA is attached
         self.perceptual = lpips or build_perceptual(c.perceptual, sd.vae)
         if self.perceptual is not None:
@@ -221,13 +170,6 @@ class OSEDiffRun:
             generator, score, self.optimizer, self.loader, self.scheduler)
 
     # --- pieces ---
-
-    def embeddings(self, prompts: list[str]) -> torch.Tensor:
-        from onestep_sr.sd.prompt import encode_prompt
-
-        for p in set(prompts) - set(self._embeddings):
-            self._embeddings[p] = encode_prompt(self.text_encoder, p, self.sd.prompt)
-        return torch.cat([self._embeddings[p] for p in prompts]).to(self.accelerator.device)
 
     def _rng(self, step: int, salt: int) -> torch.Generator:
         """Timesteps / noise of (seed, micro-step, what, process): each GPU draws its own."""
@@ -326,24 +268,10 @@ class OSEDiffRun:
                 if name in weights:
                     p.copy_(weights[name])
 
-    # --- checkpoints ---
+    # --- checkpoints (save / resume: run_base.SDRunState) ---
 
-    def _resume(self) -> None:
-        saved = checkpoint_dirs(self.out)
-        if not saved:
-            return
-        weights = load_file(saved[-1] / "trainable.safetensors")
-        with torch.no_grad():
-            for name, p in {**self.gen_params, **self.reg_params}.items():
-                p.copy_(weights[name])
-        self.ema, self.step = restore_run_state(saved[-1], self.optimizer, self.scheduler)
-
-    def save_checkpoint(self) -> Path:
-        tmp, final = staging_dir(self.out, self.step)
-        weights = {k: v.detach().cpu().contiguous() for k, v in {**self.gen_params, **self.reg_params}.items()}
-        write_safetensors_atomic(weights, {}, tmp / "trainable.safetensors")
-        save_run_state(tmp, self.step, self.ema, self.optimizer, self.scheduler, asdict(self.config))
-        return commit_checkpoint(tmp, final, self.out, self.config.keep)
+    def trainable_params(self) -> dict[str, torch.nn.Parameter]:
+        return {**self.gen_params, **self.reg_params}
 
     def export(self, use_ema: bool = True, path: Path | None = None) -> Path:
         """The kohya LoRA (+ ``_vae`` sibling) from the EMA (or current) generator weights."""
@@ -366,57 +294,22 @@ class OSEDiffRun:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def train(self, progress: bool = True) -> Path:
-        """Train to ``config.steps``; returns the exported LoRA path."""
-        c, acc = self.config, self.accelerator
-        self.out.mkdir(parents=True, exist_ok=True)
-        if acc.is_main_process:
-            atomic_write_text(self.out / "config.json", json.dumps(asdict(c), indent=1) + "\n")
-        bar = None
-        if progress and acc.is_local_main_process:
-            from tqdm import tqdm
-            bar = tqdm(total=c.steps, initial=self.step, desc="osediff", dynamic_ncols=True)
-        started, sums, count = time.perf_counter(), {}, 0
-        micro = self.step * c.grad_accum
-        self.generator.train()
-        self.score.train()
-        with CsvLog(self.out / "log.csv") as log:
-            for batch in self.loader:
-                lq, gt, prompts = batch[0], batch[-2], batch[-1]
-                lq_teacher = batch[1] if len(batch) == 4 else None
-                with acc.accumulate(self.generator, self.score), acc.autocast():
-                    parts, z = self.generator_losses(lq, gt, prompts, micro, lq_teacher)
-                    if not math.isfinite(parts["total"].item()):
-                        raise FloatingPointError(f"the generator loss is {parts['total'].item()} at step "
-                                                 f"{self.step}; lower --lr or use --mixed-precision no")
-                    parts["regulariser"] = self.regulariser_loss(z, prompts, micro)
-                    self._update(parts["total"] + parts["regulariser"])
-                micro += 1
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                count += 1
-                if not acc.sync_gradients:
-                    continue
-                self.step += 1
-                ema_update(self.ema, self.gen_params.items(), ema_decay(c.ema, self.step))
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sums['total'] / count:.4g}", mse=f"{sums['mse'] / count:.4g}")
-                if self.step % c.log_every == 0 or self.step == c.steps:
-                    self.last_losses = {k: v / count for k, v in sums.items()}
-                    if acc.is_main_process:
-                        log.write({"step": self.step, **{f"loss_{k}": v / count for k, v in sums.items()},
-                                   "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started})
-                    sums, count = {}, 0
-                if self.step % c.save_every == 0 or self.step == c.steps:
-                    acc.wait_for_everyone()
-                    if acc.is_main_process:
-                        self.save_checkpoint()
-        if bar:
-            bar.close()
-        self.generator.eval()
-        self.score.eval()
-        return self.export() if acc.is_main_process else self.out / LORA_FILE
+    EXPORT_FILE = LORA_FILE
+
+    def networks(self) -> tuple[torch.nn.Module, ...]:
+        return self.generator, self.score
+
+    def ema_params(self) -> dict[str, torch.nn.Parameter]:
+        return self.gen_params
+
+    def micro_step(self, batch, micro: int) -> dict[str, torch.Tensor]:
+        lq, gt, prompts = batch[0], batch[-2], batch[-1]
+        lq_teacher = batch[1] if len(batch) == 4 else None
+        parts, z = self.generator_losses(lq, gt, prompts, micro, lq_teacher)
+        self.check_finite(parts["total"], "generator loss", self.step, "lower --lr or use --mixed-precision no")
+        parts["regulariser"] = self.regulariser_loss(z, prompts, micro)
+        self._update(parts["total"] + parts["regulariser"])
+        return parts
 
 
 def run_weights(folder: str, generator_ema: bool = True) -> dict[str, torch.Tensor]:
