@@ -312,6 +312,19 @@ def test_engine_and_trainer_errors(tiny, guided):
         OSEDiffConfig(**base, export_guidance=2.0)
     with pytest.raises(FileNotFoundError, match="--real-score .*no such file"):
         OSEDiffConfig(**base, real_score=str(tiny["root"] / "missing.safetensors"))
+    from safetensors.torch import save_file
+
+    from training.sd.osediff import OSEDiffRun
+    plain = tiny["root"] / "plain_lora.safetensors"
+    save_file({"lora_unet_conv_in.diff": torch.zeros(3)}, str(plain))
+
+    def no_model(self):
+        raise AssertionError("the SD model was loaded before the --real-score file was checked")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(OSEDiffRun, "load_base", no_model)
+        with pytest.raises(ValueError, match="plain_lora.safetensors.*not a w-conditioned"):
+            OSEDiffRun(OSEDiffConfig(**base, real_score=str(plain)))
 
 
 def test_cli_guided_and_bake_guidance(tiny, guided, capsys):

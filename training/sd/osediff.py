@@ -108,6 +108,12 @@ class OSEDiffRun(SDRunState):
         self.config = c = config
         self.out = Path(c.out)
         lpips = build_perceptual("lpips", None, c.lpips_weights) if c.perceptual == "lpips" else None  # fail fast
+        guided = None
+        if c.real_score is not None:  # read (and refused) before the SD model loads
+            from onestep_sr.checkpoint import read_checkpoint
+            from onestep_sr.sd.guidance import parse_guided
+
+            guided = parse_guided(*read_checkpoint(c.real_score), source=c.real_score)
         sd = self.load_base()
         device = self.accelerator.device
         # "vae": a frozen copy of the VAE encoder taken before any LoRA is attached
@@ -124,13 +130,9 @@ class OSEDiffRun(SDRunState):
             self.guidance_range = parse_range(c.guidance_range, "--guidance-range")
             attach_cond_proj(generator.unet)
         self.real_hooks = None
-        if c.real_score is not None:  # the real score in one call: a w-conditioned file on the score UNet
-            from onestep_sr.checkpoint import read_checkpoint
-            from onestep_sr.sd.guidance import parse_guided
-
+        if guided is not None:  # the real score in one call: the w-conditioned file on the score UNet
             from .guidance_model import HookedLora
 
-            guided = parse_guided(*read_checkpoint(c.real_score), source=c.real_score)
             self.real_hooks = HookedLora(score.unet, guided, source=c.real_score)
             low, high = self.guidance_range or (c.cfg - 1, c.cfg - 1)
             if guided.w_range and not (guided.w_range[0] <= low and high <= guided.w_range[1]):
