@@ -1,10 +1,13 @@
 """Fetching registry weights: resumable, hash-checked, atomic, with a clear offline message.
 
 A download goes to ``<file>.part`` (resumed with an HTTP Range request when one exists), is
-checked (complete length, loads as a checkpoint, sha256 equal to the known one), then renamed
-into place. When the authors publish no hash, the first verified download pins it in
+checked (complete length; the registry's exact size, or within 1% of the expected payload; sha256
+equal to the known one; loads as a checkpoint, as the hidden ``.<file>.verify<suffix>``), then
+renamed into place. When the authors publish no hash, the first verified download pins it in
 ``<file>.sha256`` beside the weights; later runs check the file against it. A file already on
-disk is never downloaded over: if it does not match its known hash, that is an error.
+disk is never downloaded over: if it does not match its known hash, that is an error. A complete
+download that an interruption left as the hidden verify file is checked and used by the next run
+(no transfer, also offline).
 
 Only the standard library is used; nothing touches the network at import time.
 """
@@ -20,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .checkpoint import CheckpointError, atomic_write_text, read_checkpoint
 from .registry import RegistryEntry, get_entry
@@ -46,6 +49,11 @@ class DownloadError(RuntimeError):
 @public_error
 class HashMismatchError(DownloadError):
     """A file's sha256 differs from the one in the registry or pinned beside it."""
+
+
+@public_error
+class SizeMismatchError(DownloadError):
+    """A file's size is not the official one (exact, or within 1% of the expected payload)."""
 
 
 @public_error
@@ -86,23 +94,37 @@ def _read_pin(pin: Path) -> str:
     return value
 
 
+def probe_path(target: Path) -> Path:
+    """The hidden name a complete download has while it is checked: ``.<file>.verify<suffix>``."""
+    return target.with_name(f".{target.name}.verify{target.suffix}")
+
+
 def known_hash(entry: RegistryEntry, target: Path) -> Optional[str]:
     """The registry's hash, else the one pinned beside the file, else None."""
+    return _expected(entry, target)[0]
+
+
+def _expected(entry: RegistryEntry, target: Path) -> tuple[Optional[str], Optional[Path]]:
+    """(the known sha256 or None, the pin file it was read from; None for the registry's)."""
     if entry.sha256:
-        return entry.sha256.lower()
+        return entry.sha256.lower(), None
     pin = sidecar_path(target)
-    return _read_pin(pin) if pin.is_file() else None
+    return (_read_pin(pin), pin) if pin.is_file() else (None, None)
 
 
-def _check_local(target: Path, expected: Optional[str]) -> None:
+def _origin(pin: Optional[Path]) -> str:
+    return f"pinned in {pin} by its first verified download" if pin else "the registry's hash"
+
+
+def _check_local(target: Path, expected: Optional[str], pin: Optional[Path]) -> None:
     if not expected:
         return
     actual = sha256_of(target)
     if actual != expected:
-        raise HashMismatchError(
-            f"{target} has sha256 {actual}, expected {expected} (from the registry or "
-            f"{sidecar_path(target).name}); it was left untouched: move it away to download it again"
-        )
+        fix = (f"if you replaced it on purpose, delete {pin} (the pinned hash) and run again; otherwise move "
+               "it away to download it again") if pin else "move it away to download it again"
+        raise HashMismatchError(f"{target} has sha256 {actual}, expected {expected} ({_origin(pin)}); "
+                                f"it was left untouched: {fix}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,29 +276,102 @@ def _fetch_with_retries(url: str, part: Path, progress: Optional[Progress], retr
 # verification and the public entry point
 
 
-def _verify_part(entry: RegistryEntry, part: Path, expected: Optional[str]) -> str:
-    """sha256 of the complete ``part``, checked against ``expected`` and loaded as a checkpoint
-    under its real suffix. On failure ``part`` is deleted and DownloadError raised."""
-    actual = sha256_of(part)
+def _install(entry: RegistryEntry, src: Path, target: Path, expected: Optional[str], pin: Optional[Path],
+             what: str) -> None:
+    """Check the complete download ``src`` (the ``.part``, or the verify file an interrupted run
+    left) and rename it to ``target``: its size, its sha256 against ``expected``, then that it loads
+    as a checkpoint under its real suffix (as :func:`probe_path`); the hash is pinned (when none is
+    known) before the rename, so ``target`` never exists without it. A file that fails is deleted
+    (HashMismatchError / SizeMismatchError / DownloadError naming both values); an interruption
+    keeps it for the next run."""
+    problem = entry.size_problem(src.stat().st_size)
+    if problem:
+        src.unlink()
+        raise SizeMismatchError(f"{entry.file} {what} {problem}: it is not the {entry.name} weights and was deleted")
+    actual = sha256_of(src)
     if expected and actual != expected:
-        part.unlink()
-        raise HashMismatchError(
-            f"{entry.file} downloaded from {entry.url} has sha256 {actual}, expected {expected}; "
-            "the download was deleted"
-        )
-    probe = part.with_name(f".{entry.file}.verify{Path(entry.file).suffix}")
-    os.replace(part, probe)
+        src.unlink()
+        fix = (f"; if the file changed on purpose (a new release, your own mirror), delete {pin} and run again"
+               if pin else "")
+        raise HashMismatchError(f"{entry.file} {what} has sha256 {actual}, expected {expected} ({_origin(pin)}); "
+                                f"it was deleted{fix}")
+    probe = probe_path(target)
+    if src != probe:
+        os.replace(src, probe)
     try:
         read_checkpoint(probe)
     except CheckpointError as exc:
         probe.unlink()
-        raise DownloadError(f"{entry.file} downloaded from {entry.url} is not a usable checkpoint "
-                            f"and was deleted: {exc}") from exc
+        raise DownloadError(f"{entry.file} {what} is not a usable checkpoint and was deleted: {exc}") from exc
     except BaseException:
-        os.replace(probe, part)  # interrupted or unexpected: keep the download for a later check
+        if src != probe:
+            os.replace(probe, src)  # interrupted or unexpected: keep the download for a later check
         raise
-    os.replace(probe, part)
-    return actual
+    if not expected:
+        atomic_write_text(sidecar_path(target), f"{actual}  {entry.file}\n")
+    os.replace(probe, target)  # an interruption before this leaves the probe: the next run finishes it
+    _fsync_dir(target.parent)
+
+
+def _recover(entry: RegistryEntry, target: Path, expected: Optional[str], pin: Optional[Path]) -> bool:
+    """Finish a complete download that an interruption left as the hidden verify file: True when it
+    passed every check and is now ``target``; a file that fails is deleted (logged) and False."""
+    probe = probe_path(target)
+    if not probe.is_file():
+        return False
+    try:
+        _install(entry, probe, target, expected, pin, f"left by an interrupted download as {probe}")
+    except DownloadError as exc:
+        log.warning("%s", exc)
+        return False
+    part = target.with_name(target.name + ".part")
+    if part.exists():
+        part.unlink()  # a later, unfinished attempt: the finished one was kept
+    log.info("%s: finished the download an interruption left as %s", entry.name, probe)
+    return True
+
+
+def offline_message(entries: Sequence[RegistryEntry], folder: Path) -> str:
+    """What to download and where, for every entry (all missing from ``folder``) at once."""
+    names = [f"{e.name} ({e.file})" for e in entries]
+    names = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    verb = "is" if len(entries) == 1 else "are"
+    steps = "; ".join(f"download {e.url} and save it as {folder / e.file}" for e in entries)
+    create = "" if folder.is_dir() else f". The folder {folder} does not exist yet: create it first"
+    return f"{names} {verb} not in {folder} and downloads are off (offline mode): {steps}{create}"
+
+
+def ensure_all(entries: Sequence[RegistryEntry], models_dir: str | os.PathLike | None = None,
+               offline: Optional[bool] = None, progress: Optional[Progress] = None,
+               needed_by: str = "", **options) -> list[Path]:
+    """:func:`ensure_weights` for each entry in turn (a denoiser, then its autoencoder). Offline,
+    every missing file is named in one WeightsUnavailableError, not one per run. ``needed_by``
+    (a denoiser's name): an error about a later entry says "<needed_by> also needs its ..."."""
+
+    def whose(entry: RegistryEntry, message: str) -> str:
+        late = needed_by and entry is not entries[0]
+        return f"{needed_by} also needs its {entry.kind} {entry.name}: {message}" if late else message
+
+    if is_offline(offline):
+        found, missing = [], []
+        for entry in entries:
+            try:
+                found.append(ensure_weights(entry, models_dir, offline=True))
+            except WeightsUnavailableError:
+                missing.append(entry)
+        if missing:
+            message = offline_message(missing, resolve_models_dir(models_dir))
+            raise WeightsUnavailableError(whose(missing[0], message) if len(missing) == 1 else message)
+        return found
+    paths = []
+    for entry in entries:
+        try:
+            paths.append(ensure_weights(entry, models_dir, offline=False, progress=progress, **options))
+        except DownloadError as exc:
+            if not (needed_by and entry is not entries[0]):
+                raise
+            raise type(exc)(whose(entry, str(exc))) from exc
+    return paths
 
 
 def target_path(name_or_entry: str | RegistryEntry, models_dir: str | os.PathLike | None = None) -> Path:
@@ -298,15 +393,14 @@ def ensure_weights(name_or_entry: str | RegistryEntry, models_dir: str | os.Path
     """
     entry = get_entry(name_or_entry) if isinstance(name_or_entry, str) else name_or_entry
     target = target_path(entry, models_dir)
-    expected = known_hash(entry, target)
+    expected, pin = _expected(entry, target)
     if target.is_file():
-        _check_local(target, expected)
+        _check_local(target, expected, pin)
+        return target
+    if _recover(entry, target, expected, pin):
         return target
     if is_offline(offline):
-        raise WeightsUnavailableError(
-            f"{entry.name} ({entry.file}) is not in {target.parent} and downloads are off "
-            f"(offline mode): download {entry.url} and save it as {target}"
-        )
+        raise WeightsUnavailableError(offline_message([entry], target.parent))
     target.parent.mkdir(parents=True, exist_ok=True)
     size = f"about {human_size(entry.expected_payload_bytes)}" if entry.expected_payload_bytes else "size unknown"
     log.info("downloading %s: %s, %s, from %s into %s (licence: %s)", entry.name, entry.file, size, entry.url,
@@ -322,9 +416,5 @@ def ensure_weights(name_or_entry: str | RegistryEntry, models_dir: str | os.Path
     finally:
         if bar:
             sys.stderr.write("\n")
-    actual = _verify_part(entry, part, expected)
-    if not expected:  # pin first, so the final file never exists without its hash
-        atomic_write_text(sidecar_path(target), f"{actual}  {entry.file}\n")
-    os.replace(part, target)
-    _fsync_dir(target.parent)
+    _install(entry, part, target, expected, pin, f"downloaded from {entry.url}")
     return target

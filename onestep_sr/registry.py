@@ -26,6 +26,9 @@ REGISTRY_FILE = Path(__file__).resolve().parents[1] / "weights" / "registry.json
 MODELS_ENV = "ONESTEP_SR_MODELS"
 MIRROR_ENV = "ONESTEP_SR_MIRROR"
 KINDS = ("denoiser", "autoencoder")
+#: Where no exact official size is known, a file outside +-1% of the expected fp32 payload is refused
+#: (a real checkpoint is its payload plus a little pickle overhead: +0.04% for these architectures).
+PAYLOAD_TOLERANCE = 0.01
 
 
 @public_error
@@ -43,7 +46,9 @@ class RegistryEntry:
     licence: str
     description: str = ""
     expected_payload_bytes: Optional[int] = None
+    size_bytes: Optional[int] = None  # the official file's exact size, where a public source states it
     sha256: Optional[str] = None
+    source: str = ""  # where size_bytes / sha256 come from, or why they are unknown
     architecture: str = "official"
     autoencoder: Optional[str] = None
     sampler: Optional[str] = None
@@ -53,6 +58,24 @@ class RegistryEntry:
         if self.kind != "denoiser":
             raise ValueError(f"{self.name} is an {self.kind}; only denoisers have a schedule")
         return ResShiftSchedule(**self.schedule)
+
+    def size_problem(self, size: int) -> Optional[str]:
+        """None when a file of ``size`` bytes can be this entry's, else what is wrong, naming both
+        sizes: the exact official size when known, else +-PAYLOAD_TOLERANCE of the expected payload."""
+        if self.size_bytes is not None:
+            if size != self.size_bytes:
+                return f"is {_bytes(size)}, but the official {self.file} is exactly {_bytes(self.size_bytes)}"
+        elif self.expected_payload_bytes:
+            low = self.expected_payload_bytes * (1 - PAYLOAD_TOLERANCE)
+            if not low <= size <= self.expected_payload_bytes * (1 + PAYLOAD_TOLERANCE):
+                return (f"is {_bytes(size)}, but the official {self.file} is about "
+                        f"{_bytes(self.expected_payload_bytes)} (its fp32 weights; anything more than "
+                        f"{PAYLOAD_TOLERANCE:.0%} away is another file)")
+        return None
+
+
+def _bytes(n: int) -> str:
+    return f"{n:,} bytes ({n / 2**20:.1f} MiB)"
 
 
 @lru_cache(maxsize=4)

@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 from onestep_sr import registry
-from onestep_sr.download import (DownloadError, HashMismatchError, WeightsUnavailableError,
-                                 ensure_weights)
+from onestep_sr import download
+from onestep_sr.download import (DownloadError, HashMismatchError, SizeMismatchError, WeightsUnavailableError,
+                                 ensure_weights, probe_path)
 from onestep_sr.registry import RegistryEntry, UnknownModelError, get_entry, list_entries
 
 from loopback import Server
@@ -36,9 +37,9 @@ def checkpoint_bytes(tmp_path: Path, suffix: str = ".pth") -> bytes:
 
 
 def entry(server: Server, file: str = "model.pth", sha256: str | None = None,
-          path: str | None = None) -> RegistryEntry:
+          path: str | None = None, **sizes) -> RegistryEntry:
     return RegistryEntry(name="tiny", file=file, url=server.url + (path or file), kind="denoiser",
-                         licence="test", sha256=sha256)
+                         licence="test", sha256=sha256, **sizes)
 
 
 def fetch(e, folder, **kw):
@@ -174,14 +175,94 @@ def test_wrong_hash_leaves_nothing(tmp_path, server):
     assert list(folder.iterdir()) == []
 
 
-def test_pinned_hash_guards_a_later_download(tmp_path, server):
+def test_pinned_hash_guards_a_later_download_and_names_the_pin_to_delete(tmp_path, server):
     folder = tmp_path / "models"
     folder.mkdir()
     (folder / "model.pth.sha256").write_text("a" * 64 + "  model.pth\n")
     server.files["model.pth"] = checkpoint_bytes(tmp_path)
-    with pytest.raises(HashMismatchError, match="expected a{64}"):
+    with pytest.raises(HashMismatchError, match="expected a{64}") as err:
         fetch(entry(server), folder)
+    assert f"pinned in {folder / 'model.pth.sha256'}" in str(err.value)
+    assert f"delete {folder / 'model.pth.sha256'} and run again" in str(err.value)
     assert sorted(p.name for p in folder.iterdir()) == ["model.pth.sha256"]
+
+
+def test_a_file_far_from_the_expected_size_is_refused_naming_both_sizes(tmp_path, server):
+    """No published size: the expected fp32 payload +-1% (a different valid checkpoint of 1/100 the
+    size, as a wrong mirror file, is refused and not pinned); a published size: exactly that."""
+    data = checkpoint_bytes(tmp_path)
+    server.files["model.pth"] = data
+    folder = tmp_path / "models"
+    with pytest.raises(SizeMismatchError) as err:
+        fetch(entry(server, expected_payload_bytes=100 * len(data)), folder)
+    assert f"is {len(data):,} bytes" in str(err.value) and f"about {100 * len(data):,} bytes" in str(err.value)
+    assert "model.pth" in str(err.value) and list(folder.iterdir()) == []
+    with pytest.raises(SizeMismatchError, match=f"is {len(data):,} bytes .*exactly {len(data) + 1:,} bytes"):
+        fetch(entry(server, size_bytes=len(data) + 1), folder)
+    assert list(folder.iterdir()) == []
+    near = int(len(data) / 1.009)  # the file is 0.9% larger than this payload: within the tolerance
+    assert fetch(entry(server, expected_payload_bytes=near), folder).read_bytes() == data
+    (folder / "model.pth").unlink()
+    assert fetch(entry(server, size_bytes=len(data), expected_payload_bytes=10), folder).read_bytes() == data
+
+
+def test_a_mirror_folder_with_another_vq_f4_is_refused_and_nothing_is_pinned(tmp_path, monkeypatch):
+    """The reported case: a valid but different autoencoder_vq_f4.pth of a few MiB in the mirror."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "autoencoder_vq_f4.pth").write_bytes(checkpoint_bytes(tmp_path))
+    monkeypatch.setenv("ONESTEP_SR_MIRROR", str(mirror))
+    folder = tmp_path / "models"
+    with pytest.raises(SizeMismatchError) as err:
+        ensure_weights("vq_f4", folder, offline=False, retries=1)
+    size = (mirror / "autoencoder_vq_f4.pth").stat().st_size
+    assert f"is {size:,} bytes" in str(err.value)
+    assert f"{get_entry('vq_f4').expected_payload_bytes:,} bytes" in str(err.value)
+    assert list(folder.iterdir()) == []
+
+
+def test_a_complete_download_left_as_the_verify_file_is_used_without_fetching(tmp_path, server):
+    """An interruption between the checks and the final rename leaves the whole file only as the
+    hidden .model.pth.verify.pth: the next run checks it and finishes, with no request (also offline)."""
+    data = checkpoint_bytes(tmp_path)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    probe_path(folder / "model.pth").write_bytes(data)
+    (folder / "model.pth.part").write_bytes(data[:100])  # a later attempt that did not finish
+    assert fetch(entry(server), folder, offline=True).read_bytes() == data
+    assert sorted(p.name for p in folder.iterdir()) == ["model.pth", "model.pth.sha256"]
+    assert (folder / "model.pth.sha256").read_text().split()[0] == sha(data)
+    assert server.requests == []
+
+
+def test_an_interrupted_final_rename_is_finished_by_the_next_run(tmp_path, server, monkeypatch):
+    data = checkpoint_bytes(tmp_path)
+    server.files["model.pth"] = data
+    folder = tmp_path / "models"
+    real_replace = download.os.replace
+
+    def interrupted(src, dst):
+        if Path(dst) == folder / "model.pth":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(download.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fetch(entry(server), folder)
+    monkeypatch.setattr(download.os, "replace", real_replace)
+    assert sorted(p.name for p in folder.iterdir()) == [".model.pth.verify.pth", "model.pth.sha256"]
+    assert fetch(entry(server), folder, offline=True).read_bytes() == data
+    assert len(server.requests) == 1 and not probe_path(folder / "model.pth").exists()
+
+
+def test_a_bad_verify_file_is_deleted_and_the_file_downloaded_again(tmp_path, server):
+    data = checkpoint_bytes(tmp_path)
+    server.files["model.pth"] = data
+    folder = tmp_path / "models"
+    folder.mkdir()
+    probe_path(folder / "model.pth").write_bytes(b"half a file")
+    assert fetch(entry(server), folder).read_bytes() == data
+    assert len(server.requests) == 1 and not probe_path(folder / "model.pth").exists()
 
 
 @pytest.mark.parametrize("file", ["model.pth", "model.safetensors"])
@@ -215,6 +296,7 @@ def test_local_file_with_mismatching_pin_is_an_error(tmp_path, server):
     with pytest.raises(HashMismatchError, match="move it away") as err:
         fetch(entry(server), folder)
     assert str(folder / "model.pth") in str(err.value)
+    assert f"delete {folder / 'model.pth.sha256'} (the pinned hash)" in str(err.value)
     assert "f" * 64 in str(err.value) and sha(b"user's file") in str(err.value)
     assert (folder / "model.pth").read_bytes() == b"user's file"
     assert server.requests == []

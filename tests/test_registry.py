@@ -71,3 +71,18 @@ def test_a_mirror_gives_every_entry_the_same_file_name_there(monkeypatch, tmp_pa
     assert get_entry("vq_f4").url == (tmp_path / "weights" / "autoencoder_vq_f4.pth").as_uri()
     monkeypatch.setenv("ONESTEP_SR_MIRROR", " ")
     assert get_entry("vq_f4") == official["vq_f4"]
+
+
+def test_every_entry_states_its_size_rule_and_where_its_figures_come_from():
+    """size_bytes / sha256 only where a public source states them ('source' says which); without an
+    exact size a file more than 1% away from the fp32 payload is refused, naming both sizes."""
+    for entry in list_entries():
+        assert entry.size_bytes is None or entry.size_bytes > 0
+        assert entry.source and ("No exact size or hash found" in entry.source or "http" in entry.source)
+        payload = entry.expected_payload_bytes
+        assert entry.size_problem(payload) is None and entry.size_problem(int(payload * 1.0004)) is None
+        problem = entry.size_problem(2_926_928)  # a 2.8 MiB checkpoint (the reported mirror file)
+        assert f"is 2,926,928 bytes (2.8 MiB)" in problem and f"about {payload:,} bytes" in problem
+        assert entry.size_problem(int(payload * 1.02)) and entry.size_problem(int(payload * 0.98))
+    exact = dataclasses.replace(get_entry("vq_f4"), size_bytes=1000)
+    assert exact.size_problem(1000) is None and "exactly 1,000 bytes" in exact.size_problem(1001)
