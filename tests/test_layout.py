@@ -48,9 +48,14 @@ def test_no_unsafe_torch_load_and_no_torchvision_in_sources():
     assert not offenders
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_commands_in_a_new_virtual_environment():
     ci = (REPO / ".ci/run").read_text()
-    command = re.search(r"^TEST_COMMAND='(.+)'$", ci, re.M)
-    assert command and "pytest" in command.group(1)
-    assert re.search(r'^bash -c "\$TEST_COMMAND"$', ci, re.M)
-    assert command.group(1) in (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    for name, word in (("TEST_COMMAND", "pytest"), ("MAIN_COMMAND", "onestep-sr upscale")):
+        command = re.search(rf"^{name}='(.+)'$", ci, re.M)
+        assert command and word in command.group(1), name
+        assert re.search(rf'^bash -c "\${name}"', ci, re.M), name
+        assert command.group(1) in readme, name
+    # the venv is made (and entered) before either command runs
+    venv = ci.index("python3 -m venv")
+    assert venv < ci.index("source ") < ci.index('bash -c "$MAIN_COMMAND"') < ci.index('bash -c "$TEST_COMMAND"')
