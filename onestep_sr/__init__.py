@@ -2,7 +2,8 @@
 from importlib import import_module
 
 from .checkpoint import CheckpointError, load_autoencoder, load_denoiser
-from .download import DownloadError, HashMismatchError, WeightsUnavailableError
+from .download import DownloadError, HashMismatchError, SizeMismatchError, WeightsUnavailableError
+from .errors import IncompatibleInputError, ModelNotFoundError
 from .imageio import ImageInputError
 from .models import (AutoencoderConfig, DenoiserConfig, build_official_autoencoder,
                      build_official_denoiser)
@@ -26,8 +27,9 @@ def __getattr__(name: str):
 
 __all__ = [
     "ArchitectureMismatch", "AutoencoderConfig", "Cancelled", "CheckpointError", "DEFAULT_MODEL",
-    "DenoiserConfig", "DownloadError", "HashMismatchError", "ImageInputError", "LoraFormatError",
-    "NonFiniteError", "OneStepSR", "OptionError", "OutOfMemoryError", "ResShiftSchedule", "UnknownModelError",
+    "DenoiserConfig", "DownloadError", "HashMismatchError", "ImageInputError", "IncompatibleInputError",
+    "LoraFormatError", "ModelNotFoundError", "NonFiniteError", "OneStepSR", "OptionError", "OutOfMemoryError",
+    "ResShiftSchedule", "SizeMismatchError", "UnknownModelError",
     "WeightsUnavailableError", "SCHEDULE_T15", "SCHEDULE_T4", "SRLatent", "Tiling",
     "build_official_autoencoder", "build_official_denoiser", "load_autoencoder", "load_denoiser",
     "load_model", "resshift_etas", "super_resolve",

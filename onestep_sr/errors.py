@@ -45,3 +45,15 @@ def _rebuild(home: str, qualname: str, args: tuple) -> Any:
     exc = found.__new__(found, *args)
     exc.args = args
     return exc
+
+
+@public_error
+class ModelNotFoundError(FileNotFoundError):
+    """A model file that was named is not where it was looked for (a host's model folders, or
+    this copy's bundled weights)."""
+
+
+@public_error
+class IncompatibleInputError(ValueError):
+    """An input connected to a node (a model, VAE, latent, conditioning or image) that it cannot
+    use; the message says what fits."""

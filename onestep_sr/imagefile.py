@@ -27,6 +27,7 @@ from typing import Iterator
 from PIL import Image, UnidentifiedImageError
 
 from .imageio import SUPPORTED_EXTENSIONS, ImageInputError, _too_large
+from .options import OptionError, is_whole
 
 __all__ = ["DEFAULT_MAX_PIXELS", "check_output", "folder_problem", "has_alpha",
            "open_image", "output_format"]
@@ -44,6 +45,8 @@ def open_image(path, max_pixels: int | None = None) -> Iterator[Image.Image]:
     Errors are :class:`ImageInputError`. While the block runs, PIL's decompression-bomb warning is
     an error, so decoding the image inside the block is guarded too.
     """
+    if max_pixels is not None and (not is_whole(max_pixels) or max_pixels < 1):  # the limit, not the image
+        raise OptionError("max_pixels", max_pixels, "a whole number, at least 1 (--max-pixels)")
     path = Path(path)
     if not path.exists():
         raise ImageInputError(f"input not found: {path}")

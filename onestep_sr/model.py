@@ -25,8 +25,8 @@ import torch
 
 from .checkpoint import CHECKPOINT_SUFFIXES, load_autoencoder, load_denoiser
 from .colorfix import COLOR_FIXES, color_fix_buffer
-from .download import DownloadError, WeightsUnavailableError, ensure_weights
-from .errors import public_error
+from .download import DownloadError, WeightsUnavailableError, ensure_all
+from .errors import ModelNotFoundError, public_error
 from .imageio import Prepared, from_unit_float, prepare, resize_array, to_unit_float
 from .models import PIXEL_AUTOENCODER, PixelSpaceAutoencoder, PixelSpaceConfig, SwinUNetDenoiser, VQAutoencoder
 from .models.cancel import cancel_scope
@@ -86,13 +86,19 @@ def is_out_of_memory(exc: BaseException) -> bool:
 # loading
 
 
-def _weights_path(spec: WeightsSpec, kind: str, models_dir, offline, progress) -> tuple[Path, RegistryEntry | None]:
-    """A checkpoint path, a bundled model's name, or a registry name fetched into the models folder."""
+def _weights_path(spec: WeightsSpec, kind: str, models_dir, offline, progress,
+                  companion: WeightsSpec | None = None) -> tuple[Path, RegistryEntry | None]:
+    """A checkpoint path, a bundled model's name, or a registry name fetched into the models folder
+    together with its registry autoencoder (``companion``, else its own): offline, one error names both."""
+    if not isinstance(spec, (str, os.PathLike)):
+        raise options.OptionError("name_or_paths" if kind == "denoiser" else "autoencoder", spec,
+                                  "a model name or a checkpoint path (str or os.PathLike), or a pair / "
+                                  "{'denoiser': ..., 'autoencoder': ...} of them")
     if kind == "denoiser" and str(spec) in BUNDLED_MODELS:
         path = BUNDLED_MODELS[str(spec)]
         if not path.is_file():
-            raise FileNotFoundError(f"the bundled model {spec!r} is missing from this copy of OneStep SR ({path}); "
-                                    "reinstall the package, or name another model")
+            raise ModelNotFoundError(f"the bundled model {spec!r} is missing from this copy of OneStep SR ({path}); "
+                                     "reinstall the package, or name another model")
         return path, None
     path = Path(spec)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES or path.exists():
@@ -103,8 +109,12 @@ def _weights_path(spec: WeightsSpec, kind: str, models_dir, offline, progress) -
         bundled = ", ".join(BUNDLED_MODELS) if kind == "denoiser" else ""
         raise UnknownModelError(f"{exc}" + (f"; bundled: {bundled}" if bundled else "")) from None
     if entry.kind != kind:
-        raise ValueError(f"{entry.name} is an {entry.kind}, not a {kind}")
-    return ensure_weights(entry, models_dir=models_dir, offline=offline, progress=progress), entry
+        raise options.OptionError(kind, spec, f"a {kind}", message=f"{entry.name} is an {entry.kind}, not a {kind}")
+    entries, wanted = [entry], companion or entry.autoencoder
+    if kind == "denoiser" and isinstance(wanted, str):  # a registry autoencoder (not a path, not "pixel")
+        from .registry import list_entries
+        entries += [e for e in list_entries() if e.kind == "autoencoder" and e.name == wanted]
+    return ensure_all(entries, models_dir, offline, progress, needed_by=entry.name)[0], entry
 
 
 def autoencoder_for(denoiser_path: str | os.PathLike) -> str:
@@ -147,7 +157,7 @@ def load_model(name_or_paths: WeightsSpec | Sequence[WeightsSpec] | Mapping[str,
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     fetch = dict(models_dir=models_dir, offline=offline, progress=download_progress)
-    den_path, entry = _weights_path(den_spec, "denoiser", **fetch)
+    den_path, entry = _weights_path(den_spec, "denoiser", companion=ae_spec, **fetch)
     info = None if entry else read_model_info(den_path)  # a model we trained names what it needs
     ae_spec = ae_spec or (info.autoencoder if info else None) or (
         entry.autoencoder if entry and entry.autoencoder else DEFAULT_AUTOENCODER)

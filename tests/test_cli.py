@@ -510,6 +510,28 @@ def test_a_write_failing_late_names_the_output_and_the_reason(tmp_path, weights,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
 
 
+@pytest.mark.parametrize("value", ["-5", "0", "1.5", "many"])
+def test_a_max_pixels_that_is_no_limit_is_refused_not_blamed_on_the_image(tmp_path, capsys, value):
+    src = save(noise(9, 13), tmp_path / "in.png")
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error
+        main(["upscale", str(src), "-o", str(tmp_path / "out.png"), "--max-pixels", value])
+    stdout, stderr = capsys.readouterr()
+    assert exit_.value.code == 2 and stdout == "" and "--max-pixels" in stderr and repr(value) in stderr
+    assert "a whole number, at least 1" in stderr and "over the limit" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_the_engine_refuses_a_pixel_limit_below_one_naming_it(tmp_path):
+    from onestep_sr import OptionError
+    from onestep_sr.imageio import read_image
+
+    src = save(noise(9, 13), tmp_path / "in.png")
+    for limit in (-5, 0, 2.5, True):
+        with pytest.raises(OptionError, match=r"max_pixels must be a whole number, at least 1 .*got"):
+            read_image(src, max_pixels=limit)
+    assert read_image(src, max_pixels=117).size == (13, 9)
+
+
 def test_max_pixels_default_is_the_web_apps():
     """One limit for both hosts that read files: onestep_sr.imagefile.DEFAULT_MAX_PIXELS."""
     import argparse

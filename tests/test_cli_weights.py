@@ -103,6 +103,7 @@ def test_models_statuses_and_other_files(tmp_path, capsys, monkeypatch, no_netwo
         "nopin": model("nopin.pth"),
         "part": model("part.pth", expected_payload_bytes=4 * 2**20),
         "absent": model("absent.pth", kind="autoencoder"),
+        "left": model("left.pth"),
     })
     folder = tmp_path / "models"
     folder.mkdir()
@@ -115,6 +116,7 @@ def test_models_statuses_and_other_files(tmp_path, capsys, monkeypatch, no_netwo
         (folder / name).write_bytes(b"y" * size)
     (folder / "notes.txt").write_text("not a checkpoint")
     (folder / ".reg.pth.verify.pth").write_bytes(b"hidden")
+    (folder / ".left.pth.verify.pth").write_bytes(b"x" * 2048)  # an interrupted download's complete file
     monkeypatch.setenv("ONESTEP_SR_MODELS", str(folder))  # the folder from the environment
 
     assert main(["models"]) == 0
@@ -126,6 +128,7 @@ def test_models_statuses_and_other_files(tmp_path, capsys, monkeypatch, no_netwo
     assert "ready (10 B, not verified: no hash pinned)" in table["nopin"]
     assert "partial download (1.0 MiB of about 4.0 MiB)" in table["part"]
     assert table["absent"].split()[1:4] == ["autoencoder", "absent.pth", "missing"]
+    assert "downloaded, not yet checked (2.0 KiB as .left.pth.verify.pth" in table["left"]
     others = out.split(f"Other checkpoint files in {folder}:\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert others == ["  b.pt  1 B", "  c.pth  1 B", "  mine.safetensors  2.0 KiB", "  old.ckpt  5 B"]
     assert "non-commercial" in out
@@ -272,7 +275,18 @@ def test_download_offline_says_what_to_save_where(tmp_path, capsys, server, serv
     err = capsys.readouterr().err
     assert err.startswith("onestep-sr: error: ") and err.count("\n") == 1
     assert server.url + "tiny.pth" in err and str(folder / "tiny.pth") in err
+    assert server.url + "tiny_vq.pth" in err and str(folder / "tiny_vq.pth") in err  # both at once
+    assert f"The folder {folder} does not exist yet: create it first" in err
     assert server.requests == [] and listing(folder) == []
+    folder.mkdir()
+    (folder / "tiny.pth").write_bytes(served["tiny"])
+    assert main(["download", "tiny", "--models-dir", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "tiny also needs its autoencoder tiny_vq: tiny_vq (tiny_vq.pth) is not in" in err
+    assert "tiny.pth and save" not in err and "create it" not in err
+    (folder / "tiny_vq.pth").write_bytes(served["tiny_vq"])
+    assert main(["download", "tiny", "--models-dir", str(folder)]) == 0
+    assert "tiny_vq: " + str(folder / "tiny_vq.pth") + " (already there" in capsys.readouterr().out
 
 
 def test_download_missing_url_fails_with_one_line_and_nothing_left(tmp_path, capsys, server, served):

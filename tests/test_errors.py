@@ -14,8 +14,9 @@ import onestep_sr
 ENGINE_ERRORS = {  # name -> the builtin a host or a caller may catch it as
     "ArchitectureMismatch": ValueError, "Cancelled": Exception, "CheckpointError": ValueError,
     "DownloadError": RuntimeError, "HashMismatchError": RuntimeError, "ImageInputError": ValueError,
-    "LoraFormatError": ValueError, "NonFiniteError": FloatingPointError, "OptionError": ValueError,
-    "OutOfMemoryError": RuntimeError,
+    "IncompatibleInputError": ValueError, "LoraFormatError": ValueError, "ModelNotFoundError": FileNotFoundError,
+    "NonFiniteError": FloatingPointError, "OptionError": ValueError, "OutOfMemoryError": RuntimeError,
+    "SizeMismatchError": RuntimeError,
     "UnknownModelError": KeyError, "WeightsUnavailableError": RuntimeError,
 }
 

@@ -76,6 +76,36 @@ def test_loading_errors_are_clear(tmp_path, goldens):
         load_model((goldens / "unet.safetensors", goldens / "vq.safetensors"), schedule="T7")
 
 
+def test_a_model_spec_of_the_wrong_type_is_an_option_error_naming_the_argument():
+    import onestep_sr
+
+    for spec, option in [(123, "name_or_paths"), (None, "name_or_paths"), (("onestep_default", 4.5), "autoencoder"),
+                         ({"denoiser": b"x.pth"}, "name_or_paths")]:
+        with pytest.raises(onestep_sr.OptionError, match=rf"^{option} must be a model name or a checkpoint path") as err:
+            load_model(spec, device="cpu", offline=True)
+        assert err.value.option == option
+
+
+def test_offline_an_official_model_names_every_missing_file_and_the_folder_to_create(tmp_path, goldens):
+    folder = tmp_path / "models"
+    with pytest.raises(WeightsUnavailableError) as err:
+        load_model("sinsr_v1", device="cpu", models_dir=folder, offline=True)
+    message = str(err.value)
+    for file, url in [("SinSR_v1.pth", "https://github.com/wyf0912/SinSR/releases/download/v1.0/SinSR_v1.pth"),
+                      ("autoencoder_vq_f4.pth",
+                       "https://github.com/zsyOAOA/ResShift/releases/download/v2.0/autoencoder_vq_f4.pth")]:
+        assert f"download {url} and save it as {folder / file}" in message
+    assert f"The folder {folder} does not exist yet: create it first" in message and not folder.exists()
+    folder.mkdir()
+    torch.save(load_file(str(goldens / "unet.safetensors")), folder / "SinSR_v1.pth")
+    with pytest.raises(WeightsUnavailableError) as err:  # only what is still missing, and whose it is
+        load_model("sinsr_v1", device="cpu", models_dir=folder, offline=True)
+    assert "sinsr_v1 also needs its autoencoder vq_f4: vq_f4 (autoencoder_vq_f4.pth) is not in" in str(err.value)
+    assert "SinSR_v1.pth and save" not in str(err.value) and "create it" not in str(err.value)
+    with pytest.raises(WeightsUnavailableError, match="SinSR_v1.pth and save"):  # a local autoencoder: one file
+        load_model(("sinsr_v1", goldens / "vq.safetensors"), device="cpu", models_dir=tmp_path / "x", offline=True)
+
+
 # --- results -----------------------------------------------------------------------------------
 
 

@@ -341,7 +341,9 @@ def register(sub) -> None:
                     help="output file (one input, image extension) or folder")
     up.add_argument("--format", choices=FORMATS, default=None,
                     help="output format in a folder (default png)")
-    up.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+    from ..options import whole_arg  # --max-pixels -5 is refused here, not blamed on the image
+
+    up.add_argument("--max-pixels", type=whole_arg(1), default=DEFAULT_MAX_PIXELS, metavar="N",
                     help=f"refuse inputs with more pixels than this, read from the file's header before anything "
                          f"is loaded (default {DEFAULT_MAX_PIXELS:,}: a 4000x3000 photo; the web app's limit too)")
     model = up.add_argument_group("model")

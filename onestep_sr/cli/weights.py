@@ -107,6 +107,10 @@ def entry_status(entry: RegistryEntry, folder: Path, verify: bool = False) -> _R
     part = target.with_name(target.name + ".part")
     if target.is_file():
         return _present_status(entry, target, verify)
+    probe = download.probe_path(target)
+    if probe.is_file():
+        return _Row(entry, f"downloaded, not yet checked ({human_size(probe.stat().st_size)} as {probe.name}; "
+                           "the next download or use checks it)")
     if part.is_file():
         return _Row(entry, _partial_status(entry, part))
     return _Row(entry, "missing")
@@ -205,8 +209,13 @@ def run_download(args: argparse.Namespace) -> int:
     code = EXIT_OK
     entry = None
     try:
+        present = {}
+        if download.is_offline(None):  # every missing file named in one error, not one per run
+            pair = len(plan) == 2 and plan[0].autoencoder == plan[1].name  # a denoiser and its autoencoder
+            paths = download.ensure_all(plan, args.models_dir, offline=True, needed_by=plan[0].name if pair else "")
+            present = dict(zip((e.name for e in plan), paths))
         for entry in plan:
-            path, fetched = _fetch(entry, args.models_dir)
+            path, fetched = (present[entry.name], False) if entry.name in present else _fetch(entry, args.models_dir)
             how = "downloaded" if fetched else "already there"
             print(f"{entry.name}: {path} ({how}; licence: {entry.licence})")
             done.append(entry)
@@ -221,7 +230,10 @@ def run_download(args: argparse.Namespace) -> int:
             target = download.target_path(entry, args.models_dir)
             part = target.with_name(target.name + ".part")
             name = f" of {entry.name}"
-            if part.exists():
+            probe = download.probe_path(target)
+            if probe.exists() and not target.exists():
+                kept = f"; the complete download {probe} is kept and the same command checks and finishes it"
+            elif part.exists():
                 kept = f"; the partial download {part} is kept and the same command resumes it"
         print(f"\nonestep-sr: download{name} interrupted{kept}", file=sys.stderr)
         return EXIT_INTERRUPTED
