@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from onestep_sr.checkpoint import atomic_write_text, load_denoiser, write_safetensors_atomic
 from onestep_sr.model import SCHEDULES
@@ -31,7 +30,7 @@ from onestep_sr.pipeline import SCALE, bicubic_upscale
 
 from ..common.data import CoupledPairDataset, PairDataset
 from .losses import multiscale_mse, per_sample_mse, progressive_loss, resshift_loss, sinsr_losses, yonos_losses
-from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
+from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, resume_newest,
                    save_run_state, staging_dir)
 
 MODES = ("resshift", "sinsr", "yonos", "progressive")
@@ -237,11 +236,9 @@ class Run:
         return checkpoint_dirs(self.out)
 
     def _resume(self, model: torch.nn.Module) -> None:
-        saved = self._checkpoint_dirs()
-        if not saved:
-            return
-        model.load_state_dict(load_file(saved[-1] / "model.safetensors"))
-        self.ema, self.step = restore_run_state(saved[-1], self.optimizer, self.scheduler)
+        resumed = resume_newest(self.out, "model.safetensors", model.load_state_dict, self.optimizer, self.scheduler)
+        if resumed:
+            self.ema, self.step = resumed
 
     def save_checkpoint(self) -> Path:
         """``checkpoints/step-N/``, written to a temporary folder first, then renamed."""
@@ -323,7 +320,7 @@ class Run:
         started, sums, count = time.perf_counter(), {}, 0
         micro = self.step * c.grad_accum
         self.model.train()
-        with CsvLog(self.out / "log.csv") as log:
+        with CsvLog(self.out / "log.csv", self.step) as log:
             for batch in self.loader:
                 with self.accelerator.accumulate(self.model):
                     parts = self.losses(batch, micro)

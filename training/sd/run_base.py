@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from onestep_sr.checkpoint import atomic_write_text, write_safetensors_atomic
 from onestep_sr.sd.formulas import scaled_linear_alphas_cumprod
@@ -26,8 +25,8 @@ from onestep_sr.sd.lora import DEFAULT_ALPHA
 
 from ..common.data import AUGMENTS
 from .schedule_shift import native_size, resolve_shift, shift_table
-from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, restore_run_state,
-                           save_run_state, staging_dir)
+from ..common.runs import (CsvLog, commit_checkpoint, ema_decay, ema_update, resume_newest, save_run_state,
+                           staging_dir)
 
 
 NEGATIVE_PROMPT = ("painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, "
@@ -110,15 +109,16 @@ class SDRunState:
         return torch.cat([self._embeddings[p] for p in prompts]).to(self.accelerator.device)
 
     def _resume(self) -> None:
-        """Continue from the newest ``checkpoints/step-N/`` of ``out`` if there is one."""
-        saved = checkpoint_dirs(self.out)
-        if not saved:
-            return
-        weights = load_file(saved[-1] / "trainable.safetensors")
+        """Continue from the newest intact ``checkpoints/step-N/`` of ``out`` if there is one."""
+        resumed = resume_newest(self.out, "trainable.safetensors", self._load_checkpoint_weights, self.optimizer,
+                                self.scheduler)
+        if resumed:
+            self.ema, self.step = resumed
+
+    def _load_checkpoint_weights(self, weights: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, p in self.trainable_params().items():
                 p.copy_(weights[name])
-        self.ema, self.step = restore_run_state(saved[-1], self.optimizer, self.scheduler)
 
     def save_checkpoint(self) -> Path:
         tmp, final = staging_dir(self.out, self.step)
@@ -145,7 +145,7 @@ class SDRunState:
         micro = self.step * c.grad_accum
         for net in self.networks():
             net.train()
-        with CsvLog(self.out / "log.csv") as log:
+        with CsvLog(self.out / "log.csv", self.step) as log:
             for batch in self.loader:
                 with acc.accumulate(*self.networks()), acc.autocast():
                     parts = self.micro_step(batch, micro)
