@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
+
+from onestep_sr.imagefile import open_image
+from onestep_sr.imageio import ImageInputError
 
 from .degradations import DegradationConfig, bicubic_degrade, degrade, degrade_coupled
 
@@ -34,9 +35,15 @@ def list_images(folder, recursive: bool = False) -> list[Path]:
 
 
 def load_rgb(path, scale: int = 1) -> torch.Tensor:
-    """Image file -> float32 (3, H, W) in [0, 1], cropped (top-left kept) to multiples of ``scale``."""
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"))
+    """Image file -> float32 (3, H, W) in [0, 1], cropped (top-left kept) to multiples of ``scale``.
+    A file that is no readable image is an ``ImageInputError`` (a ValueError) naming it."""
+    try:
+        with open_image(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except ImageInputError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # the header was fine, the pixels are not
+        raise ImageInputError(f"{path}: truncated or corrupt image ({exc})") from exc
     h, w = arr.shape[0] - arr.shape[0] % scale, arr.shape[1] - arr.shape[1] % scale
     if h == 0 or w == 0:
         raise ValueError(f"{path}: {arr.shape[1]}x{arr.shape[0]} is smaller than scale {scale}")
@@ -44,10 +51,74 @@ def load_rgb(path, scale: int = 1) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 
 
-class PairDataset(torch.utils.data.Dataset):
-    """``length`` pairs (lq (3, gt/scale, gt/scale), gt (3, gt, gt)), both float32 in [0, 1]."""
+def min_side(gt_size: int) -> int:
+    """The smallest image side a ``gt_size`` crop is cut from: half the crop (rounded up). Smaller
+    sides are mirrored out to the crop (see :func:`mirror_pad`); below half it would show the same
+    pixels three times or more, so such images are refused."""
+    return (gt_size + 1) // 2
 
-    def __init__(self, folder: str | os.PathLike, gt_size: int, scale: int = 4, degradation: str = "realesrgan",
+
+class DataError(ValueError):
+    """A training folder that cannot be used: one sentence naming every bad file."""
+
+
+class ImageSet:
+    """Every image of a training folder (searched recursively), decoded and checked at once:
+    ``files`` and ``images`` (float32 (3, H, W) in [0, 1]). Unreadable files and images with a
+    side under :func:`min_side` of ``gt_size`` are all named in one :class:`DataError`; no image
+    at all is a FileNotFoundError."""
+
+    def __init__(self, folder: str | os.PathLike, gt_size: int):
+        self.folder = Path(folder)
+        files = list_images(folder, recursive=True)
+        if not files:
+            raise FileNotFoundError(f"no images in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        unreadable, small, self.images = [], [], []
+        smallest = min_side(gt_size)
+        for path in files:
+            try:
+                image = load_rgb(path)
+            except ValueError as exc:
+                unreadable.append(str(exc))
+                continue
+            if min(image.shape[1:]) < smallest:
+                small.append(f"{path} ({image.shape[2]}x{image.shape[1]})")
+            self.images.append(image)
+        problems = []
+        if unreadable:
+            problems.append(f"{len(unreadable)} unreadable: " + "; ".join(unreadable))
+        if small:
+            problems.append(f"{len(small)} with a side under {smallest} pixels, half the --gt-size {gt_size} "
+                            f"crop: " + ", ".join(small) + " (use a smaller --gt-size)")
+        if problems:
+            raise DataError(f"{len(unreadable) + len(small)} of the {len(files)} image files in {folder} cannot be "
+                            f"used for training ({'; and '.join(problems)}); move them out of the folder or fix them")
+        self.files = files
+
+
+def mirror_pad(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``image`` (C, H, W) extended to at least ``size`` x ``size`` (right and bottom) by mirroring
+    without repeating the edge: torch's reflect padding, continued (mirrored again) where the pad
+    is as large as the side."""
+    _, h, w = image.shape
+    rows, cols = (_reflected(n, max(n, size)) for n in (h, w))
+    return image[:, rows][:, :, cols]
+
+
+def _reflected(n: int, length: int) -> torch.Tensor:
+    if n == 1:
+        return torch.zeros(length, dtype=torch.long)
+    period = 2 * n - 2
+    index = torch.arange(length) % period
+    return torch.where(index < n, index, period - index)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """``length`` pairs (lq (3, gt/scale, gt/scale), gt (3, gt, gt)), both float32 in [0, 1].
+    ``folder``: the HR image folder, or its :class:`ImageSet` already read (made with the same
+    ``gt_size``)."""
+
+    def __init__(self, folder: str | os.PathLike | ImageSet, gt_size: int, scale: int = 4, degradation: str = "realesrgan",
                  seed: int = 0, length: int = 10**9, config: DegradationConfig | None = None, augment: str = "flip"):
         if degradation not in DEGRADATIONS:
             raise ValueError(f"unknown degradation {degradation!r}; use one of {', '.join(DEGRADATIONS)}")
@@ -55,11 +126,8 @@ class PairDataset(torch.utils.data.Dataset):
             raise ValueError(f"unknown augment {augment!r}; use one of {', '.join(AUGMENTS)}")
         if gt_size % scale:
             raise ValueError(f"the GT crop ({gt_size}) must be a multiple of the scale ({scale})")
-        files = list_images(folder, recursive=True)
-        if not files:
-            raise FileNotFoundError(f"no images in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        self.files = files
-        self.images = [load_rgb(p) for p in files]
+        images = folder if isinstance(folder, ImageSet) else ImageSet(folder, gt_size)
+        self.files, self.images = images.files, images.images
         self.gt_size, self.scale, self.degradation, self.seed, self.length = gt_size, scale, degradation, seed, length
         self.config = config or DegradationConfig()
         self.augment = augment
@@ -76,8 +144,8 @@ class PairDataset(torch.utils.data.Dataset):
         image = self.images[index]
         size = self.gt_size
         _, h, w = image.shape
-        if h < size or w < size:  # reflect-pad small images up to the crop size
-            image = F.pad(image[None], (0, max(0, size - w), 0, max(0, size - h)), mode="reflect")[0]
+        if h < size or w < size:  # mirror small images out to the crop size
+            image = mirror_pad(image, size)
             _, h, w = image.shape
         y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
         crop = image[:, y:y + size, x:x + size]

@@ -28,7 +28,7 @@ from onestep_sr.models import (PIXEL_AUTOENCODER, DenoiserConfig, PixelSpaceAuto
 from onestep_sr.models.configs import LQ_MODES
 from onestep_sr.pipeline import SCALE, bicubic_upscale
 
-from ..common.data import CoupledPairDataset, PairDataset
+from ..common.data import CoupledPairDataset, ImageSet, PairDataset
 from .losses import multiscale_mse, per_sample_mse, progressive_loss, resshift_loss, sinsr_losses, yonos_losses
 from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, resume_newest,
                    save_run_state, staging_dir)
@@ -162,6 +162,7 @@ class Run:
 
         self.config = c = config
         self.out = Path(c.out)
+        images = ImageSet(c.data, c.gt_size)  # every bad file named before any model is built
         self.accelerator = Accelerator(gradient_accumulation_steps=c.grad_accum, mixed_precision=c.mixed_precision)
         device = self.accelerator.device
         self.autoencoder = build_autoencoder(c.autoencoder, device).to(device)
@@ -208,10 +209,10 @@ class Run:
         self.step = 0
         self._resume(model)
         if c.mode == "yonos":
-            data = CoupledPairDataset(c.data, c.gt_size, self.scale, c.degradation, seed=c.seed, augment=c.augment,
+            data = CoupledPairDataset(images, c.gt_size, self.scale, c.degradation, seed=c.seed, augment=c.augment,
                                       teacher_scale=self.teacher_scale)
         else:
-            data = PairDataset(c.data, c.gt_size, self.scale, c.degradation, seed=c.seed, augment=c.augment)
+            data = PairDataset(images, c.gt_size, self.scale, c.degradation, seed=c.seed, augment=c.augment)
         self.loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(data, range(self.step * c.batch_size * c.grad_accum,
                                                 c.steps * c.batch_size * c.grad_accum)),

@@ -95,7 +95,7 @@ class GuidedRun(SDRunState):
         self.step = 0
         self.last_losses: dict[str, float] = {}
         self._resume()
-        data = CaptionedPairDataset(c.data, c.gt_size, 4, "bicubic", seed=c.seed, augment=c.augment, prompt=c.prompt)
+        data = CaptionedPairDataset(self.images, c.gt_size, 4, "bicubic", seed=c.seed, augment=c.augment, prompt=c.prompt)
         per_step = c.batch_size * c.grad_accum * self.accelerator.num_processes
         self.loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(data, range(self.step * per_step, c.steps * per_step)),

@@ -159,10 +159,10 @@ class OSEDiffRun(SDRunState):
         self.last_losses: dict[str, float] = {}  # the last logged means (export header)
         self._resume()
         if self.scale_teacher is not None:
-            data = CaptionedCoupledPairDataset(c.data, c.gt_size, c.scale, c.degradation, seed=c.seed, augment=c.augment,
+            data = CaptionedCoupledPairDataset(self.images, c.gt_size, c.scale, c.degradation, seed=c.seed, augment=c.augment,
                                                prompt=c.prompt, teacher_scale=c.scale // 2)
         else:
-            data = CaptionedPairDataset(c.data, c.gt_size, c.scale, c.degradation, seed=c.seed, augment=c.augment,
+            data = CaptionedPairDataset(self.images, c.gt_size, c.scale, c.degradation, seed=c.seed, augment=c.augment,
                                         prompt=c.prompt)
         per_step = c.batch_size * c.grad_accum * self.accelerator.num_processes  # pairs per optimiser step
         self.loader = torch.utils.data.DataLoader(

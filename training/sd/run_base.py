@@ -23,7 +23,7 @@ from onestep_sr.checkpoint import atomic_write_text, write_safetensors_atomic
 from onestep_sr.sd.formulas import scaled_linear_alphas_cumprod
 from onestep_sr.sd.lora import DEFAULT_ALPHA
 
-from ..common.data import AUGMENTS
+from ..common.data import AUGMENTS, ImageSet
 from .schedule_shift import native_size, resolve_shift, shift_table
 from ..common.runs import (CsvLog, commit_checkpoint, ema_decay, ema_update, resume_newest, save_run_state,
                            staging_dir)
@@ -84,13 +84,15 @@ class SDRunState:
         raise NotImplementedError
 
     def load_base(self):
-        """The accelerator, the user's SD model (offline) and the (shifted) training timestep table;
+        """The training images (``images``: every bad file named before the SD model loads), the
+        accelerator, the user's SD model (offline) and the (shifted) training timestep table;
         returns the ``SDModel``."""
         from accelerate import Accelerator
 
         from onestep_sr.sd.checkpoint import load_sd_model
 
         c = self.config
+        self.images = ImageSet(c.data, c.gt_size)
         self.accelerator = Accelerator(gradient_accumulation_steps=c.grad_accum, mixed_precision=c.mixed_precision)
         self.sd = load_sd_model(c.checkpoint, family=c.family, prediction_type=c.prediction_type,
                                 config_dir=c.config_dir)
