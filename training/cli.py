@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import fields
+from pathlib import Path
 
+from .errors import DEBUG_HELP, UsageError, run_guarded
 from .sd import cli as sd_cli
 from .resshift.trainer import ARCHS, TrainConfig
 
@@ -105,7 +106,8 @@ def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
     sd_cli.add_parser(sub)
     ev = sub.add_parser("eval", help="PSNR/SSIM (Y) of a model vs GT and vs bicubic on a folder")
     ev.add_argument("--model", required=True, help="checkpoint path or model name (as load_model takes)")
-    ev.add_argument("--data", required=True, help="folder of HR images; the LR is their bicubic x1/4")
+    ev.add_argument("--data", required=True, help="folder of HR images; the LR is their bicubic downscale by "
+                                                  "the model's scale (x1/4 for a x4 model)")
     ev.add_argument("--sampler", choices=EVAL_SAMPLERS, default=None,
                     help="one_step (one network call), deterministic (SinSR's deterministic ResShift, T steps) or "
                          "stochastic (original ResShift, T steps); default: the model's own")
@@ -113,6 +115,8 @@ def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
                     help="sampler steps: 1 or the schedule's T (default: 1 for one_step, else T)")
     ev.add_argument("--seed", type=int, default=12345)
     ev.add_argument("--json", help="also write the rows and summary to this JSON file")
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return parser
 
 
@@ -122,18 +126,18 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from .common.evaluate import evaluate_folder, format_table, summarise
 
+    check_eval_images(args.data)
     model = load_model(args.model, device="cpu")
     try:
         steps, stochastic = sampler_options(args.sampler, args.steps, model.schedule.steps)
         sampler = model.plan(steps=steps, stochastic=stochastic).sampler
     except ValueError as exc:
-        print(f"eval: error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"eval: {exc}") from None
 
     def upscale(lr):
         return model.upscale(lr, steps=steps, stochastic=stochastic, seed=args.seed).clamp(0, 1)
 
-    rows = evaluate_folder(upscale, args.data)
+    rows = evaluate_folder(upscale, args.data, scale=model.scale)
     summary = summarise(rows)
     calls = 1 if sampler == "one_step" else model.schedule.steps
     print(f"model {args.model}: sampler {sampler}, {calls} network call(s) per tile, seed {args.seed}")
@@ -157,25 +161,77 @@ def sampler_options(sampler: str | None, steps: int | None, schedule_steps: int)
     return schedule_steps, sampler == "stochastic"
 
 
+def check_eval_images(folder: str) -> None:
+    """Every image of an eval folder opens (header read): one UsageError naming all that do not."""
+    from onestep_sr.imagefile import open_image
+
+    from .common.data import IMAGE_EXTENSIONS, list_images
+
+    paths = list_images(folder)
+    if not paths:
+        raise UsageError(f"--data {folder}: no images in the folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    problems = []
+    for path in paths:
+        try:
+            with open_image(path):
+                pass
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UsageError(f"--data {folder}: {len(problems)} of {len(paths)} image files cannot be read ("
+                         + "; ".join(problems) + "); move them out of the folder or fix them")
+
+
+def check_places(args: argparse.Namespace) -> None:
+    """Where the command writes and the files it starts from, checked before any data is read
+    or model loaded: UsageError naming the option."""
+    from onestep_sr.imagefile import folder_problem
+
+    if args.command == "eval":
+        written = [("--json", args.json)] if args.json else []
+    elif args.command == "bake-guidance":
+        written = [("--out", args.out)]
+    else:
+        out = Path(args.out)
+        problem = f"{out} is a file, not a folder" if out.is_file() else folder_problem(out)
+        if problem:
+            raise UsageError(f"--out {out}: cannot make the run folder there ({problem})")
+        written = []
+    for option, file in written:
+        path = Path(file)
+        problem = "it is an existing folder" if path.is_dir() else folder_problem(path.parent)
+        if problem:
+            raise UsageError(f"{option} {path}: cannot write the file there ({problem})")
+    for option in ("teacher", "init"):
+        given = getattr(args, option, None)
+        if given and not Path(given).exists():
+            raise UsageError(f"--{option} {given}: no such file (give a model.safetensors that training exported)")
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m training") -> int:
+    """The command line; every error ends here as one line (see ``training.errors``)."""
     args = build_parser(prog).parse_args(argv)
+    resumable = args.command not in ("eval", "bake-guidance")
+    return run_guarded(prog, lambda: run(args, prog), debug=args.debug,
+                       interrupted="the last checkpoint is intact: run the same command again to resume"
+                       if resumable else "nothing was written")
+
+
+def run(args: argparse.Namespace, prog: str) -> int:
+    check_places(args)
     if args.command == "eval":
         return run_eval(args)
     if args.command in ("osediff", "guided", "bake-guidance"):
         return sd_cli.run(args, prog)
     from .resshift.trainer import Run
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "no_progress", "rounds")}
-    try:
-        config = TrainConfig(mode=args.command, **options)
-        if args.command == "progressive":
-            from .resshift.progressive import run_rounds
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "no_progress", "rounds", "debug")}
+    config = TrainConfig(mode=args.command, **options)
+    if args.command == "progressive":
+        from .resshift.progressive import run_rounds
 
-            path = run_rounds(config, args.rounds, progress=not args.no_progress)[-1]
-        else:
-            path = Run(config).train(progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        path = run_rounds(config, args.rounds, progress=not args.no_progress)[-1]
+    else:
+        path = Run(config).train(progress=not args.no_progress)
     print(f"exported {path} (+ {path.with_suffix('.json').name}); load it with onestep_sr.load_model({str(path)!r})")
     return 0

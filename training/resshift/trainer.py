@@ -29,6 +29,7 @@ from onestep_sr.models.configs import LQ_MODES
 from onestep_sr.pipeline import SCALE, bicubic_upscale
 
 from ..common.data import CoupledPairDataset, ImageSet, PairDataset
+from ..common.options import check_common
 from .losses import multiscale_mse, per_sample_mse, progressive_loss, resshift_loss, sinsr_losses, yonos_losses
 from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, resume_newest,
                    save_run_state, staging_dir)
@@ -112,6 +113,9 @@ class TrainConfig:
             raise ValueError(f"the SinSR loss weights must be >= 0 and not all 0, got {weights}")
         if min(self.steps, self.batch_size, self.grad_accum) < 1:
             raise ValueError("steps, batch size and gradient accumulation must be at least 1")
+        check_common(self)
+        if self.arch not in ARCHS:
+            read_arch(self.arch)
 
 
 def lr_factor(config: TrainConfig, step: int) -> float:
@@ -136,11 +140,23 @@ def build_autoencoder(spec: str, device: torch.device) -> torch.nn.Module:
     return load_autoencoder(path, device=device).requires_grad_(False)
 
 
-def denoiser_config(arch: str, autoencoder: torch.nn.Module, lq_mode: str = "lq3") -> DenoiserConfig:
+def read_arch(arch: str) -> dict[str, Any]:
+    """The DenoiserConfig fields of ``--arch``: a name of ARCHS or a JSON file of them."""
     if arch in ARCHS:
-        fields = dict(ARCHS[arch])
-    else:
+        return dict(ARCHS[arch])
+    try:
         fields = json.loads(Path(arch).read_text())
+    except (OSError, ValueError) as exc:
+        reason = "no such file" if not Path(arch).exists() else getattr(exc, "strerror", None) or exc
+        raise ValueError(f"--arch {arch}: neither one of {', '.join(ARCHS)} nor a readable JSON file of "
+                         f"DenoiserConfig fields ({reason})") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--arch {arch}: expected a JSON object of DenoiserConfig fields")
+    return fields
+
+
+def denoiser_config(arch: str, autoencoder: torch.nn.Module, lq_mode: str = "lq3") -> DenoiserConfig:
+    fields = read_arch(arch)
     channels = autoencoder.config.embed_dim
     lq_channels = 48 if lq_mode == "unshuffle48" else 3
     return DenoiserConfig(**{**fields, "in_channels": channels + lq_channels, "out_channels": channels,

@@ -24,6 +24,7 @@ from onestep_sr.sd.formulas import scaled_linear_alphas_cumprod
 from onestep_sr.sd.lora import DEFAULT_ALPHA
 
 from ..common.data import AUGMENTS, ImageSet
+from ..common.options import check_common
 from .schedule_shift import native_size, resolve_shift, shift_table
 from ..common.runs import (CsvLog, commit_checkpoint, ema_decay, ema_update, resume_newest, save_run_state,
                            staging_dir)
@@ -74,6 +75,7 @@ class SDRunOptions:
             raise ValueError(f"--gt-size must be a multiple of 32 (the LR is gt/4, the latent gt/8), got {self.gt_size}")
         if min(self.steps, self.batch_size, self.grad_accum, self.rank) < 1:
             raise ValueError("steps, batch size, gradient accumulation and rank must be at least 1")
+        check_common(self)
 
 
 class SDRunState:
