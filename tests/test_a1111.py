@@ -90,6 +90,14 @@ def test_the_committed_bundled_model_is_the_first_entry_and_runs_offline(webui, 
                                                                                   _image().height * 2)
 
 
+def test_a_1x1_image_upscales_with_the_bundled_model(webui):
+    """Was an HTTP 500 (GroupNorm over a 1x1 map): 1x1 gives the 4x4 (and 2x2) of its colour."""
+    pixel = Image.new("RGB", (1, 1), (100, 150, 200))
+    out = webui_fake.extras(webui, pixel, "OneStepSR 4x default", 4)
+    assert out.size == (4, 4) and np.abs(np.asarray(out).astype(int) - (100, 150, 200)).max() <= 6
+    assert webui_fake.extras(webui, pixel, "OneStepSR 4x default", 2).size == (2, 2)
+
+
 def test_a_bundled_model_is_the_first_entry_and_runs(webui, tiny):
     """When weights/ holds a bundled model it is listed first as `OneStepSR 4x default` and runs
     offline (its model info names its autoencoder, found in the models folder)."""

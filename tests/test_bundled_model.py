@@ -52,6 +52,33 @@ def test_load_model_defaults_to_the_bundled_model_offline():
     assert out.shape == (28, 20, 3) and out.dtype == np.uint8
 
 
+def test_a_1x1_image_works_and_other_sizes_are_unchanged(monkeypatch):
+    """The README promises 1x1: its 1x1 latent puts one value in each GroupNorm group, which
+    F.group_norm refuses; GroupNorm's own definition (0, then the affine) is used there. Every other
+    size gives exactly what F.group_norm gave before."""
+    import torch.nn.functional as F
+
+    from onestep_sr.models import layers
+
+    model = load_model(device="cpu")
+    for colour in [(100, 150, 200), (10, 10, 10), (250, 240, 5)]:
+        out = model.upscale(np.array(colour, dtype=np.uint8).reshape(1, 1, 3))
+        assert out.shape == (4, 4, 3) and np.abs(out.astype(int) - colour).max() <= 6  # the same flat colour
+    images = [np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+              for seed, (h, w) in enumerate([(1, 2), (2, 1), (2, 2), (8, 8)])]
+    now = [model.upscale(image, seed=3) for image in images]
+
+    def before(self, x):
+        weight, bias = self.weight.float(), self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+    monkeypatch.setattr(layers.GroupNorm32, "forward", before)
+    for image, out in zip(images, now):
+        assert np.array_equal(model.upscale(image, seed=3), out)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):  # what 1x1 did before
+        model.upscale(np.zeros((1, 1, 3), dtype=np.uint8))
+
+
 def test_the_readme_main_job_upscales_the_example_photo_better_than_bicubic(tmp_path, capsys):
     """`onestep-sr upscale examples/chelsea_lr.png -o chelsea_x4.png`, no model named, offline: the
     result is 4x the photo and closer to the original photo than bicubic (PSNR on Y)."""
@@ -71,8 +98,10 @@ def test_the_readme_main_job_upscales_the_example_photo_better_than_bicubic(tmp_
 
 
 def test_a_missing_bundled_file_is_a_clear_error(monkeypatch, tmp_path):
+    from onestep_sr import ModelNotFoundError
+
     monkeypatch.setitem(BUNDLED_MODELS, "onestep_default", tmp_path / "gone.safetensors")
-    with pytest.raises(FileNotFoundError, match="bundled model 'onestep_default' is missing"):
+    with pytest.raises(ModelNotFoundError, match="bundled model 'onestep_default' is missing"):  # a FileNotFoundError
         load_model(device="cpu")
 
 

@@ -493,6 +493,14 @@ def test_the_committed_bundled_model_is_the_loaders_default_and_runs_offline(com
     assert torch.allclose(out, expected.permute(0, 2, 3, 1), atol=1e-5)
 
 
+def test_a_1x1_image_upscales_with_the_bundled_model(comfy):
+    """Was 'Expected more than 1 value per channel' (GroupNorm over a 1x1 map)."""
+    model = _load(comfy, "onestep_default (bundled)")
+    image = torch.tensor([100, 150, 200], dtype=torch.float32).reshape(1, 1, 1, 3) / 255
+    (out,) = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=image.expand(2, 1, 1, 3))
+    assert out.shape == (2, 4, 4, 3) and (out - image).abs().max() <= 6 / 255
+
+
 def test_the_bundled_default_model_comes_first(comfy, tmp_path, monkeypatch):
     bundled = sys.modules["onestep_sr_pack.onestep_sr.model"].BUNDLED_MODELS
     monkeypatch.setitem(bundled, "onestep_default", _pixel_model(tmp_path / "bundled.safetensors"))

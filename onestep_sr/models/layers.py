@@ -20,11 +20,19 @@ _MIN_CHUNK = 768  # from this length on, the CPU flash kernel uses 256-row query
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 and cast back to the input dtype."""
+    """GroupNorm computed in float32 and cast back to the input dtype.
+
+    A group of one value (a 1x1 map with one channel per group: a 1x1 image through the bundled
+    model) is normalised as GroupNorm defines it, to 0 (then ``* weight + bias``): ``F.group_norm``
+    refuses that case ("Expected more than 1 value per channel when training"), so it goes to the
+    same ATen kernel directly. Every other size takes ``F.group_norm`` as before."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
+        if x.dim() >= 2 and x.numel() == x.shape[0] * self.num_groups:  # one value per group
+            out = torch.group_norm(x.float(), self.num_groups, weight, bias, self.eps, torch.backends.cudnn.enabled)
+            return out.to(x.dtype)
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
