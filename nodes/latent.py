@@ -8,7 +8,9 @@ from typing import Any
 
 import torch
 
+from ..onestep_sr.errors import IncompatibleInputError
 from ..onestep_sr.model import SRLatent
+from ..onestep_sr.options import OptionError
 from . import host
 from .api import io
 from .loader import OneStepModel
@@ -24,8 +26,9 @@ def to_latent(latent: SRLatent) -> dict[str, Any]:
 
 def from_latent(latent: dict[str, Any]) -> SRLatent:
     if "onestep_lq" not in latent or "onestep_size" not in latent:
-        raise ValueError("this LATENT was not made by OneStep SR Encode (it has no LR image to condition on); "
-                         "connect OneStep SR Encode -> OneStep SR ResShift Sampler -> OneStep SR Decode")
+        raise IncompatibleInputError("this LATENT was not made by OneStep SR Encode (it has no LR image to condition "
+                                     "on); connect OneStep SR Encode -> OneStep SR ResShift Sampler -> OneStep SR "
+                                     "Decode")
     h, w = latent["onestep_size"]
     return SRLatent(latent["samples"], latent["onestep_lq"], (int(h), int(w)))
 
@@ -74,8 +77,9 @@ class ResShiftSampler(io.ComfyNode):
     def execute(cls, model: OneStepModel, latent: dict[str, Any], sampler: str = "deterministic",
                 steps: int = 15, seed: int = 12345, tile: int = 256, overlap: int = 32) -> io.NodeOutput:
         if sampler == "stochastic" and steps == 1:
-            raise ValueError(f"the stochastic sampler runs the model's full schedule: set steps to "
-                             f"{model.sr.schedule.steps}, or use the deterministic sampler for one step")
+            raise OptionError("steps", steps, f"{model.sr.schedule.steps} for the stochastic sampler",
+                              message=f"the stochastic sampler runs the model's full schedule: set steps to "
+                                      f"{model.sr.schedule.steps}, or use the deterministic sampler for one step")
         options = dict(steps=steps, stochastic=sampler == "stochastic", seed=seed, tile=tile, overlap=overlap)
         model.sr.check_options(**options)
         sr_latent = from_latent(latent)

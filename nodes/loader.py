@@ -6,7 +6,8 @@ import os
 
 import torch
 
-from ..onestep_sr.download import DownloadError, WeightsUnavailableError, ensure_weights
+from ..onestep_sr.download import DownloadError, WeightsUnavailableError, ensure_all
+from ..onestep_sr.errors import ModelNotFoundError
 from ..onestep_sr.model import BUNDLED_MODELS, OneStepSR, autoencoder_for, load_model
 from ..onestep_sr.models import PIXEL_AUTOENCODER
 from ..onestep_sr.registry import RegistryEntry, get_entry, list_entries
@@ -54,13 +55,13 @@ def model_choices() -> list[str]:
     return bundled + [e.name + AUTO_DOWNLOAD for e in entries if e.kind == "denoiser"] + files
 
 
-def _local_or_download(entry: RegistryEntry) -> str:
-    found = host.find_model_file(entry.file)
-    if found:
-        return found
+def _download(entries: list[RegistryEntry], needed_by: str = "") -> list[str]:
+    """The registry files not found in any onestep_sr folder, fetched into the download folder;
+    offline, one error names every one of them (see ``ensure_all``)."""
     progress = host.NodeProgress()
-    return str(ensure_weights(entry, models_dir=host.download_folder(),
-                              progress=lambda done, total: progress(done, total) if total else host.check_interrupted()))
+    paths = ensure_all(entries, models_dir=host.download_folder(), needed_by=needed_by,
+                       progress=lambda done, total: progress(done, total) if total else host.check_interrupted())
+    return [str(path) for path in paths]
 
 
 def _entry_for_file(name: str) -> RegistryEntry | None:
@@ -69,23 +70,31 @@ def _entry_for_file(name: str) -> RegistryEntry | None:
 
 def resolve_weights(choice: str) -> tuple[dict[str, str], RegistryEntry | None]:
     """({"denoiser": path, "autoencoder": path}, the registry entry if the choice is one)."""
+    denoiser: str | None = None
     if choice.endswith(BUNDLED) and choice[: -len(BUNDLED)] in BUNDLED_MODELS:
         entry, denoiser = None, str(BUNDLED_MODELS[choice[: -len(BUNDLED)]])
     elif choice.endswith(AUTO_DOWNLOAD):
         entry = get_entry(choice[: -len(AUTO_DOWNLOAD)])
-        denoiser = _local_or_download(entry)
+        denoiser = host.find_model_file(entry.file)
     else:
         denoiser = host.find_model_file(choice)
         if denoiser is None:
-            raise FileNotFoundError(f"OneStep SR model file {choice!r} is not in any onestep_sr model folder "
-                                    f"({', '.join(host.model_folders())})")
+            raise ModelNotFoundError(f"OneStep SR model file {choice!r} is not in any onestep_sr model folder "
+                                     f"({', '.join(host.model_folders())})")
         entry = _entry_for_file(choice)  # a registry file placed by hand keeps its schedule and sampler
     name = (entry.autoencoder or "vq_f4") if entry else autoencoder_for(denoiser)
+    ae_entry = None if name == PIXEL_AUTOENCODER else get_entry(name)
+    autoencoder = PIXEL_AUTOENCODER if ae_entry is None else host.find_model_file(ae_entry.file)
+    missing = ([entry] if denoiser is None else []) + ([ae_entry] if autoencoder is None else [])
     try:
-        autoencoder = PIXEL_AUTOENCODER if name == PIXEL_AUTOENCODER else _local_or_download(get_entry(name))
-    except (WeightsUnavailableError, DownloadError) as exc:  # say whose autoencoder it is
-        raise type(exc)(f"{os.path.basename(denoiser)} also needs its autoencoder {name}: {exc}") from exc
-    return {"denoiser": denoiser, "autoencoder": autoencoder}, entry
+        fetched = _download(missing, needed_by=entry.name if entry else "")
+    except (WeightsUnavailableError, DownloadError) as exc:
+        if denoiser is not None:  # the denoiser is there: say whose autoencoder is missing
+            raise type(exc)(f"{os.path.basename(denoiser)} also needs its autoencoder {name}: {exc}") from exc
+        raise
+    if denoiser is None:
+        denoiser = fetched.pop(0)
+    return {"denoiser": denoiser, "autoencoder": fetched[0] if autoencoder is None else autoencoder}, entry
 
 
 class LoadOneStepModel(io.ComfyNode):

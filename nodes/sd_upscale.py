@@ -43,7 +43,10 @@ import torch
 from ..onestep_sr.colorfix import COLOR_FIXES, color_fix as apply_color_fix
 from ..onestep_sr.sd.formulas import (LATENT_OVERLAP, LATENT_TILE, MIN_PIXELS, ONE_STEP_T, crop_to,
                                       latent_tile_boxes, pad_to_multiple, run_tiled_halving)
-from ..onestep_sr.options import VAE_FACTOR, VAE_TILE_FLOOR, check_finite, check_vae_tile
+from ..onestep_sr.errors import IncompatibleInputError
+from ..onestep_sr.imageio import ImageInputError
+from ..onestep_sr.options import VAE_FACTOR, VAE_TILE_FLOOR, OptionError, check_finite, check_vae_tile
+from ..onestep_sr.sd.lora import LoraFormatError
 from ..onestep_sr.sd import guidance as G
 from ..onestep_sr.sd.onestep import bicubic_to, check_sd_options, output_size
 from . import host
@@ -66,27 +69,27 @@ def check_model_and_vae(model: Any, vae: Any) -> None:
     """Refuse pairings the one-step recipe cannot run, naming what is wrong."""
     base = getattr(model, "model", None)
     if base is None or not hasattr(base, "apply_model") or not hasattr(base, "process_latent_in"):
-        raise ValueError("OneStep SD Upscale: 'model' is not a diffusion MODEL (connect the MODEL output of "
-                         "Load Checkpoint, or of LoraLoader after it)")
+        raise IncompatibleInputError("OneStep SD Upscale: 'model' is not a diffusion MODEL (connect the MODEL output "
+                                     "of Load Checkpoint, or of LoraLoader after it)")
     kind = getattr(getattr(base, "model_type", None), "name", str(getattr(base, "model_type", "?")))
     if kind not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"OneStep SD Upscale runs Stable Diffusion 1.x/2.x-style models (eps or v prediction "
-                         f"on the 1000-step DDPM schedule); this MODEL's prediction type is {kind} "
-                         f"(e.g. SD3 / Flux flow models are not supported)")
+        raise IncompatibleInputError("OneStep SD Upscale runs Stable Diffusion 1.x/2.x-style models (eps or v "
+                                     "prediction on the 1000-step DDPM schedule); this MODEL's prediction type is "
+                                     f"{kind} (e.g. SD3 / Flux flow models are not supported)")
     if getattr(base, "adm_channels", 0):
-        raise ValueError("OneStep SD Upscale: this MODEL needs pooled/size conditioning (SDXL-style, "
-                         f"adm_channels={base.adm_channels}); only SD 1.x/2.x models are supported")
+        raise IncompatibleInputError("OneStep SD Upscale: this MODEL needs pooled/size conditioning (SDXL-style, "
+                                     f"adm_channels={base.adm_channels}); only SD 1.x/2.x models are supported")
     if vae is None or getattr(vae, "first_stage_model", None) is None:
-        raise ValueError("OneStep SD Upscale: 'vae' is invalid (the checkpoint has no VAE? load one with "
-                         "Load VAE)")
+        raise IncompatibleInputError("OneStep SD Upscale: 'vae' is invalid (the checkpoint has no VAE? load one with "
+                                     "Load VAE)")
     if getattr(vae, "latent_dim", 2) != 2:
-        raise ValueError("OneStep SD Upscale: this VAE is a video/audio VAE; use the image VAE of the "
-                         "checkpoint")
+        raise IncompatibleInputError("OneStep SD Upscale: this VAE is a video/audio VAE; use the image VAE of the "
+                                     "checkpoint")
     model_channels = getattr(base.latent_format, "latent_channels", None)
     if model_channels is not None and model_channels != vae.latent_channels:
-        raise ValueError(f"OneStep SD Upscale: the VAE makes {vae.latent_channels}-channel latents but the MODEL "
-                         f"works on {model_channels} channels: use the VAE that belongs to the checkpoint "
-                         f"(an SD 1.x/2.x VAE)")
+        raise IncompatibleInputError(f"OneStep SD Upscale: the VAE makes {vae.latent_channels}-channel latents but "
+                                     f"the MODEL works on {model_channels} channels: use the VAE that belongs to the "
+                                     "checkpoint (an SD 1.x/2.x VAE)")
 
 
 def conditioning_tensor(positive: Any, clip: Any, batch: int, model: Any) -> torch.Tensor:
@@ -94,25 +97,27 @@ def conditioning_tensor(positive: Any, clip: Any, batch: int, model: Any) -> tor
     or the empty prompt encoded with ``clip``."""
     if positive is None:
         if clip is None:
-            raise ValueError("OneStep SD Upscale needs text conditioning for the UNet's cross-attention: connect "
-                             "'positive' (e.g. CLIP Text Encode with an empty prompt, or the student's tags) or "
-                             "the checkpoint's CLIP to 'clip' (then the empty prompt is used)")
+            raise IncompatibleInputError("OneStep SD Upscale needs text conditioning for the UNet's cross-attention: "
+                                         "connect 'positive' (e.g. CLIP Text Encode with an empty prompt, or the "
+                                         "student's tags) or the checkpoint's CLIP to 'clip' (then the empty prompt "
+                                         "is used)")
         positive = clip.encode_from_tokens_scheduled(clip.tokenize(""))
     try:
         context = positive[0][0]
     except (TypeError, IndexError, KeyError):
-        raise ValueError("OneStep SD Upscale: 'positive' is not a CONDITIONING (a list of [tensor, options])")
+        raise IncompatibleInputError("OneStep SD Upscale: 'positive' is not a CONDITIONING (a list of [tensor, "
+                                     "options])")
     if not torch.is_tensor(context) or context.ndim != 3:
-        raise ValueError(f"OneStep SD Upscale: the conditioning tensor should be batch x tokens x width, got "
-                         f"{getattr(context, 'shape', type(context))}")
+        raise IncompatibleInputError("OneStep SD Upscale: the conditioning tensor should be batch x tokens x width, "
+                                     f"got {getattr(context, 'shape', type(context))}")
     width = getattr(getattr(model.model, "model_config", None), "unet_config", {}).get("context_dim")
     if width is not None and context.shape[-1] != width:
-        raise ValueError(f"OneStep SD Upscale: the conditioning is {context.shape[-1]} wide but this MODEL's "
-                         f"cross-attention takes {width} (text encoder of another SD family?): encode the "
-                         f"prompt with the same checkpoint's CLIP")
+        raise IncompatibleInputError(f"OneStep SD Upscale: the conditioning is {context.shape[-1]} wide but this "
+                                     f"MODEL's cross-attention takes {width} (text encoder of another SD family?): "
+                                     "encode the prompt with the same checkpoint's CLIP")
     if context.shape[0] not in (1, batch):
-        raise ValueError(f"OneStep SD Upscale: the conditioning has a batch of {context.shape[0]}; give 1 or "
-                         f"{batch} (one per image)")
+        raise IncompatibleInputError(f"OneStep SD Upscale: the conditioning has a batch of {context.shape[0]}; give 1 "
+                                     f"or {batch} (one per image)")
     return context.expand(batch, -1, -1) if context.shape[0] == 1 else context
 
 
@@ -138,13 +143,13 @@ def patched_vae(vae: Any, name: str, strength: float) -> Any:
     key_map = vae_lora_key_map(vae)
     unmatched = unmatched_lora_keys(lora, key_map)
     if unmatched:
-        raise ValueError(f"OneStep SD Upscale: {len(unmatched)} of {len(lora)} keys of vae_lora {name!r} match no "
-                         f"VAE weight (e.g. {unmatched[0]!r}). Pick the '_vae' file written by onestep-sr convert "
-                         f"(LDM names such as encoder.mid.attn_1.q.lora_down.weight); the UNet LoRA goes into "
-                         f"LoraLoader")
+        raise LoraFormatError(f"OneStep SD Upscale: {len(unmatched)} of {len(lora)} keys of vae_lora {name!r} match "
+                              f"no VAE weight (e.g. {unmatched[0]!r}). Pick the '_vae' file written by onestep-sr "
+                              f"convert (LDM names such as encoder.mid.attn_1.q.lora_down.weight); the UNet LoRA goes "
+                              f"into LoraLoader")
     patched, keys = host.vae_with_patches(vae, lora, key_map, strength)
     if not keys:
-        raise ValueError(f"OneStep SD Upscale: vae_lora {name!r} patched no VAE weight")
+        raise LoraFormatError(f"OneStep SD Upscale: vae_lora {name!r} patched no VAE weight")
     return patched
 
 
@@ -154,17 +159,17 @@ def guided_model(model: Any, name: str, w: float) -> Any:
     bake``) as ordinary weight patches, applied like LoraLoader's. ``model`` is left as it was."""
     try:
         guided = G.parse_guided(host.read_lora(name), source=f"guided_lora {name!r}")
-    except ValueError as exc:
-        raise ValueError(f"OneStep SD Upscale: {exc}") from None
+    except LoraFormatError as exc:
+        raise LoraFormatError(f"OneStep SD Upscale: {exc}") from None
     key_map = host.unet_lora_key_map(model)
     if G.TIME_EMBED_KEY not in key_map:
-        raise ValueError("OneStep SD Upscale: this MODEL has no time_embed.0 layer to take the guidance (not an "
-                         "SD 1.x/2.x UNet?)")
+        raise IncompatibleInputError("OneStep SD Upscale: this MODEL has no time_embed.0 layer to take the guidance "
+                                     "(not an SD 1.x/2.x UNet?)")
     baked = G.bake(guided, host.model_weight(model, key_map[G.TIME_EMBED_KEY]), w)
     unmatched = unmatched_lora_keys(baked, key_map)
     if unmatched:
-        raise ValueError(f"OneStep SD Upscale: {len(unmatched)} of {len(baked)} keys of guided_lora {name!r} match "
-                         f"no weight of this MODEL (a student of another base model?), e.g. {unmatched[0]}")
+        raise LoraFormatError(f"OneStep SD Upscale: {len(unmatched)} of {len(baked)} keys of guided_lora {name!r} "
+                              f"match no weight of this MODEL (a student of another base model?), e.g. {unmatched[0]}")
     return host.model_with_patches(model, baked, key_map)
 
 
@@ -293,17 +298,19 @@ class OneStepSDUpscale(io.ComfyNode):
                 vae_lora_strength: float = 1.0, guided_lora: str = NO_VAE_LORA,
                 guidance: float = 0.0) -> io.NodeOutput:
         if color_fix not in COLOR_FIXES:
-            raise ValueError(f"unknown colour fix {color_fix!r}; expected one of {COLOR_FIXES}")
+            raise OptionError("color_fix", color_fix, f"one of {', '.join(COLOR_FIXES)}")
         if image.ndim != 4 or image.shape[-1] not in (3, 4):
-            raise ValueError(f"OneStep SD Upscale: expected an IMAGE (B x H x W x 3 or 4), got {tuple(image.shape)}")
+            raise ImageInputError(f"OneStep SD Upscale: expected an IMAGE (B x H x W x 3 or 4), got "
+                                  f"{tuple(image.shape)}")
         scale, tile, overlap, _ = check_sd_options(scale, tile, overlap)
         vae_tile = check_vae_tile(vae_tile)
         vae_lora_strength = check_finite(vae_lora_strength, "vae_lora_strength")
         guidance = G.check_guidance(check_finite(guidance, "guidance"))
         guided = bool(guided_lora) and guided_lora != NO_VAE_LORA
         if guidance != 0.0 and not guided:
-            raise ValueError("OneStep SD Upscale: guidance needs a guided_lora (a student trained with a guidance "
-                             "input); a plain LoRA from LoraLoader has none")
+            raise OptionError("guidance", guidance, "0 without a guided_lora",
+                              message="OneStep SD Upscale: guidance needs a guided_lora (a student trained with a "
+                                      "guidance input); a plain LoRA from LoraLoader has none")
         check_model_and_vae(model, vae)
         context = conditioning_tensor(positive, clip, image.shape[0], model)
         host.check_interrupted()

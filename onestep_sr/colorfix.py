@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .imageio import from_unit_float, to_unit_float
+from .imageio import ImageInputError, from_unit_float, to_unit_float
+from .options import OptionError
 
 COLOR_FIXES = ("none", "adain", "wavelet")
 WAVELET_LEVELS = 5
@@ -35,7 +36,8 @@ BUFFER_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 def _check_mode(mode: str) -> None:
     if mode not in COLOR_FIXES:
-        raise ValueError(f"unknown colour fix {mode!r}; expected one of {COLOR_FIXES}")
+        raise OptionError("color_fix", mode, f"one of {', '.join(COLOR_FIXES)}",
+                          message=f"unknown colour fix {mode!r}; expected one of {COLOR_FIXES}")
 
 
 # ----------------------------------------------------------------------------- whole image
@@ -101,11 +103,11 @@ def color_fix_towards(images: torch.Tensor, reference: torch.Tensor, mode: str) 
     resized, antialiased when shrinking), one reference image for all or one per image."""
     _check_mode(mode)
     if images.ndim != 4 or reference.ndim != 4 or images.shape[1] != reference.shape[1]:
-        raise ValueError(f"colour fix needs B x C x H x W images and reference with the same channels, got "
-                         f"{tuple(images.shape)} and {tuple(reference.shape)}")
+        raise ImageInputError(f"colour fix needs B x C x H x W images and reference with the same channels, got "
+                              f"{tuple(images.shape)} and {tuple(reference.shape)}")
     if reference.shape[0] not in (1, images.shape[0]):
-        raise ValueError(f"the reference batch has {reference.shape[0]} images; give 1 or {images.shape[0]} "
-                         "(one per image)")
+        raise ImageInputError(f"the reference batch has {reference.shape[0]} images; give 1 or {images.shape[0]} "
+                              "(one per image)")
     ref = reference.to(images.dtype)
     if ref.shape[-2:] != images.shape[-2:]:
         shrinking = ref.shape[-2] > images.shape[-2] or ref.shape[-1] > images.shape[-1]

@@ -10,7 +10,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .imageio import from_unit_float
+from .errors import IncompatibleInputError
+from .imageio import ImageInputError, from_unit_float
 from .options import DEFAULT_SEED
 from .pipeline import (SCALE, Tiling, check_finite, decode_rows, encode_tiled, model_to_unit, network_calls,
                        pad_bottom_right, run_sampler, tile_counts, tiled_x0_predictor, unit_to_model)
@@ -40,7 +41,7 @@ class LatentStages:
         job = self.plan(vq_tile=vq_tile, dtype=dtype)
         self._check_latent_path()
         if image.ndim != 4 or image.shape[1] != 3 or not image.is_floating_point():
-            raise ValueError(f"encode takes a float batch B x 3 x h x w, got {image.dtype} {tuple(image.shape)}")
+            raise ImageInputError(f"encode takes a float batch B x 3 x h x w, got {image.dtype} {tuple(image.shape)}")
         h, w = image.shape[-2:]
         lq = pad_bottom_right(unit_to_model(image.float().cpu().contiguous()), self.denoiser.config.latent_multiple)
         counter = CallCounter(progress, len(lq) * tile_counts(lq.shape, job.tiling, 1)[0])
@@ -103,20 +104,21 @@ class LatentStages:
 
     def _check_latent_path(self) -> None:
         if self.denoiser.config.lq_mode != "lq3":
-            raise ValueError(f"the latent stages (encode/sample/decode) run x{SCALE} models whose condition is the "
-                             f"LR image; this x{self.scale} model upscales with upscale() (OneStep Upscale node)")
+            raise IncompatibleInputError(f"the latent stages (encode/sample/decode) run x{SCALE} models whose "
+                                         f"condition is the LR image; this x{self.scale} model upscales with "
+                                         "upscale() (OneStep Upscale node)")
 
     def _check_latent(self, latent: SRLatent) -> None:
         self._check_latent_path()
         z, lq, (h, w) = latent.samples, latent.lq, latent.size
         channels = self.autoencoder.config.embed_dim
         if z.ndim != 4 or z.shape[1] != channels:
-            raise ValueError(f"this latent has shape {tuple(z.shape)}; the model's autoencoder needs "
-                             f"B x {channels} x H x W (a latent from another model, e.g. Stable Diffusion, "
-                             "cannot be used here)")
+            raise IncompatibleInputError(f"this latent has shape {tuple(z.shape)}; the model's autoencoder needs "
+                                         f"B x {channels} x H x W (a latent from another model, e.g. Stable "
+                                         "Diffusion, cannot be used here)")
         if lq.shape[0] != z.shape[0] or lq.shape[-2:] != z.shape[-2:] or not (h <= lq.shape[-2] and w <= lq.shape[-1]):
-            raise ValueError(f"the latent ({tuple(z.shape)}) does not match its LR image ({tuple(lq.shape)}, "
-                             f"size {w}x{h})")
+            raise IncompatibleInputError(f"the latent ({tuple(z.shape)}) does not match its LR image "
+                                         f"({tuple(lq.shape)}, size {w}x{h})")
 
 
 class CallCounter:

@@ -15,6 +15,7 @@ import torch
 from .checkpoint import (CheckpointError, atomic_write_text, describe_file, interrupts_deferred,
                          write_safetensors_atomic)
 from .models import PIXEL_AUTOENCODER, SwinUNetDenoiser
+from .options import OptionError
 from .schedule import SCHEDULE_T15, ResShiftSchedule
 
 INFO_KEY = "onestep_sr"
@@ -41,8 +42,9 @@ class ModelInfo:
         if self.levels is None:
             return None
         if steps != len(self.levels):
-            raise ValueError(f"this model was distilled for {len(self.levels)} step(s) (levels {self.levels}); "
-                             f"it cannot run {steps}")
+            raise OptionError("steps", steps, f"{len(self.levels)}",
+                              message=f"this model was distilled for {len(self.levels)} step(s) (levels "
+                                      f"{self.levels}); it cannot run {steps}")
         return list(self.levels)
 
     def resshift_schedule(self) -> ResShiftSchedule:

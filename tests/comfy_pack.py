@@ -5,6 +5,7 @@ executor does: widget values checked against the schema (bounds, combo options),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -96,3 +97,21 @@ def run_node(node: type, **inputs: Any) -> tuple:
     """Validate like ComfyUI, then execute; the node's outputs."""
     output = node.execute(**widget_values(node, **inputs))
     return output.args
+
+
+def shown_type(error: BaseException) -> str:
+    """The type name ComfyUI shows for ``error`` (execution.full_type_name: module + qualname, bare
+    for builtins)."""
+    cls = type(error)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+@contextlib.contextmanager
+def refused(match: str):
+    """A node's refusal: a ValueError whose message matches ``match`` and whose type ComfyUI shows
+    as ``onestep_sr.<Name>`` (the README's promise), never a builtin ``ValueError``."""
+    import pytest
+
+    with pytest.raises(ValueError, match=match) as err:
+        yield err
+    assert shown_type(err.value).startswith("onestep_sr."), shown_type(err.value)

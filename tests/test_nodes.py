@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import comfy_pack
-from comfy_pack import ROOT, ValidationError, run_node
+from comfy_pack import ROOT, ValidationError, refused, run_node
 from onestep_sr import load_model
 from onestep_sr.colorfix import color_fix_towards
 from onestep_sr.models import AutoencoderConfig, DenoiserConfig, build_autoencoder, build_denoiser
@@ -192,10 +192,17 @@ def test_loader_errors_name_the_missing_file(comfy):
     with pytest.raises(Exception, match=rf"{DENOISER_FILE} also needs its autoencoder vq_f4: "
                                         r"vq_f4 \(autoencoder_vq_f4.pth\) is not in .*onestep_sr.*offline"):
         _load(comfy)
-    with pytest.raises(Exception, match=r"sinsr_v1 \(SinSR_v1.pth\) is not in"):
+    with pytest.raises(Exception) as err:  # offline: both files named at once, not one per run
         _load(comfy, "sinsr_v1 (auto-download)")
+    assert comfy_pack.shown_type(err.value) == "onestep_sr.WeightsUnavailableError"
+    for file in ("SinSR_v1.pth", "autoencoder_vq_f4.pth"):
+        assert f"/{file} and save it as {comfy.folder / file}" in str(err.value)
     with pytest.raises(ValidationError, match="value_not_in_list"):
         _load(comfy, "gone.safetensors")
+    loader = sys.modules["onestep_sr_pack.nodes.loader"]
+    with pytest.raises(FileNotFoundError, match="'gone.safetensors' is not in any onestep_sr model folder") as err:
+        loader.resolve_weights("gone.safetensors")  # listed, then deleted before the run
+    assert comfy_pack.shown_type(err.value) == "onestep_sr.ModelNotFoundError"
 
 
 def test_an_engine_error_type_reads_onestep_sr_name_in_comfyui(comfy):
@@ -251,7 +258,7 @@ def test_multi_step_upscale_is_deterministic_resshift(comfy, engine):
     (out,) = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, steps=15, color_fix="none")
     expected = engine.upscale(images.permute(0, 3, 1, 2), steps=15, stochastic=False).permute(0, 2, 3, 1)
     assert torch.equal(out, expected)
-    with pytest.raises(ValueError, match=r"steps must be 1 \(one-step\) or 15"):
+    with refused(r"steps must be 1 \(one-step\) or 15"):
         run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, steps=7)
     with pytest.raises(ValidationError, match="value_smaller_than_min"):
         run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, tile=32)
@@ -337,11 +344,11 @@ def test_api_values_the_widgets_would_not_give_are_refused_with_the_rule(comfy):
            "use 96 or 104"
     (latent,) = run_node(comfy.nodes["OneStepSR_Encode"], model=model, image=images)
     loads = len(comfy.mm.load_calls)
-    with pytest.raises(ValueError, match=rule):
+    with refused(rule):
         run_node(upscale, model=model, image=images, tile=100)
-    with pytest.raises(ValueError, match=rule):
+    with refused(rule):
         run_node(sampler, model=model, latent=latent, steps=1, tile=100)
-    with pytest.raises(ValueError, match=r"overlap must be .* \(smaller than the tile 64\), got 64"):
+    with refused(r"overlap must be .* \(smaller than the tile 64\), got 64"):
         run_node(upscale, model=model, image=images, tile=64, overlap=64)
     assert len(comfy.mm.load_calls) == loads  # refused before any weights moved
     (out,) = run_node(upscale, model=model, image=images, tile=104, overlap=8, seed=2**64 - 1, color_fix="none")
@@ -370,11 +377,11 @@ def test_sampler_choices_and_latent_errors(comfy):
     model = _load(comfy)
     (latent,) = run_node(comfy.nodes["OneStepSR_Encode"], model=model, image=_images(1, 8, 8))
     sampler = comfy.nodes["OneStepSR_ResShiftSampler"]
-    with pytest.raises(ValueError, match="stochastic sampler runs the model's full schedule: set steps to 15"):
+    with refused("stochastic sampler runs the model's full schedule: set steps to 15"):
         run_node(sampler, model=model, latent=latent, sampler="stochastic", steps=1)
-    with pytest.raises(ValueError, match="not made by OneStep SR Encode"):
+    with refused("not made by OneStep SR Encode"):
         run_node(sampler, model=model, latent={"samples": torch.zeros(1, 4, 8, 8)})
-    with pytest.raises(ValueError, match="Stable Diffusion"):
+    with refused("Stable Diffusion"):
         run_node(sampler, model=model, latent={**latent, "samples": torch.zeros(1, 4, 64, 64)})
     (a,) = run_node(sampler, model=model, latent=latent, sampler="stochastic", steps=15, seed=1)
     (b,) = run_node(sampler, model=model, latent=latent, sampler="stochastic", steps=15, seed=2)
@@ -393,7 +400,7 @@ def test_colour_fix_node_equals_the_engine_with_any_reference_size(comfy, method
     rgba = torch.cat([images, _images(2, 64, 48, channels=1, seed=6)], dim=-1)
     (out4,) = run_node(comfy.nodes["OneStepSR_ColorFix"], image=rgba, reference=reference, method=method)
     assert torch.equal(out4[..., :3], out) and torch.equal(out4[..., 3], rgba[..., 3])
-    with pytest.raises(ValueError, match="reference batch has 3 images; give 1 or 2"):
+    with refused("reference batch has 3 images; give 1 or 2"):
         run_node(comfy.nodes["OneStepSR_ColorFix"], image=images, reference=_images(3, 8, 8), method=method)
 
 

@@ -23,7 +23,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 import comfy_pack  # noqa: E402
-from comfy_pack import ROOT, ValidationError, run_node  # noqa: E402
+from comfy_pack import ROOT, ValidationError, refused, run_node  # noqa: E402
 from onestep_sr.sd import formulas  # noqa: E402
 from onestep_sr.sd.lora import merge_kohya_lora  # noqa: E402
 from onestep_sr.sd.onestep import SDOneStepSR  # noqa: E402
@@ -365,7 +365,7 @@ def test_vae_encoder_lora_is_applied_to_a_copy_of_the_vae(comfy, engine):
     unet_lora = {"lora_unet_conv_in.lora_down.weight": torch.zeros(2, 4, 3, 3),
                  "lora_unet_conv_in.lora_up.weight": torch.zeros(32, 2, 1, 1)}
     save_file(unet_lora, str(comfy.loras / "student.safetensors"))
-    with pytest.raises(ValueError, match=r"2 of 2 keys of vae_lora 'student.safetensors' match no VAE weight"
+    with refused(r"2 of 2 keys of vae_lora 'student.safetensors' match no VAE weight"
                                          r".*'_vae' file.*LoraLoader"):
         run_node(comfy.node, model=make_model(engine), vae=vae, image=images, positive=positive(engine),
                  vae_lora="student.safetensors")
@@ -420,15 +420,15 @@ def test_the_guidance_widget_applies_the_guided_student_at_its_w(comfy, engine):
     assert torch.allclose(run(), _engine_out(engine, images), atol=ATOL, rtol=0)
 
     save_file({k: v for k, v in state.items() if k != COND_PROJ_KEY}, str(comfy.loras / "plain.safetensors"))
-    with pytest.raises(ValueError, match="guided_lora 'plain.safetensors'.*not a w-conditioned"):
+    with refused("guided_lora 'plain.safetensors'.*not a w-conditioned"):
         run(guided_lora="plain.safetensors", guidance=1.0)
-    with pytest.raises(ValueError, match="guidance needs a guided_lora"):
+    with refused("guidance needs a guided_lora"):
         run(guidance=2.0)
-    with pytest.raises(ValueError, match="guidance"):
+    with refused("guidance"):
         run(guided_lora="student_guided.safetensors", guidance=float("nan"))
     other = {**state, "lora_unet_not_a_module.diff": torch.zeros(3)}
     save_file(other, str(comfy.loras / "foreign_guided.safetensors"))
-    with pytest.raises(ValueError, match="1 of .* keys of guided_lora 'foreign_guided.safetensors' match no weight"):
+    with refused("1 of .* keys of guided_lora 'foreign_guided.safetensors' match no weight"):
         run(guided_lora="foreign_guided.safetensors", guidance=1.0)
 
 
@@ -438,21 +438,21 @@ def test_the_guidance_widget_applies_the_guided_student_at_its_w(comfy, engine):
 def test_readable_errors(comfy, engine):
     images = _images(1, 8, 8)
     model, vae = make_model(engine), make_vae(engine)
-    with pytest.raises(ValueError, match="needs text conditioning.*connect 'positive'.*'clip'"):
+    with refused("needs text conditioning.*connect 'positive'.*'clip'"):
         run_node(comfy.node, model=model, vae=vae, image=images)
-    with pytest.raises(ValueError, match="conditioning is 768 wide but this MODEL's cross-attention takes 32"):
+    with refused("conditioning is 768 wide but this MODEL's cross-attention takes 32"):
         run_node(comfy.node, model=model, vae=vae, image=images, positive=[[torch.zeros(1, 77, 768), {}]])
-    with pytest.raises(ValueError, match="conditioning has a batch of 3; give 1 or 2"):
+    with refused("conditioning has a batch of 3; give 1 or 2"):
         run_node(comfy.node, model=model, vae=vae, image=_images(2, 8, 8), positive=[[torch.zeros(3, 77, 32), {}]])
     vae16 = make_vae(engine)
     vae16.latent_channels = 16
-    with pytest.raises(ValueError, match="VAE makes 16-channel latents but the MODEL works on 4 channels"):
+    with refused("VAE makes 16-channel latents but the MODEL works on 4 channels"):
         run_node(comfy.node, model=model, vae=vae16, image=images, positive=positive(engine))
-    with pytest.raises(ValueError, match="prediction type is FLOW"):
+    with refused("prediction type is FLOW"):
         run_node(comfy.node, model=make_model(engine, "FLOW"), vae=vae, image=images, positive=positive(engine))
-    with pytest.raises(ValueError, match="not a diffusion MODEL"):
+    with refused("not a diffusion MODEL"):
         run_node(comfy.node, model=object(), vae=vae, image=images, positive=positive(engine))
-    with pytest.raises(ValueError, match=r"expected an IMAGE \(B x H x W x 3 or 4\)"):
+    with refused(r"expected an IMAGE \(B x H x W x 3 or 4\)"):
         run_node(comfy.node, model=model, vae=vae, image=torch.zeros(1, 8, 8, 2), positive=positive(engine))
     with pytest.raises(ValidationError, match="value_smaller_than_min"):
         run_node(comfy.node, model=model, vae=vae, image=images, positive=positive(engine), tile=8)
@@ -462,7 +462,7 @@ def test_readable_errors(comfy, engine):
                          (dict(tile=32, overlap=32), r"overlap must be .* \(smaller than the tile 32\), got 32"),
                          (dict(vae_lora_strength=float("nan")), "vae_lora_strength must be a finite number, got nan"),
                          (dict(scale=float("nan")), r"scale must be a number in \(0, 64\]")]:
-        with pytest.raises(ValueError, match=message):
+        with refused(message):
             run_node(comfy.node, model=model, vae=vae, image=images, positive=positive(engine), **bad)
     assert model.model.calls == [] and vae.calls == []  # every refusal came before any network ran
 

@@ -31,6 +31,7 @@ from typing import Mapping
 
 import torch
 
+from ..options import OptionError
 from .lora import LoraFormatError
 
 COND_PROJ_KEY = "onestep_guidance.cond_proj.weight"
@@ -57,9 +58,10 @@ def guidance_features(w: torch.Tensor | float, dim: int = EMBED_DIM) -> torch.Te
 def check_guidance(w: float, what: str = "guidance") -> float:
     """``w`` as a float, refused with a sentence when it is not a finite number within +-W_LIMIT."""
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(float(w)):
-        raise ValueError(f"{what} must be a finite number (w = CFG scale - 1), got {w!r}")
+        raise OptionError(what, w, "a finite number (w = CFG scale - 1)")
     if abs(float(w)) > W_LIMIT:
-        raise ValueError(f"{what} {w} is outside [-{W_LIMIT:g}, {W_LIMIT:g}] (w = CFG scale - 1; 0: no guidance)")
+        raise OptionError(what, w, f"within [-{W_LIMIT:g}, {W_LIMIT:g}]", message=f"{what} {w} is outside "
+                          f"[-{W_LIMIT:g}, {W_LIMIT:g}] (w = CFG scale - 1; 0: no guidance)")
     return float(w)
 
 
