@@ -80,7 +80,7 @@ def _add_train_options(parser: argparse.ArgumentParser, mode: str) -> None:
 def _applies(name: str, mode: str) -> bool:
     """Whether TrainConfig field ``name`` is an option of ``mode``."""
     if name == "init":
-        return mode == "resshift"
+        return mode in ("resshift", "restore")
     if name == "teacher":
         return mode in ("sinsr", "yonos", "progressive")
     if name == "lambda_gt":
@@ -99,6 +99,8 @@ def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
     _add_train_options(sub.add_parser("sinsr", help="distil a one-step SinSR student from a teacher"), "sinsr")
     _add_train_options(sub.add_parser("yonos", help="YONOS scale distillation: a student at twice the scale of a "
                                                      "frozen teacher, on the teacher's x0 predictions"), "yonos")
+    _add_train_options(sub.add_parser("restore", help="fine-tune a one-step model (--init) on its one-step output "
+                                                      "against the ground truth (e.g. --degradation realworld)"), "restore")
     progressive = sub.add_parser("progressive", help="progressive distillation: rounds that halve the steps "
                                                      "(--steps per round), each student from the previous model")
     _add_train_options(progressive, "progressive")

@@ -113,6 +113,15 @@ def teacher_target(teacher: Denoiser, schedule: ResShiftSchedule, y: torch.Tenso
     return sample_deterministic(x0_predictor(teacher, schedule, lq), y, schedule, noise)
 
 
+def restore_loss(student: Denoiser, schedule: ResShiftSchedule, x0: torch.Tensor, y: torch.Tensor,
+                 lq: torch.Tensor, noise: torch.Tensor, mse: Mse = per_sample_mse) -> torch.Tensor:
+    """Supervised fine-tune of a one-step model (our proposal, for the real-world end of the
+    default model's strength knob): its one-step output from x_T = y + kappa sqrt(eta_T) ``noise``
+    against the ground truth, per sample. No teacher: the LR here is degraded, and a teacher
+    trained on clean LR has no good answer for it."""
+    return mse(call(student, schedule, prior_sample(y, schedule, noise), schedule.steps - 1, lq), x0)
+
+
 def sinsr_losses(student: Denoiser, teacher: Denoiser, schedule: ResShiftSchedule, x0: torch.Tensor,
                  y: torch.Tensor, lq: torch.Tensor, noise: torch.Tensor,
                  weights: tuple[float, float, float] = (1.0, 1.0, 1.0), mse: Mse = per_sample_mse) -> dict[str, torch.Tensor]:

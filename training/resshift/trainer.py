@@ -30,11 +30,12 @@ from onestep_sr.pipeline import SCALE, bicubic_upscale
 
 from ..common.data import CoupledPairDataset, ImageSet, PairDataset
 from ..common.options import check_common
-from .losses import multiscale_mse, per_sample_mse, progressive_loss, resshift_loss, sinsr_losses, yonos_losses
+from .losses import (multiscale_mse, per_sample_mse, progressive_loss, resshift_loss, restore_loss, sinsr_losses,
+                     yonos_losses)
 from ..common.runs import (CsvLog, checkpoint_dirs, commit_checkpoint, ema_decay, ema_update, resume_newest,
                    save_run_state, staging_dir)
 
-MODES = ("resshift", "sinsr", "yonos", "progressive")
+MODES = ("resshift", "sinsr", "yonos", "progressive", "restore")
 DISTILLING = ("sinsr", "yonos", "progressive")  # modes that start from --teacher
 ARCHS = {
     # CI-sized: seconds per hundred steps on a CPU
@@ -92,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; use none or cosine")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.mode == "restore" and not self.init:
+            raise ValueError("restore fine-tunes a one-step model: give it with --init")
         if self.mode in DISTILLING and not self.teacher:
             raise ValueError(f"{self.mode} distillation needs --teacher (a trained ResShift checkpoint)")
         if self.lambda_gt is None:
@@ -206,7 +209,9 @@ class Run:
                     raise ValueError(f"{c.teacher} already runs in one step: nothing to halve")
                 self.levels = self.teacher_levels[::2]
         elif c.init:
-            model = load_denoiser(c.init)
+            model, info = load_start(c.init)
+            if c.mode == "restore" and info:  # a one-step model keeps its own schedule and scale
+                self.schedule, self.scale = info.resshift_schedule(), info.scale
         else:
             torch.manual_seed(c.seed)
             lq_mode = c.lq_mode or ("lq3" if self.scale == SCALE else "unshuffle48")
@@ -271,7 +276,7 @@ class Run:
         model = self.accelerator.unwrap_model(self.model)
         net = build_denoiser(model.config)
         net.load_state_dict(self.ema if use_ema else {k: v.cpu() for k, v in model.state_dict().items()})
-        sampler = "one_step" if self.config.mode in DISTILLING else "stochastic"
+        sampler = "one_step" if self.config.mode in (*DISTILLING, "restore") else "stochastic"
         if self.levels is not None and len(self.levels) > 1:
             sampler = "deterministic"
         description = f"{self.config.mode} model trained with onestep-sr train"
@@ -304,6 +309,8 @@ class Run:
         if c.mode == "sinsr":
             weights = (c.lambda_distill, c.lambda_inverse, c.lambda_gt)
             return sinsr_losses(self.model, self.teacher, self.schedule, x0, y, cond, noise, weights, self.mse)
+        if c.mode == "restore":
+            return {"total": restore_loss(self.model, self.schedule, x0, y, cond, noise, self.mse)}
         if c.mode == "progressive":
             index = torch.randint(0, len(self.levels), (x0.shape[0],), generator=generator)
             return {"total": progressive_loss(self.model, self.teacher, self.schedule, self.teacher_levels, self.levels,

@@ -1,0 +1,84 @@
+"""Real-world LR images: the training mixture of the default model's restoration end, and the
+fixed LR kinds it is measured on.
+
+Training (``--degradation realworld``, our proposal, tuned on the val kinds below): one draw per
+pair picks
+- 15 %: the clean bicubic downscale (so full strength does not forget clean inputs),
+- 35 %: a phone/web photo: bicubic downscale, Gaussian noise (sigma 1-15 in 8-bit levels,
+  luma-only with probability 0.4) with probability 0.6, then JPEG quality 40-95,
+- 50 %: Real-ESRGAN's second-order pipeline (``degradations.degrade``, its public ranges).
+Every random choice comes from the pair's generator, so pairs stay reproducible.
+
+Measurement (``LR_KINDS``): clean bicubic x1/scale; JPEG q75 of it; Gaussian sigma 8 then JPEG
+q90 (a phone photo); one fixed-seed draw of the Real-ESRGAN pipeline. The noise and the draw depend
+only on (seed, image index).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .degradations import DegradationConfig, add_gaussian_noise, bicubic_degrade, degrade, jpeg, quantise
+
+CLEAN_SHARE, PHOTO_SHARE = 0.15, 0.35
+PHOTO_NOISE_PROB, PHOTO_NOISE_RANGE, PHOTO_GRAY_PROB = 0.6, (1.0, 15.0), 0.4
+PHOTO_JPEG_RANGE = (40.0, 95.0)
+
+
+def degrade_realworld(hr: torch.Tensor, scale: int, rng: np.random.Generator,
+                      config: DegradationConfig = DegradationConfig()) -> torch.Tensor:
+    """One LR of the training mixture (see the module's text) for ``hr`` (3, H, W) in [0, 1]."""
+    pick = rng.random()
+    if pick < CLEAN_SHARE:
+        return bicubic_degrade(hr, scale)
+    if pick < CLEAN_SHARE + PHOTO_SHARE:
+        lr = bicubic_degrade(hr, scale)
+        if rng.random() < PHOTO_NOISE_PROB:
+            sigma = rng.uniform(*PHOTO_NOISE_RANGE) / 255.0
+            lr = add_gaussian_noise(lr, sigma, bool(rng.random() < PHOTO_GRAY_PROB), rng)
+        return quantise(jpeg(lr, rng.uniform(*PHOTO_JPEG_RANGE)))
+    return degrade(hr, scale, rng, config)
+
+
+def _clean(hr: torch.Tensor, scale: int, rng: np.random.Generator) -> torch.Tensor:
+    return bicubic_degrade(hr, scale)
+
+
+def _jpeg75(hr: torch.Tensor, scale: int, rng: np.random.Generator) -> torch.Tensor:
+    return jpeg(bicubic_degrade(hr, scale), 75)
+
+
+def _noise8_jpeg90(hr: torch.Tensor, scale: int, rng: np.random.Generator) -> torch.Tensor:
+    noisy = quantise(add_gaussian_noise(bicubic_degrade(hr, scale), 8 / 255.0, False, rng))
+    return jpeg(noisy, 90)
+
+
+def _realesrgan(hr: torch.Tensor, scale: int, rng: np.random.Generator) -> torch.Tensor:
+    return degrade(hr, scale, rng, DegradationConfig())
+
+
+# name -> (description, LR maker (hr, scale, rng))
+LR_KINDS: dict[str, tuple[str, Callable[[torch.Tensor, int, np.random.Generator], torch.Tensor]]] = {
+    "clean": ("bicubic x1/4", _clean),
+    "jpeg75": ("JPEG q75 of the bicubic LR", _jpeg75),
+    "noise8_jpeg90": ("Gaussian sigma 8, then JPEG q90", _noise8_jpeg90),
+    "realesrgan": ("one fixed-seed draw of the Real-ESRGAN pipeline", _realesrgan),
+}
+DEGRADED_KINDS = ("jpeg75", "noise8_jpeg90", "realesrgan")
+
+
+def lr_maker(kind: str, seed: int = 0) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """``make_lr(hr, scale)`` for ``evaluate_folder``: the ``kind`` LR, its randomness fixed by
+    (seed, kind, call index) so the i-th image of a folder always gets the same draw."""
+    if kind not in LR_KINDS:
+        raise ValueError(f"unknown LR kind {kind!r}; use one of {', '.join(LR_KINDS)}")
+    make = LR_KINDS[kind][1]
+    counter = iter(range(10**9))
+    kind_id = list(LR_KINDS).index(kind)
+
+    def make_lr(hr: torch.Tensor, scale: int) -> torch.Tensor:
+        return make(hr, scale, np.random.default_rng([seed, kind_id, next(counter)])).float().clamp(0, 1)
+
+    return make_lr
