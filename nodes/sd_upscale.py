@@ -279,11 +279,14 @@ class OneStepSDUpscale(io.ComfyNode):
                                        "LoRA in models/loras), applied to a copy of the VAE."),
                 io.Float.Input("vae_lora_strength", default=1.0, min=-10.0, max=10.0, step=0.01,
                                tooltip="Strength of vae_lora (1 = as trained; ignored without a VAE LoRA)."),
+                # inputs added after the node was first released are optional, with the default that gives
+                # the old behaviour: an API graph saved before them still validates and runs unchanged
                 io.Combo.Input("guided_lora", options=[NO_VAE_LORA, *host.lora_files()], default=NO_VAE_LORA,
+                               optional=True,
                                tooltip="A student with a guidance input (NAME_guided.safetensors from onestep-sr "
                                        "train osediff --guidance-range, or guided_lora.safetensors): applied "
                                        "here with the guidance below, instead of LoraLoader."),
-                io.Float.Input("guidance", default=0.0, min=-G.W_LIMIT, max=G.W_LIMIT, step=0.1,
+                io.Float.Input("guidance", default=0.0, min=-G.W_LIMIT, max=G.W_LIMIT, step=0.1, optional=True,
                                tooltip="w of guided_lora: CFG scale - 1 (0 = no guidance, the plain student; "
                                        "the file's header gives the trained range). One UNet call at any w. "
                                        "Needs guided_lora."),

@@ -83,6 +83,32 @@ def widget_values(node: type, **given: Any) -> dict[str, Any]:
     return values
 
 
+def api_inputs(node: type, **given: Any) -> dict[str, Any]:
+    """The ``inputs`` of one node of a saved API-format graph (what /prompt receives), checked as
+    ComfyUI's executor checks them (execution.validate_inputs): no widget default is filled in
+    (that is the frontend's job, and a saved graph has no frontend), so a required input that is
+    missing is refused ("Required input is missing", required_input_missing); a missing optional
+    one is left out and ``execute``'s own default applies; values get the same checks."""
+    schema = node.GET_SCHEMA()
+    values = {}
+    for spec in schema.inputs:
+        if spec.id not in given:
+            if spec.optional:
+                continue
+            raise ValidationError(f"{schema.node_id}.{spec.id}: required_input_missing (Required input is missing)")
+        value = given.pop(spec.id)
+        _check(schema.node_id, spec, value)
+        values[spec.id] = value
+    if given:
+        raise ValidationError(f"{schema.node_id}: unknown inputs {sorted(given)}")
+    return values
+
+
+def run_api(node: type, **inputs: Any) -> tuple:
+    """Run one node of a saved API-format graph: validated like ComfyUI's /prompt, then executed."""
+    return node.execute(**api_inputs(node, **inputs)).args
+
+
 def _check(node_id: str, spec: Any, value: Any) -> None:
     if spec.io_type in ("INT", "FLOAT"):
         if spec.min is not None and value < spec.min:

@@ -432,6 +432,21 @@ def test_the_guidance_widget_applies_the_guided_student_at_its_w(comfy, engine):
         run(guided_lora="foreign_guided.safetensors", guidance=1.0)
 
 
+def test_an_api_graph_saved_before_the_guidance_inputs_runs_as_it_did(comfy, engine):
+    """The node's first input set (f1f2f93: no guided_lora, no guidance), as a saved API graph sends
+    it to /prompt: validated as ComfyUI does (a missing required input is refused, no widget default
+    filled in) and run: the plain student, exactly as with guided_lora 'none' and guidance 0."""
+    images = _images(1, 12, 10, seed=9)
+    old = dict(model=make_model(engine), vae=make_vae(engine), image=images, positive=positive(engine), scale=4.0,
+               tile=96, overlap=32, vae_tile=1024, color_fix="adain", vae_lora="none", vae_lora_strength=1.0)
+    (out,) = comfy_pack.run_api(comfy.node, **old)
+    assert torch.allclose(out, _engine_out(engine, images), atol=ATOL, rtol=0)
+    (explicit,) = comfy_pack.run_api(comfy.node, **old, guided_lora="none", guidance=0.0)
+    assert torch.equal(out, explicit)
+    with pytest.raises(ValidationError, match="image: required_input_missing"):
+        comfy_pack.run_api(comfy.node, **{k: v for k, v in old.items() if k != "image"})
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 
