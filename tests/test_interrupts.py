@@ -71,13 +71,14 @@ def test_an_interrupted_read_raises_keyboard_interrupt_not_a_corrupt_file_error(
 
 
 def test_the_download_verifier_keeps_a_complete_download_on_ctrl_c(tmp_path, ctrl_c_inside_the_reader):
-    entry = dataclasses.replace(get_entry("sinsr_v1"), file="SinSR_v1.safetensors")
+    entry = dataclasses.replace(get_entry("sinsr_v1"), file="SinSR_v1.safetensors", expected_payload_bytes=None)
     part = tmp_path / (entry.file + ".part")
     save_file({"w": torch.ones(3)}, str(part))
     data = part.read_bytes()
     with pytest.raises(KeyboardInterrupt):
-        download._verify_part(entry, part, None)
+        download._install(entry, part, tmp_path / entry.file, None, None, "downloaded")
     assert part.read_bytes() == data  # kept for the next try, not deleted as "not a usable checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [part.name]  # no pin, no final file
 
 
 def test_onestep_sr_download_ends_on_ctrl_c_with_one_line_and_keeps_the_part(tmp_path, monkeypatch, capsys):
