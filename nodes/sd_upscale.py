@@ -46,7 +46,7 @@ from ..onestep_sr.sd.formulas import (LATENT_OVERLAP, LATENT_TILE, MIN_PIXELS, O
 from ..onestep_sr.errors import IncompatibleInputError
 from ..onestep_sr.imageio import ImageInputError
 from ..onestep_sr.options import VAE_FACTOR, VAE_TILE_FLOOR, OptionError, check_finite, check_vae_tile
-from ..onestep_sr.sd.lora import LoraFormatError
+from ..onestep_sr import LoraFormatError  # wherever the engine keeps it (lazy, see onestep_sr.__init__)
 from ..onestep_sr.sd import guidance as G
 from ..onestep_sr.sd.onestep import bicubic_to, check_sd_options, output_size
 from . import host
