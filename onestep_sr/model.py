@@ -39,6 +39,7 @@ from .model_info import read_model_info
 from .native_scale import check_steps, passes_for, supported_steps
 from .registry import REGISTRY_FILE, RegistryEntry, UnknownModelError, get_entry
 from .schedule import SCHEDULE_T4, SCHEDULE_T15, ResShiftSchedule
+from .strength import AUTO, Strength, StrengthKnob, check_strength, resolve_strengths
 from .tiling import bicubic_crop
 
 log = logging.getLogger("onestep_sr")
@@ -47,6 +48,8 @@ log = logging.getLogger("onestep_sr")
 # made: weights/README.md and onestep_default_x4.training.json). The bundled model is the default everywhere; the official
 # SinSR/ResShift weights (non-commercial licences) are one choice away.
 BUNDLED_MODELS = {"onestep_default": REGISTRY_FILE.parent / "onestep_default_x4.safetensors"}
+# the restoration end of a bundled model's strength knob (onestep_sr.strength), beside it
+BUNDLED_RESTORATION = {"onestep_default": REGISTRY_FILE.parent / "onestep_default_x4_realworld.safetensors"}
 DEFAULT_MODEL = "onestep_default"
 DEFAULT_AUTOENCODER = "vq_f4"
 SCHEDULES = {"T15": SCHEDULE_T15, "T4": SCHEDULE_T4}
@@ -128,7 +131,8 @@ def load_model(name_or_paths: WeightsSpec | Sequence[WeightsSpec] | Mapping[str,
                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, *,
                schedule: str | ResShiftSchedule | None = None, sampler: Sampler | None = None,
                models_dir: str | os.PathLike | None = None, offline: bool | None = None,
-               download_progress: Callable[[int, int | None], None] | None = None) -> "OneStepSR":
+               download_progress: Callable[[int, int | None], None] | None = None,
+               strength: Strength = AUTO, restoration: str | os.PathLike | None = None) -> "OneStepSR":
     """A ready-to-use x4 model.
 
     ``name_or_paths``: the bundled model (default ``onestep_default``: offline, no download), a
@@ -142,7 +146,11 @@ def load_model(name_or_paths: WeightsSpec | Sequence[WeightsSpec] | Mapping[str,
     ``device``: default CUDA when available, else CPU. ``dtype``: weights' dtype, default fp16
     on CUDA and fp32 on CPU (norms and attention always run in fp32).
     ``schedule``/``sampler``: for checkpoint files, default ``T15`` and ``one_step`` (SinSR).
+    ``strength``: the default restoration strength of ``upscale`` (``auto`` or 0..1) for a model
+    with two weight sets: the bundled default, or any model given its ``restoration`` end (a
+    checkpoint of the same network fine-tuned from it; see :mod:`onestep_sr.strength`).
     """
+    strength = check_strength(strength)
     if isinstance(name_or_paths, Mapping):
         unknown = set(name_or_paths) - {"denoiser", "autoencoder"}
         if unknown or "denoiser" not in name_or_paths:
@@ -177,8 +185,15 @@ def load_model(name_or_paths: WeightsSpec | Sequence[WeightsSpec] | Mapping[str,
             raise type(exc)(f"{den_path.name} also needs its autoencoder {ae_spec}: {exc}") from exc
         autoencoder = load_autoencoder(ae_path, device=device, dtype=dtype)
     name = entry.name if entry else next((k for k, v in BUNDLED_MODELS.items() if v == den_path), den_path.name)
+    restoration = restoration or (BUNDLED_RESTORATION.get(name) if name in BUNDLED_MODELS else None)
+    knob = None
+    if restoration is not None:
+        if not Path(restoration).is_file():
+            raise ModelNotFoundError(f"the restoration weights {restoration} are missing (the second weight set of "
+                                    f"{name}'s strength knob); reinstall the package or name another file")
+        knob = StrengthKnob(load_denoiser(den_path).state_dict(), load_denoiser(restoration).state_dict())
     return OneStepSR(denoiser, autoencoder, schedule, sampler, name=name, scale=info.scale if info else SCALE,
-                     levels=info.levels if info else None)
+                     levels=info.levels if info else None, knob=knob, strength=strength)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +218,8 @@ class OneStepSR(LatentStages):
 
     def __init__(self, denoiser: SwinUNetDenoiser, autoencoder: VQAutoencoder,
                  schedule: ResShiftSchedule = SCHEDULE_T15, sampler: Sampler = "one_step", name: str = "",
-                 scale: int = SCALE, levels: Sequence[int] | None = None):
+                 scale: int = SCALE, levels: Sequence[int] | None = None, knob: StrengthKnob | None = None,
+                 strength: Strength = AUTO):
         if denoiser.config.lq_mode == "lq3" and scale != SCALE:
             raise ValueError(f"a x{scale} model needs the scale-agnostic LR condition (lq_mode unshuffle48); "
                              f"this one takes the LR image itself, which fits x{SCALE} only")
@@ -211,6 +227,8 @@ class OneStepSR(LatentStages):
         denoiser.eval(), autoencoder.eval()
         self.schedule, self.sampler, self.name = schedule, sampler, name
         self.scale, self.levels = int(scale), (list(levels) if levels else None)
+        self.knob, self.strength = knob, check_strength(strength)
+        self.last_strengths: list[float | None] = []  # what the last upscale used, per image (auto's choice)
 
     @property
     def supported_steps(self) -> list[int]:
@@ -239,7 +257,8 @@ class OneStepSR(LatentStages):
     def upscale(self, image: Any, *, steps: int | None = None, stochastic: bool | None = None,
                 seed: int | None = DEFAULT_SEED, scale: float | None = None, tile: int | None = None,
                 overlap: int | None = None, vq_tile: int | None = None, color_fix: str = "none",
-                dtype: str | torch.dtype | None = None, progress: Progress | None = None) -> Any:
+                dtype: str | torch.dtype | None = None, progress: Progress | None = None,
+                strength: Strength | None = None) -> Any:
         """Super-resolve ``image`` (PIL image, numpy array H x W[ x C], torch tensor [B x ]C x H x W)
         and return the same kind, mode/dtype/layout preserved, ``scale`` times larger.
 
@@ -255,6 +274,8 @@ class OneStepSR(LatentStages):
         ``color_fix``: ``none``, ``adain`` or ``wavelet`` (towards the bicubic-upsampled input).
         ``dtype``: compute dtype for this call (default: the weights'); a result with NaN/Inf in
         fp16/bf16 is recomputed in fp32 automatically.
+        ``strength``: restoration strength (``auto`` or 0..1; default the model's ``strength``) of a
+        model with two weight sets; ``auto`` measures each image; ``last_strengths`` tells the choice.
         ``progress(done, total)``: called after every network call on a tile; raise to cancel. It is
         also called inside long network calls (``done`` unchanged, at most every 0.25 s), so a
         cancel stops within one network block, not one tile.
@@ -262,14 +283,23 @@ class OneStepSR(LatentStages):
         job = self.plan(steps=steps, stochastic=stochastic, seed=seed, scale=scale, tile=tile, overlap=overlap,
                         vq_tile=vq_tile, color_fix=color_fix, dtype=dtype)
         items, restore = prepare(image)
+        strengths = resolve_strengths(self.knob, strength, self.strength, [item.rgb for item in items])
         counter = CallCounter(progress, sum(self._calls(item, job) for item in items))
-        results = [self._upscale_one(item, job, counter) for item in items]
+        results = []
+        for item, value in zip(items, strengths):
+            if value is not None:
+                self.knob.apply(self.denoiser, value)
+            results.append(self._upscale_one(item, job, counter))
+        self.last_strengths = strengths
+        if strengths and strengths[0] is not None:
+            log.info("%s: restoration strength %s", self.name, ", ".join(f"{v:g}" for v in strengths))
         return restore(results)
 
     # --- checks ---------------------------------------------------------------------------
 
-    def check_options(self, **options: Any) -> None:
+    def check_options(self, strength: Strength | None = None, **options: Any) -> None:
         """Raise ValueError for ``upscale`` options it would refuse, before any image is touched."""
+        resolve_strengths(self.knob, strength, self.strength, [])
         self.plan(**options)
 
     def plan(self, *, steps: int | None = None, stochastic: bool | None = None, seed: int | None = DEFAULT_SEED,

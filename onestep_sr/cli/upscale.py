@@ -45,6 +45,7 @@ from ..download import DownloadError, WeightsUnavailableError
 from ..imagefile import DEFAULT_MAX_PIXELS, check_output, folder_problem, open_image
 from ..imageio import SUPPORTED_EXTENSIONS, ImageInputError, read_image, write_image_atomic
 from ..checkpoint import CHECKPOINT_SUFFIXES
+from ..strength import check_strength
 from ..options import OptionError, check_upscale
 from ..model import (DEFAULT_MODEL, DEFAULT_SEED, SCHEDULES, OneStepSR,
                      OutOfMemoryError, load_model)
@@ -217,7 +218,8 @@ def load(args: argparse.Namespace) -> OneStepSR:
 
 def upscale_options(args: argparse.Namespace) -> dict:
     options = dict(steps=args.steps, stochastic=args.stochastic, seed=args.seed, scale=args.scale,
-                   tile=args.tile, overlap=args.overlap, vq_tile=args.vq_tile, color_fix=args.color_fix)
+                   tile=args.tile, overlap=args.overlap, vq_tile=args.vq_tile, color_fix=args.color_fix,
+                   strength=args.strength)
     if options["scale"] is None:  # the model's native scale
         del options["scale"]
     return options
@@ -229,6 +231,8 @@ def check_options(model: OneStepSR | None, options: dict) -> None:
     try:
         if model is None:
             check_upscale(**options)
+            if options.get("strength") is not None:
+                check_strength(options["strength"])
         else:
             model.check_options(**options)
     except OptionError as exc:
@@ -307,7 +311,9 @@ def upscale_all(model: OneStepSR | None, plan: Plan, options: dict, failed: int 
             print(f"onestep-sr: error: {_failure_line(src, dst, exc)}", file=sys.stderr, flush=True)
             continue
         written += 1
-        print(f"{src} -> {dst} ({width}x{height}, {time.perf_counter() - start:.1f} s)", flush=True)
+        chosen = model.last_strengths[0] if model.last_strengths else None
+        strength = "" if chosen is None else f", strength {chosen:g}" + (" (auto)" if options.get("strength") in (None, "auto") else "")
+        print(f"{src} -> {dst} ({width}x{height}{strength}, {time.perf_counter() - start:.1f} s)", flush=True)
     if not failed:
         return EXIT_OK
     if total == 1:
@@ -375,6 +381,10 @@ def register(sub) -> None:
     sampling.add_argument("--scale", type=float, default=None,
                           help="output scale (default: the model's native scale, 4 for the bundled and official "
                                "models); larger scales chain native passes, the rest is one Lanczos resize")
+    sampling.add_argument("--strength", default=None, metavar="auto|0..1",
+                          help="restoration strength of a model with two weight sets (the bundled default): 0 keeps "
+                               "the input faithful (grain stays; best on clean images), 1 removes noise and JPEG "
+                               "artefacts (and smooths fine texture); auto (default) measures each image")
     sampling.add_argument("--color-fix", choices=COLOR_FIXES, default="none",
                           help="match colours to the input (default none)")
     tiling = up.add_argument_group("tiling (memory)")
