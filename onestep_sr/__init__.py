@@ -3,8 +3,7 @@ from importlib import import_module
 
 from .checkpoint import CheckpointError, load_autoencoder, load_denoiser
 from .download import DownloadError, HashMismatchError, SizeMismatchError, WeightsUnavailableError
-from .errors import IncompatibleInputError, ModelNotFoundError
-from .imageio import ImageInputError
+from .errors import ImageInputError, IncompatibleInputError, ModelNotFoundError
 from .models import (AutoencoderConfig, DenoiserConfig, build_official_autoencoder,
                      build_official_denoiser)
 from .models.config_inference import ArchitectureMismatch
@@ -16,7 +15,7 @@ from .schedule import SCHEDULE_T4, SCHEDULE_T15, ResShiftSchedule, resshift_etas
 
 # Errors are shown as ``onestep_sr.<Name>`` (``errors.public_error``); these two are importable
 # here without importing their modules (the SD and app parts) with the package.
-_LAZY = {"LoraFormatError": ".sd.lora", "Cancelled": ".app.service"}
+_LAZY = {"LoraFormatError": ".sd.kohya_lora", "Cancelled": ".app.service"}
 
 
 def __getattr__(name: str):

@@ -57,3 +57,8 @@ class ModelNotFoundError(FileNotFoundError):
 class IncompatibleInputError(ValueError):
     """An input connected to a node (a model, VAE, latent, conditioning or image) that it cannot
     use; the message says what fits."""
+
+
+@public_error
+class ImageInputError(ValueError):
+    """An input image, array, tensor or file the engine cannot use (the message says why)."""

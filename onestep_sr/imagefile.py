@@ -15,6 +15,9 @@ nothing and the message names the file and the reason:
   parent folder should be, a folder this user cannot create files in.
 
 ``DEFAULT_MAX_PIXELS`` is the input pixel limit of the CLI and the web app (``--max-pixels``).
+
+This module reads headers and paths only; :mod:`onestep_sr.imageio` (pixels in and out) builds on
+it, never the other way round.
 """
 from __future__ import annotations
 
@@ -26,15 +29,17 @@ from typing import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
-from .imageio import SUPPORTED_EXTENSIONS, ImageInputError, _too_large
+from .errors import ImageInputError
 from .options import OptionError, is_whole
 
-__all__ = ["DEFAULT_MAX_PIXELS", "check_output", "folder_problem", "has_alpha",
-           "open_image", "output_format"]
+__all__ = ["DEFAULT_MAX_PIXELS", "SUPPORTED_EXTENSIONS", "check_output", "folder_problem", "has_alpha",
+           "open_image", "output_format", "too_large"]
 
 DEFAULT_MAX_PIXELS = 16_000_000   # input pixels per image (a 4000x3000 photo; its x4 is 192 MP)
 NO_ALPHA_FORMATS = ("JPEG", "BMP")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+SUPPORTED_EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
+                        ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -65,11 +70,17 @@ def open_image(path, max_pixels: int | None = None) -> Iterator[Image.Image]:
         yield image
 
 
+def too_large(label, error: Exception) -> ImageInputError:
+    """The error for an image over PIL's decompression-bomb limit (from its header or its data)."""
+    return ImageInputError(f"{label}: image too large ({error}); the limit is "
+                           f"Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels")
+
+
 def _open_header(handle, path: Path) -> Image.Image:
     try:
         return Image.open(handle)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise _too_large(path, error) from error
+        raise too_large(path, error) from error
     except UnidentifiedImageError as error:
         reason = "the file is empty" if path.stat().st_size == 0 else "unrecognised image format"
         raise ImageInputError(f"{path}: not an image ({reason})") from error

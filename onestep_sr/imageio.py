@@ -33,7 +33,10 @@ Files
 applies the EXIF orientation; :func:`prepare` applies the orientation of PIL images too, which is a
 no-op for images from :func:`read_image` (the transpose removes the tag), so it happens exactly once.
 :func:`write_image_atomic` writes through a temporary file in the destination folder and
-``os.replace``.
+``os.replace``. The checks both make before any pixel is read or written (an input's header, an
+output's format) are :mod:`onestep_sr.imagefile`'s, which this module builds on (never the other
+way round); ``ImageInputError`` is defined in :mod:`onestep_sr.errors` and ``SUPPORTED_EXTENSIONS``
+in :mod:`onestep_sr.imagefile`, both importable from here too.
 """
 from __future__ import annotations
 
@@ -49,17 +52,13 @@ import torch
 from PIL import Image, ImageOps
 
 from .checkpoint import new_file_mode
-from .errors import public_error
+from .errors import ImageInputError
+from .imagefile import SUPPORTED_EXTENSIONS, open_image, output_format, too_large
 
 __all__ = [
     "ImageInputError", "Prepared", "Restore", "SUPPORTED_EXTENSIONS", "from_unit_float", "prepare",
     "read_image", "resize_array", "to_unit_float", "write_image_atomic",
 ]
-
-
-@public_error
-class ImageInputError(ValueError):
-    """An input image, array, tensor or file the engine cannot use (the message says why)."""
 
 
 @dataclass
@@ -369,15 +368,8 @@ def read_image(path, max_pixels: int | None = None) -> Image.Image:
     (missing path, a folder, not an image, more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` or
     than ``max_pixels``, from the header, before any pixel is decoded), then truncated or corrupt data.
     """
-    from .imagefile import open_image  # imagefile builds on this module
-
     with open_image(path, max_pixels) as image:
         return _oriented(image, str(Path(path)))
-
-
-def _too_large(label, error: Exception) -> ImageInputError:
-    return ImageInputError(f"{label}: image too large ({error}); the limit is "
-                           f"Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels")
 
 
 def _decode(image: Image.Image, label: str) -> None:
@@ -385,13 +377,11 @@ def _decode(image: Image.Image, label: str) -> None:
     try:
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise _too_large(label, error) from error
+        raise too_large(label, error) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageInputError(f"{label}: truncated or corrupt image ({error})") from error
 
 
-SUPPORTED_EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
-                        ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 _SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}  # 4:4:4 JPEG
 
 
@@ -418,8 +408,6 @@ def write_image_atomic(image: Image.Image, path, overwrite_guard: Path | None = 
     stores them as 16-bit; JPEG, WebP and BMP store 8-bit grey (``round(v / 257)``). The parent
     folder is created when missing; ``overwrite_guard`` (the input file) is never overwritten.
     """
-    from .imagefile import output_format  # imagefile builds on this module
-
     path = Path(path)
     fmt = output_format(path, image)
     if overwrite_guard is not None and _same_file(path, Path(overwrite_guard)):

@@ -59,3 +59,45 @@ def test_ci_runs_the_readme_commands_in_a_new_virtual_environment():
     # the venv is made (and entered) before either command runs
     venv = ci.index("python3 -m venv")
     assert venv < ci.index("source ") < ci.index('bash -c "$MAIN_COMMAND"') < ci.index('bash -c "$TEST_COMMAND"')
+
+
+def _imports(path) -> set[str]:
+    """The modules a source file imports (relative imports resolved against its package)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package if node.level else ""
+            module = ".".join(x for x in (base, node.module or "") if x)
+            found.add(module)
+            found |= {f"{module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_dependencies_point_one_way():
+    """The engine never imports the trainers (onestep-sr train is found through an entry point);
+    imagefile (headers, paths) is below imageio (pixels), never the other way round; the kohya LoRA
+    format is below the OSEDiff conversion."""
+    for path in (REPO / "onestep_sr").rglob("*.py"):
+        assert not any(m == "training" or m.startswith("training.") for m in _imports(path)), path
+    assert not any(m.startswith("onestep_sr.imageio") for m in _imports(REPO / "onestep_sr" / "imagefile.py"))
+    assert not any(m.startswith("onestep_sr.sd.osediff_convert") or m == "onestep_sr.sd.lora"
+                   for m in _imports(REPO / "onestep_sr" / "sd" / "kohya_lora.py"))
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert meta["entry-points"]["onestep_sr.commands"]["train"] == "training.cli:main"
+
+
+def test_train_without_its_entry_point_says_how_to_install(monkeypatch):
+    import pytest
+
+    from onestep_sr.cli import main, train
+
+    monkeypatch.setattr(train, "entry_points", lambda group: [])
+    with pytest.raises(SystemExit, match=r"registered when OneStep SR is installed with pip: .*-e \"\.\[train\]\".*"
+                                         r"python -m training"):
+        main(["train", "--help"])

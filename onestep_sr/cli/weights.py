@@ -11,7 +11,7 @@
   metadata holds the architecture config, so loading it needs no shape inference. An OSEDiff LoRA
   checkpoint (``osediff.pkl``, or ``--kind osediff``) becomes kohya-format LoRA files instead
   (``OUT`` for the UNet, ``OUT_vae.safetensors`` for the VAE encoder; see
-  :mod:`onestep_sr.sd.lora`).
+  :mod:`onestep_sr.sd.osediff_convert`).
 
 The registry is read from ``onestep_sr.registry.REGISTRY_FILE`` at call time (not import time).
 """
@@ -326,12 +326,12 @@ OSEDIFF_KIND = "osediff"
 
 def run_convert_osediff(src: Path, dst: Path, args: argparse.Namespace) -> int:
     """OSEDiff ``.pkl`` -> kohya LoRA ``dst`` (UNet) and ``dst``'s ``_vae`` sibling (VAE encoder)."""
-    from ..sd import lora  # torch + safetensors only (no diffusers / peft)
+    from ..sd import osediff_convert  # torch + safetensors only (no diffusers / peft)
 
-    vae_dst = lora.vae_sibling_path(dst)
+    vae_dst = osediff_convert.vae_sibling_path(dst)
     check_convert_paths(src, vae_dst, args.force)
     try:
-        summary = lora.convert_osediff(src, dst, dtype=DTYPES[args.dtype], base=args.base)
+        summary = osediff_convert.convert_osediff(src, dst, dtype=DTYPES[args.dtype], base=args.base)
     except OSError as exc:
         print(f"onestep-sr: error: could not write {dst}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
@@ -352,7 +352,7 @@ def run_convert(args: argparse.Namespace) -> int:
         state, metadata = read_checkpoint(src)
     except CheckpointError:
         if args.kind == "auto" and src.suffix in PICKLE_SUFFIXES:
-            from ..sd.lora import is_osediff_file
+            from ..sd.osediff_convert import is_osediff_file
 
             if is_osediff_file(src):  # an OSEDiff file renamed to .pth/.pt/...
                 return run_convert_osediff(src, dst, args)

@@ -32,7 +32,7 @@ from typing import Mapping
 import torch
 
 from ..options import OptionError
-from .lora import LoraFormatError
+from .kohya_lora import LoraFormatError
 
 COND_PROJ_KEY = "onestep_guidance.cond_proj.weight"
 TIME_EMBED_KEY = "lora_unet_time_embed_0"  # kohya name of the LDM time_embed.0 (diffusers time_embedding.linear_1)

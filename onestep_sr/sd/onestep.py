@@ -162,13 +162,13 @@ class SDOneStepSR:
 
 def merge_lora(model: SDModel, lora, strength: float = 1.0, guidance: float | None = None) -> None:
     """Merge kohya-format LoRA(s) into ``model``'s UNet / VAE in place, through
-    ``onestep_sr.sd.lora.merge_kohya_lora``. ``lora``: a file path, a state dict, or a list of them.
+    ``onestep_sr.sd.kohya_lora.merge_kohya_lora``. ``lora``: a file path, a state dict, or a list of them.
     A path ``NAME.safetensors`` whose sibling ``NAME_vae.safetensors`` exists (the VAE-encoder half
     written by ``onestep-sr convert``) merges both files. A w-conditioned student (its
     ``cond_proj`` key) is baked at ``guidance`` first (``guidance.bake``); ``guidance`` without one
     is an error, as is such a file without ``guidance``."""
     from . import guidance as G
-    from .lora import merge_kohya_lora
+    from .kohya_lora import merge_kohya_lora
 
     items = list(lora) if isinstance(lora, (list, tuple)) else [lora]
     used = False
