@@ -3,7 +3,8 @@
     python docs/make_pictures.py before-after [--sinsr] [--original PATH]
     python docs/make_pictures.py app
     COMFYUI_DIR=~/ComfyUI COMFYUI_PYTHON=~/ComfyUI/venv/bin/python python docs/make_pictures.py comfyui
-    python docs/make_pictures.py all
+    A1111_DIR=~/webui A1111_PYTHON=~/webui/venv/bin/python python docs/make_pictures.py a1111
+    python docs/make_pictures.py all                  # before-after, app, comfyui (+ a1111 with A1111_DIR)
 
 * ``before-after``: crops of ``examples/chelsea_lr.png`` (the README's main job) upscaled x4 with
   bicubic and the bundled default model, beside the original photo it was made from
@@ -16,6 +17,9 @@
   ``comfyui-frontend-package`` the server ships) after a run with the bundled model. Starts the
   ComfyUI of ``COMFYUI_DIR`` headless on loopback with ``COMFYUI_PYTHON``, a throw-away base
   directory holding this checkout under ``custom_nodes/``; the checkout itself is not modified.
+* ``a1111``: the Extras tab of AUTOMATIC1111's webui (UI mode, CPU, no SD checkpoint) with
+  ``OneStepSR 4x default`` chosen, after a run; this checkout is the extension of a throw-away
+  ``--data-dir``.
 
 Screenshots are reduced to a 256-colour palette when that keeps them under the size limit
 (``MAX_BYTES``); every picture is written atomically.
@@ -285,15 +289,70 @@ def comfyui(args: argparse.Namespace) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+# --- AUTOMATIC1111 --------------------------------------------------------------------------------
+
+
+def a1111(args: argparse.Namespace) -> None:
+    """The Extras tab of a real A1111 webui (``A1111_DIR``, ``A1111_PYTHON``) with this checkout as
+    an extension in a throw-away ``--data-dir``, after upscaling the photo with ``OneStepSR 4x
+    default``. The UI is started without an SD checkpoint (none is needed for Extras)."""
+    checkout = Path(os.environ.get("A1111_DIR", "")).expanduser()
+    python = os.environ.get("A1111_PYTHON") or sys.executable
+    if not (checkout / "launch.py").is_file():
+        raise SystemExit("set A1111_DIR to a webui checkout (and A1111_PYTHON to its interpreter)")
+    data = Path(tempfile.mkdtemp(prefix="onestep_sr_a1111_"))
+    (data / "extensions").mkdir()
+    (data / "extensions" / "onestep-sr").symlink_to(ROOT, target_is_directory=True)
+    (data / "models" / "OneStepSR").mkdir(parents=True)
+    port = _free_port()
+    command = [python, "launch.py", "--api", "--skip-torch-cuda-test", "--use-cpu", "all", "--no-download-sd-model",
+               "--skip-prepare-environment", "--skip-install", "--no-half", "--skip-load-model-at-start",
+               "--server-name", "127.0.0.1", "--port", str(port), "--data-dir", str(data)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(ONESTEP_SR_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+    log = data / "webui.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(command, cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
+    browser = None
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url + "/sdapi/v1/upscalers", server, 600, log)
+        browser = _Browser((1280, 900))
+        page = browser.context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        page.wait_for_selector("#tabs button:has-text('Extras')")
+        page.click("#tabs button:has-text('Extras')")
+        page.set_input_files("#extras_image input[type=file]", [str(LR_PHOTO)])
+        page.click("#extras_upscaler_1 input")
+        page.click("ul.options li:has-text('OneStepSR 4x default')")
+        page.wait_for_timeout(500)
+        page.click("#extras_generate")
+        page.wait_for_function("[...document.querySelectorAll('#extras_gallery img')].some("
+                               "i => i.complete && i.naturalWidth >= 448)")
+        page.wait_for_timeout(1500)
+        page.evaluate("window.scrollTo(0, 0)")
+        _screenshot(page, IMAGES / "a1111_extras.png", clip={"x": 0, "y": 0, "width": 1280, "height": 800})
+    finally:
+        if browser is not None:
+            browser.close()
+        _stop(server)
+        if os.environ.get("ONESTEP_SR_KEEP_LOG"):
+            print(log.read_text(errors="replace")[-4000:])
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("picture", choices=["before-after", "app", "comfyui", "all"])
+    parser.add_argument("picture", choices=["before-after", "app", "comfyui", "a1111", "all"])
     parser.add_argument("--sinsr", action="store_true", help="add SinSR v1 if its weights are already here")
     parser.add_argument("--original", default=None, help=f"the HR photo (default {ORIGINAL})")
     args = parser.parse_args(argv)
-    todo = ["before-after", "app", "comfyui"] if args.picture == "all" else [args.picture]
+    todo = ["before-after", "app", "comfyui"] + (["a1111"] if os.environ.get("A1111_DIR") else []) \
+        if args.picture == "all" else [args.picture]
     for name in todo:
-        {"before-after": before_after, "app": app, "comfyui": comfyui}[name](args)
+        {"before-after": before_after, "app": app, "comfyui": comfyui, "a1111": a1111}[name](args)
     return 0
 
 
