@@ -33,7 +33,7 @@ from .errors import public_error
 OFFLINE_ENVS = ("ONESTEP_SR_OFFLINE", "HF_HUB_OFFLINE")
 TRUE_WORDS = ("1", "true", "yes", "on")
 CHUNK = 1 << 20
-USER_AGENT = "onestep-sr/0.1 (weights downloader; Python urllib)"
+USER_AGENT = "onestep-sr/0.2 (weights downloader; Python urllib)"  # the version of pyproject.toml
 TRANSIENT_HTTP = (408, 425, 429, 500, 502, 503, 504)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 Progress = Callable[[int, Optional[int]], None]
