@@ -15,7 +15,8 @@ UNet: one call instead of two-call CFG), ``bake-guidance`` and ``eval`` (PSNR/SS
     python -m training osediff --checkpoint SD.safetensors --data HR_FOLDER --out runs/osediff_fast \
         --real-score runs/guided/guided_lora.safetensors
     python -m training eval --model runs/student/model.safetensors --data VAL_FOLDER
-    accelerate launch -m training sinsr ...      # several GPUs
+    torchrun --nproc_per_node 4 -m training sinsr ...                 # 4 processes (GPUs, else CPU)
+    accelerate launch --multi_gpu --num_processes 4 -m training sinsr ...  # the same (docs/multi-gpu.md)
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from .common.distributed import is_main_process
 from .errors import DEBUG_HELP, UsageError, run_guarded
 from .sd import cli as sd_cli
 from .resshift.trainer import ARCHS, TrainConfig
@@ -32,7 +34,9 @@ EVAL_SAMPLERS = ("one_step", "deterministic", "stochastic")
 
 _HELP = {
     "data": "folder of HR images (searched recursively)", "out": "run folder (resumed if it has checkpoints)",
-    "steps": "optimiser steps", "batch_size": "images per micro-batch", "grad_accum": "micro-batches per step",
+    "steps": "optimiser steps", "batch_size": "images per micro-batch and process (several processes: the global "
+                                                    "batch per step is this x processes x --grad-accum)",
+    "grad_accum": "micro-batches per step",
     "lr": "AdamW learning rate", "warmup": "linear warm-up steps",
     "lr_decay": "none (constant after the warm-up) or cosine (decays to 0 at --steps)", "ema": "EMA decay of the exported weights",
     "gt_size": "HR crop size (the LR is gt_size / 4)", "degradation": "realesrgan (second order) or bicubic",
@@ -235,5 +239,6 @@ def run(args: argparse.Namespace, prog: str) -> int:
         path = run_rounds(config, args.rounds, progress=not args.no_progress)[-1]
     else:
         path = Run(config).train(progress=not args.no_progress)
-    print(f"exported {path} (+ {path.with_suffix('.json').name}); load it with onestep_sr.load_model({str(path)!r})")
+    if is_main_process():
+        print(f"exported {path} (+ {path.with_suffix('.json').name}); load it with onestep_sr.load_model({str(path)!r})")
     return 0

@@ -64,12 +64,14 @@ def commit_checkpoint(tmp: Path, final: Path, out: Path, keep: int) -> Path:
 
 
 def save_run_state(tmp: Path, step: int, ema: dict[str, torch.Tensor], optimizer, scheduler,
-                   config: dict[str, Any]) -> None:
+                   config: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     """What a run needs beyond its weights to continue exactly: ``ema.safetensors``,
-    ``optimizer.pt`` and ``state.json`` (step, scheduler, config) in the staging folder ``tmp``."""
+    ``optimizer.pt`` and ``state.json`` (step, scheduler, config, and ``extra``: e.g. the pairs
+    used so far and the process count) in the staging folder ``tmp``."""
     write_safetensors_atomic({k: v.cpu().contiguous() for k, v in ema.items()}, {}, tmp / "ema.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict(), "config": config}))
+    state = {"step": step, "scheduler": scheduler.state_dict(), "config": config, **(extra or {})}
+    (tmp / "state.json").write_text(json.dumps(state))
 
 
 def _read_state(path: Path) -> dict:
@@ -105,10 +107,10 @@ def read_checkpoint(folder: Path, weights: str | None = None) -> dict[str, Any]:
 
 
 def resume_newest(out: Path, weights: str, load_weights: Callable[[dict[str, torch.Tensor]], None], optimizer,
-                  scheduler) -> tuple[dict[str, torch.Tensor], int] | None:
+                  scheduler) -> tuple[dict[str, torch.Tensor], int, dict[str, Any]] | None:
     """Continue from the newest checkpoint of ``out`` whose files all read back: ``load_weights``
     gets its ``weights`` file, the optimiser and scheduler their states; returns (EMA weights,
-    step), or None when ``out`` has no checkpoint. Damaged newer checkpoints are named in a warning
+    step, its ``state.json``), or None when ``out`` has no checkpoint. Damaged newer checkpoints are named in a warning
     and renamed ``step-N.damaged``; when every one is damaged, or one does not fit this run (other
     options), :class:`RunFolderError`."""
     damaged = []
@@ -130,7 +132,7 @@ def resume_newest(out: Path, weights: str, load_weights: Callable[[dict[str, tor
             kept = _set_aside(bad)
             print(f"warning: checkpoint {bad} is damaged ({why}); resuming from {folder.name} instead"
                   + (f" (the damaged one is kept as {kept.name})" if kept else ""), file=sys.stderr, flush=True)
-        return parts["ema.safetensors"], int(parts["state.json"]["step"])
+        return parts["ema.safetensors"], int(parts["state.json"]["step"]), parts["state.json"]
     if damaged:
         raise RunFolderError(f"every checkpoint in {Path(out) / 'checkpoints'} is damaged ("
                              + "; ".join(f"{bad.name}: {why}" for bad, why in damaged)
@@ -172,30 +174,42 @@ def ema_update(ema: dict[str, torch.Tensor], named: Iterable[tuple[str, torch.Te
 class CsvLog:
     """Rows appended to ``log.csv`` (the header written once, by the first row of a new file).
     ``resume_step``: the step the run continues from; rows of later steps (written before an
-    interruption, and done again now) and a row cut short are dropped first, atomically."""
+    interruption, and done again now) and a row cut short are dropped first, atomically.
+    ``enabled`` False (the other processes of a multi-process run): nothing is read or written."""
 
-    def __init__(self, path: Path, resume_step: int = 0):
+    def __init__(self, path: Path, resume_step: int = 0, enabled: bool = True):
         self.path = Path(path)
         self.resume_step = resume_step
+        self.enabled = enabled
         self.new = True
         self.file = None
         self.writer = None
 
     def __enter__(self) -> "CsvLog":
-        self.new = not trim_log(self.path, self.resume_step)
-        self.file = open(self.path, "a", newline="")
+        if self.enabled:
+            self.new = not trim_log(self.path, self.resume_step)
+            self.file = open(self.path, "a", newline="")
         return self
 
     def write(self, row: dict) -> None:
-        if self.writer is None:
-            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
+        if not self.enabled:
+            return
+        if self.writer is None:  # a resumed log keeps its own columns (a run from an older version)
+            fields = list(row) if self.new else _header(self.path) or list(row)
+            self.writer = csv.DictWriter(self.file, fieldnames=fields, restval="", extrasaction="ignore")
             if self.new:
                 self.writer.writeheader()
         self.writer.writerow(row)
         self.file.flush()
 
     def __exit__(self, *exc) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        return next(csv.reader(f), [])
 
 
 def trim_log(path: Path, last_step: int) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from onestep_sr.model_info import read_model_info
 
+from ..common.distributed import is_main_process
 from .trainer import Run, TrainConfig
 
 
@@ -44,7 +45,8 @@ def run_rounds(config: TrainConfig, rounds: int = 0, progress: bool = True) -> l
         out = Path(config.out) / f"round-{number}"
         path = out / "model.safetensors"
         if not (path.is_file() and (read_model_info(path) or None) and read_model_info(path).levels == levels):
-            print(f"progressive round {number}/{len(plan)}: {len(levels)} step(s) {levels} -> {out}", flush=True)
+            if is_main_process():
+                print(f"progressive round {number}/{len(plan)}: {len(levels)} step(s) {levels} -> {out}", flush=True)
             path = Run(replace(config, teacher=str(teacher), out=str(out))).train(progress=progress)
         exports.append(path)
         teacher = path

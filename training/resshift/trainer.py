@@ -29,6 +29,8 @@ from onestep_sr.models.configs import LQ_MODES
 from onestep_sr.pipeline import SCALE, bicubic_upscale
 
 from ..common.data import CoupledPairDataset, ImageSet, PairDataset
+from ..common.distributed import (batch_line, global_rows, make_accelerator, mean_over_processes, resumed_samples,
+                                  sample_loader, samples_per_step)
 from ..common.options import check_common
 from .losses import (multiscale_mse, per_sample_mse, progressive_loss, resshift_loss, restore_loss, sinsr_losses,
                      yonos_losses)
@@ -177,12 +179,11 @@ class Run:
     """State of one training run; :meth:`train` does the work."""
 
     def __init__(self, config: TrainConfig):
-        from accelerate import Accelerator
-
         self.config = c = config
         self.out = Path(c.out)
         images = ImageSet(c.data, c.gt_size)  # every bad file named before any model is built
-        self.accelerator = Accelerator(gradient_accumulation_steps=c.grad_accum, mixed_precision=c.mixed_precision)
+        # several processes (torchrun / accelerate launch): see common/distributed.py
+        self.accelerator = make_accelerator(gradient_accumulation_steps=c.grad_accum, mixed_precision=c.mixed_precision)
         device = self.accelerator.device
         self.autoencoder = build_autoencoder(c.autoencoder, device).to(device)
         self.schedule = SCHEDULES[c.schedule]
@@ -227,19 +228,17 @@ class Run:
         self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(c, s))
-        self.step = 0
+        self.step, self.samples = 0, 0  # optimiser steps done, pairs used (all processes)
         self._resume(model)
         if c.mode == "yonos":
             data = CoupledPairDataset(images, c.gt_size, self.scale, c.degradation, seed=c.seed, augment=c.augment,
                                       teacher_scale=self.teacher_scale)
         else:
             data = PairDataset(images, c.gt_size, self.scale, c.degradation, seed=c.seed, augment=c.augment)
-        self.loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(data, range(self.step * c.batch_size * c.grad_accum,
-                                                c.steps * c.batch_size * c.grad_accum)),
-            batch_size=c.batch_size, shuffle=False, num_workers=int(c.extra.get("workers", 0)))
-        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
-            model, self.optimizer, self.loader, self.scheduler)
+        self.loader = sample_loader(data, self.samples, c.steps - self.step, c, self.accelerator)
+        # the scheduler is stepped once per optimiser step by the loop (accelerate's wrapper would
+        # step it once per process: the warm-up and decay would run N times too fast)
+        self.model, self.optimizer, self.loader = self.accelerator.prepare(model, self.optimizer, self.loader)
 
     @staticmethod
     def _student_scale(c: TrainConfig, teacher_scale: int) -> int:
@@ -260,7 +259,8 @@ class Run:
     def _resume(self, model: torch.nn.Module) -> None:
         resumed = resume_newest(self.out, "model.safetensors", model.load_state_dict, self.optimizer, self.scheduler)
         if resumed:
-            self.ema, self.step = resumed
+            self.ema, self.step, state = resumed
+            self.samples = resumed_samples(state, self.step, self.config)
 
     def save_checkpoint(self) -> Path:
         """``checkpoints/step-N/``, written to a temporary folder first, then renamed."""
@@ -268,7 +268,8 @@ class Run:
         model = self.accelerator.unwrap_model(self.model)
         write_safetensors_atomic({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                                  {"config": json.dumps(model.config.to_dict())}, tmp / "model.safetensors")
-        save_run_state(tmp, self.step, self.ema, self.optimizer, self.scheduler, asdict(self.config))
+        save_run_state(tmp, self.step, self.ema, self.optimizer, self.scheduler, asdict(self.config),
+                       {"samples": self.samples, "processes": self.accelerator.num_processes})
         return commit_checkpoint(tmp, final, self.out, self.config.keep)
 
     def export(self, use_ema: bool = True) -> Path:
@@ -304,21 +305,23 @@ class Run:
         with torch.no_grad():
             x0 = self.autoencoder.encode(gt * 2 - 1)
         y, cond = self._inputs(lq, self.scale)
+        # drawn for the global micro-batch, this process's rows kept (common/distributed.py)
         generator = torch.Generator().manual_seed(c.seed * 1_000_003 + micro)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        rows, mine = global_rows(self.accelerator, x0.shape[0])
+        noise = torch.randn((rows, *x0.shape[1:]), generator=generator)[mine].to(x0.device)
         if c.mode == "sinsr":
             weights = (c.lambda_distill, c.lambda_inverse, c.lambda_gt)
             return sinsr_losses(self.model, self.teacher, self.schedule, x0, y, cond, noise, weights, self.mse)
         if c.mode == "restore":
             return {"total": restore_loss(self.model, self.schedule, x0, y, cond, noise, self.mse)}
         if c.mode == "progressive":
-            index = torch.randint(0, len(self.levels), (x0.shape[0],), generator=generator)
+            index = torch.randint(0, len(self.levels), (rows,), generator=generator)[mine]
             return {"total": progressive_loss(self.model, self.teacher, self.schedule, self.teacher_levels, self.levels,
                                               x0, y, cond, index, noise, self.mse)}
-        t = torch.randint(0, self.schedule.steps, (x0.shape[0],), generator=generator)
+        t = torch.randint(0, self.schedule.steps, (rows,), generator=generator)[mine]
         if c.mode == "resshift":
             return {"total": resshift_loss(self.model, self.schedule, x0, y, cond, t.to(x0.device), noise, self.mse)}
-        last = torch.rand(x0.shape[0], generator=generator) < c.last_step_weight  # our up-weighting of T-1
+        last = torch.rand(rows, generator=generator)[mine] < c.last_step_weight  # our up-weighting of T-1
         t = torch.where(last, torch.full_like(t, self.schedule.steps - 1), t).to(x0.device)
         return yonos_losses(self.model, self.teacher, self.schedule, x0, (y, cond),
                             self._inputs(batch[1], self.teacher_scale), t, noise, c.lambda_gt, self.mse)
@@ -334,17 +337,19 @@ class Run:
 
     def train(self, progress: bool = True) -> Path:
         """Train to ``config.steps``; returns the export path."""
-        c = self.config
+        c, acc = self.config, self.accelerator
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "config.json", json.dumps(asdict(c), indent=1) + "\n")
+        if acc.is_main_process:  # one process writes config.json, log.csv, checkpoints and the export
+            atomic_write_text(self.out / "config.json", json.dumps(asdict(c), indent=1) + "\n")
+            print(batch_line(c.mode, c, acc), flush=True)
         bar = None
-        if progress and self.accelerator.is_local_main_process:
+        if progress and acc.is_main_process:
             from tqdm import tqdm
             bar = tqdm(total=c.steps, initial=self.step, desc=c.mode, dynamic_ncols=True)
         started, sums, count = time.perf_counter(), {}, 0
         micro = self.step * c.grad_accum
         self.model.train()
-        with CsvLog(self.out / "log.csv", self.step) as log:
+        with CsvLog(self.out / "log.csv", self.step, enabled=acc.is_main_process) as log:
             for batch in self.loader:
                 with self.accelerator.accumulate(self.model):
                     parts = self.losses(batch, micro)
@@ -354,7 +359,8 @@ class Run:
                                                  "or use fp32 (--mixed-precision no)")
                     self.accelerator.backward(loss)
                     self.optimizer.step()
-                    self.scheduler.step()
+                    if acc.sync_gradients and not self.optimizer.step_was_skipped:
+                        self.scheduler.step()
                     self.optimizer.zero_grad()
                 micro += 1
                 for k, v in parts.items():
@@ -363,20 +369,24 @@ class Run:
                 if not self.accelerator.sync_gradients:
                     continue
                 self.step += 1
+                self.samples += samples_per_step(c, acc)
                 self._update_ema()
                 if bar:
                     bar.update(1)
                     bar.set_postfix(loss=f"{sums['total'] / count:.4g}")
                 if self.step % c.log_every == 0 or self.step == c.steps:
-                    row = {"step": self.step, **{f"loss_{k}": v / count for k, v in sums.items()},
-                           "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started}
-                    log.write(row)
+                    means = mean_over_processes(acc, {k: v / count for k, v in sums.items()})
+                    log.write({"step": self.step, **{f"loss_{k}": v for k, v in means.items()},
+                               "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started,
+                               "global_batch": samples_per_step(c, acc)})
                     sums, count = {}, 0
                 if self.step % c.save_every == 0 or self.step == c.steps:
-                    self.accelerator.wait_for_everyone()
-                    if self.accelerator.is_main_process:
+                    acc.wait_for_everyone()
+                    if acc.is_main_process:
                         self.save_checkpoint()
         if bar:
             bar.close()
         self.model.eval()
-        return self.export() if self.accelerator.is_main_process else self.out / "model.safetensors"
+        path = self.export() if acc.is_main_process else self.out / "model.safetensors"
+        acc.wait_for_everyone()  # every process returns once the export is there (progressive's next round reads it)
+        return path

@@ -7,6 +7,7 @@ import argparse
 import sys
 from dataclasses import MISSING, fields
 
+from ..common.distributed import is_main_process
 from .guided import GUIDED_FILE, GuidedConfig
 from .osediff import LORA_FILE, OSEDiffConfig
 
@@ -15,7 +16,9 @@ HELP = {
                   "or a diffusers folder; nothing is downloaded",
     "data": "folder of HR images (searched recursively); IMAGE.txt beside IMAGE.png is its prompt",
     "out": "run folder (resumed if it has checkpoints)",
-    "steps": "optimiser steps", "batch_size": "images per micro-batch", "grad_accum": "micro-batches per step",
+    "steps": "optimiser steps", "grad_accum": "micro-batches per step",
+    "batch_size": "images per micro-batch and process (several processes: the global batch per step is this x "
+                  "processes x --grad-accum)",
     "lr": "generator AdamW learning rate", "lr_regulariser": "regulariser (fake score) AdamW learning rate",
     "weight_decay": "AdamW weight decay (both)", "warmup": "linear warm-up steps (both)",
     "grad_clip": "gradient norm clipping (0: off)", "ema": "EMA decay of the exported LoRA weights",
@@ -123,6 +126,8 @@ def run(args: argparse.Namespace, prog: str) -> int:
             path = OSEDiffRun(OSEDiffConfig(**options)).train(progress=not args.no_progress)
     except (ValueError, FileNotFoundError, CheckpointError, ImportError) as exc:
         return _fail(prog, exc)
+    if not is_main_process():
+        return 0
     if args.command == "guided":
         print(f"exported {path}; use it as the OSEDiff real score (--real-score {path}) or bake it at one w "
               f"(bake-guidance; default name {GUIDED_FILE})")

@@ -46,7 +46,7 @@ def per_sample(w: torch.Tensor | float, batch: int) -> torch.Tensor:
 def conditioned(unet: nn.Module, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 w: torch.Tensor | float) -> torch.Tensor:
     """The UNet output at guidance ``w`` (one call; ``cond_proj`` must be attached)."""
-    dim = unet.time_embedding.cond_proj.in_features
+    dim = getattr(unet, "module", unet).time_embedding.cond_proj.in_features  # (a DDP wrapper: its module)
     features = guidance_features(per_sample(w, z_t.shape[0]), dim).to(z_t.device, z_t.dtype)
     return unet(z_t, t, encoder_hidden_states=context, timestep_cond=features).sample
 

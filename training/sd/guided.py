@@ -96,18 +96,15 @@ class GuidedRun(SDRunState):
         self.last_losses: dict[str, float] = {}
         self._resume()
         data = CaptionedPairDataset(self.images, c.gt_size, 4, "bicubic", seed=c.seed, augment=c.augment, prompt=c.prompt)
-        per_step = c.batch_size * c.grad_accum * self.accelerator.num_processes
-        self.loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(data, range(self.step * per_step, c.steps * per_step)),
-            batch_size=c.batch_size, shuffle=False, num_workers=int(c.extra.get("workers", 0)))
-        self.unet, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
-            unet, self.optimizer, self.loader, self.scheduler)
+        self.loader = self.make_loader(data)  # per-process batches of the global one (common/distributed.py)
+        self.unet, self.optimizer, self.loader = self.accelerator.prepare(unet, self.optimizer, self.loader)
 
     # --- pieces ---
 
     def _rng(self, step: int) -> torch.Generator:
-        key = (self.config.seed * 1_000_003 + step) * 1024 + self.accelerator.process_index
-        return torch.Generator().manual_seed(key)
+        """The same on every process: draws are for the global micro-batch (``mine`` keeps this
+        process's rows)."""
+        return self.rng((self.config.seed * 1_000_003 + step) * 1024)
 
     @torch.no_grad()
     def latents(self, gt: torch.Tensor) -> torch.Tensor:
@@ -117,11 +114,11 @@ class GuidedRun(SDRunState):
 
     def draw(self, z0: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z_t, t, w) of a micro-batch: functions of (seed, micro-step)."""
-        g = self._rng(step)
-        t = self.t_map[torch.randint(*L.VSD_T_RANGE, (z0.shape[0],), generator=g)].to(z0.device)
-        noise = torch.randn(z0.shape, generator=g).to(z0.device, z0.dtype)
+        g, n = self._rng(step), z0.shape[0]
+        t = self.t_map[self.mine(lambda shape: torch.randint(*L.VSD_T_RANGE, shape, generator=g), n)].to(z0.device)
+        noise = self.mine(lambda shape: torch.randn(shape, generator=g), n, *z0.shape[1:]).to(z0.device, z0.dtype)
         low, high = self.w_range
-        w = low + (high - low) * torch.rand(z0.shape[0], generator=g)
+        w = low + (high - low) * self.mine(lambda shape: torch.rand(shape, generator=g), n)
         return L.add_noise(z0, noise, t, self.alphas_cumprod), t, w
 
     @torch.no_grad()
@@ -186,7 +183,7 @@ class GuidedRun(SDRunState):
         if acc.sync_gradients and self.config.grad_clip > 0:
             acc.clip_grad_norm_(list(self.params.values()), self.config.grad_clip)
         self.optimizer.step()
-        self.scheduler.step()
+        self.step_scheduler()
         self.optimizer.zero_grad(set_to_none=True)
         return {"total": loss}
 

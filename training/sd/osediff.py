@@ -164,24 +164,22 @@ class OSEDiffRun(SDRunState):
         else:
             data = CaptionedPairDataset(self.images, c.gt_size, c.scale, c.degradation, seed=c.seed, augment=c.augment,
                                         prompt=c.prompt)
-        per_step = c.batch_size * c.grad_accum * self.accelerator.num_processes  # pairs per optimiser step
-        self.loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(data, range(self.step * per_step, c.steps * per_step)),
-            batch_size=c.batch_size, shuffle=False, num_workers=int(c.extra.get("workers", 0)))
-        (self.generator, self.score, self.optimizer, self.loader, self.scheduler) = self.accelerator.prepare(
-            generator, score, self.optimizer, self.loader, self.scheduler)
+        self.loader = self.make_loader(data)  # per-process batches of the global one (common/distributed.py)
+        (self.generator, self.score, self.optimizer, self.loader) = self.accelerator.prepare(
+            generator, score, self.optimizer, self.loader)
 
     # --- pieces ---
 
     def _rng(self, step: int, salt: int) -> torch.Generator:
-        """Timesteps / noise of (seed, micro-step, what, process): each GPU draws its own."""
-        key = ((self.config.seed * 1_000_003 + step) * 4 + salt) * 1024 + self.accelerator.process_index
-        return torch.Generator().manual_seed(key)
+        """Timesteps / noise of (seed, micro-step, what), drawn for the global micro-batch on every
+        process (each keeps its rows: see ``mine``)."""
+        return self.rng(((self.config.seed * 1_000_003 + step) * 4 + salt) * 1024)
 
     def _t_and_noise(self, z: torch.Tensor, low: int, high: int, generator: torch.Generator):
         """t ~ U[low, high) mapped through the schedule shift (the identity at native size), and noise."""
-        t = self.t_map[torch.randint(low, high, (z.shape[0],), generator=generator)]
-        noise = torch.randn(z.shape, generator=generator)
+        n = z.shape[0]
+        t = self.t_map[self.mine(lambda shape: torch.randint(low, high, shape, generator=generator), n)]
+        noise = self.mine(lambda shape: torch.randn(shape, generator=generator), n, *z.shape[1:])
         return t.to(z.device), noise.to(z.device, z.dtype)
 
     def generator_losses(self, lq, gt, prompts, step: int,
@@ -223,7 +221,8 @@ class OSEDiffRun(SDRunState):
         if self.guidance_range is None:
             return torch.full((z_shape,), self.config.cfg - 1.0)
         low, high = self.guidance_range
-        return low + (high - low) * torch.rand(z_shape, generator=self._rng(step, 2))
+        generator = self._rng(step, 2)
+        return low + (high - low) * self.mine(lambda shape: torch.rand(shape, generator=generator), z_shape)
 
     @torch.no_grad()
     def real_x0(self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, w: torch.Tensor,
@@ -293,7 +292,7 @@ class OSEDiffRun(SDRunState):
             for params in (self.gen_params, self.reg_params):
                 torch.nn.utils.clip_grad_norm_(list(params.values()), self.config.grad_clip)
         self.optimizer.step()
-        self.scheduler.step()
+        self.step_scheduler()
         self.optimizer.zero_grad(set_to_none=True)
 
     EXPORT_FILE = LORA_FILE

@@ -24,6 +24,8 @@ from onestep_sr.sd.formulas import scaled_linear_alphas_cumprod
 from onestep_sr.sd.lora import DEFAULT_ALPHA
 
 from ..common.data import AUGMENTS, ImageSet
+from ..common.distributed import (batch_line, global_rows, make_accelerator, mean_over_processes, resumed_samples,
+                                  sample_loader, samples_per_step)
 from ..common.options import check_common
 from .schedule_shift import native_size, resolve_shift, shift_table
 from ..common.runs import (CsvLog, commit_checkpoint, ema_decay, ema_update, resume_newest, save_run_state,
@@ -89,13 +91,12 @@ class SDRunState:
         """The training images (``images``: every bad file named before the SD model loads), the
         accelerator, the user's SD model (offline) and the (shifted) training timestep table;
         returns the ``SDModel``."""
-        from accelerate import Accelerator
-
         from onestep_sr.sd.checkpoint import load_sd_model
 
         c = self.config
         self.images = ImageSet(c.data, c.gt_size)
-        self.accelerator = Accelerator(gradient_accumulation_steps=c.grad_accum, mixed_precision=c.mixed_precision)
+        self.accelerator = make_accelerator(gradient_accumulation_steps=c.grad_accum, mixed_precision=c.mixed_precision)
+        self.step, self.samples = 0, 0  # optimiser steps done, pairs used (all processes)
         self.sd = load_sd_model(c.checkpoint, family=c.family, prediction_type=c.prediction_type,
                                 config_dir=c.config_dir)
         self.prediction_type = self.sd.prediction_type
@@ -117,7 +118,26 @@ class SDRunState:
         resumed = resume_newest(self.out, "trainable.safetensors", self._load_checkpoint_weights, self.optimizer,
                                 self.scheduler)
         if resumed:
-            self.ema, self.step = resumed
+            self.ema, self.step, state = resumed
+            self.samples = resumed_samples(state, self.step, self.config)
+
+    def make_loader(self, data) -> torch.utils.data.DataLoader:
+        """The pairs from the next unused one to ``--steps``, per-process batches (prepare it)."""
+        return sample_loader(data, self.samples, self.config.steps - self.step, self.config, self.accelerator)
+
+    def rng(self, key: int) -> torch.Generator:
+        """A generator the same on every process (draw for the global micro-batch, keep :meth:`mine`)."""
+        return torch.Generator().manual_seed(key)
+
+    def mine(self, draw, local: int, *shape: int) -> torch.Tensor:
+        """This process's ``local`` rows of ``draw((global rows, *shape))``."""
+        rows, own = global_rows(self.accelerator, local)
+        return draw((rows, *shape))[own]
+
+    def step_scheduler(self) -> None:
+        """Once per optimiser step (accelerate's own wrapper would step it once per process)."""
+        if self.accelerator.sync_gradients and not self.optimizer.step_was_skipped:
+            self.scheduler.step()
 
     def _load_checkpoint_weights(self, weights: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
@@ -128,7 +148,8 @@ class SDRunState:
         tmp, final = staging_dir(self.out, self.step)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.trainable_params().items()}
         write_safetensors_atomic(weights, {}, tmp / "trainable.safetensors")
-        save_run_state(tmp, self.step, self.ema, self.optimizer, self.scheduler, asdict(self.config))
+        save_run_state(tmp, self.step, self.ema, self.optimizer, self.scheduler, asdict(self.config),
+                       {"samples": self.samples, "processes": self.accelerator.num_processes})
         return commit_checkpoint(tmp, final, self.out, self.config.keep)
 
     # --- the loop ---
@@ -139,17 +160,19 @@ class SDRunState:
         """Train to ``config.steps`` (resumed runs continue); returns the exported file."""
         c, acc = self.config, self.accelerator
         self.out.mkdir(parents=True, exist_ok=True)
-        if acc.is_main_process:
+        name = type(self).__name__.removesuffix("Run").lower()
+        if acc.is_main_process:  # one process writes config.json, log.csv, checkpoints and the export
             atomic_write_text(self.out / "config.json", json.dumps(asdict(c), indent=1) + "\n")
+            print(batch_line(name, c, acc), flush=True)
         bar = None
-        if progress and acc.is_local_main_process:
+        if progress and acc.is_main_process:
             from tqdm import tqdm
-            bar = tqdm(total=c.steps, initial=self.step, desc=type(self).__name__.removesuffix("Run").lower(), dynamic_ncols=True)
+            bar = tqdm(total=c.steps, initial=self.step, desc=name, dynamic_ncols=True)
         started, sums, count = time.perf_counter(), {}, 0
         micro = self.step * c.grad_accum
         for net in self.networks():
             net.train()
-        with CsvLog(self.out / "log.csv", self.step) as log:
+        with CsvLog(self.out / "log.csv", self.step, enabled=acc.is_main_process) as log:
             for batch in self.loader:
                 with acc.accumulate(*self.networks()), acc.autocast():
                     parts = self.micro_step(batch, micro)
@@ -160,15 +183,16 @@ class SDRunState:
                 if not acc.sync_gradients:
                     continue
                 self.step += 1
+                self.samples += samples_per_step(c, acc)
                 ema_update(self.ema, self.ema_params().items(), ema_decay(c.ema, self.step))
                 if bar:
                     bar.update(1)
                     bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items() if k in ("total", "mse")})
                 if self.step % c.log_every == 0 or self.step == c.steps:
-                    self.last_losses = {k: v / count for k, v in sums.items()}
-                    if acc.is_main_process:
-                        log.write({"step": self.step, **{f"loss_{k}": v / count for k, v in sums.items()},
-                                   "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started})
+                    self.last_losses = mean_over_processes(acc, {k: v / count for k, v in sums.items()})
+                    log.write({"step": self.step, **{f"loss_{k}": v for k, v in self.last_losses.items()},
+                               "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started,
+                               "global_batch": samples_per_step(c, acc)})
                     sums, count = {}, 0
                 if self.step % c.save_every == 0 or self.step == c.steps:
                     acc.wait_for_everyone()
@@ -178,7 +202,9 @@ class SDRunState:
             bar.close()
         for net in self.networks():
             net.eval()
-        return self.export() if acc.is_main_process else self.out / self.EXPORT_FILE
+        path = self.export() if acc.is_main_process else self.out / self.EXPORT_FILE
+        acc.wait_for_everyone()
+        return path
 
     @staticmethod
     def check_finite(loss: torch.Tensor, what: str, step: int, hint: str) -> None:
