@@ -24,7 +24,12 @@ The work runs in this order, and each stage stops everything before the next one
    stderr and the batch goes on.
 
 Nothing is created before the model has loaded, and files are written atomically, so an error or
-Ctrl-C leaves no partial file.
+Ctrl-C leaves no partial file. A batch into a folder skips the outputs that exist already, so the
+same command resumes an interrupted batch (--overwrite writes everything again).
+
+Several processes, one device each (GPUs, else CPU cores), share a batch with no other option:
+  torchrun --nproc_per_node 4 -m onestep_sr upscale photos/ -o upscaled/
+  accelerate launch --multi_gpu --num_processes 4 -m onestep_sr upscale photos/ -o upscaled/
 
 Exit codes: 0 every image written; 1 some images of a batch failed (the others are written);
 2 a usage, input or model error, or the only input failed; 130 interrupted.
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -53,6 +59,7 @@ from ..pipeline import NonFiniteError
 from ..registry import UnknownModelError
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from .progress import TextBar
+from .shard import JobProgress, Shard, load_when_available, say, skip_existing, start_line
 
 FORMATS = ("png", "jpg", "webp", "tif")
 DTYPE_CHOICES = ("fp32", "fp16", "bf16")
@@ -193,9 +200,10 @@ def _looks_like_path(spec: str) -> bool:
     return Path(spec).suffix.lower() in CHECKPOINT_SUFFIXES or "/" in spec or "\\" in spec
 
 
-def load(args: argparse.Namespace) -> OneStepSR:
+def load(args: argparse.Namespace, offline: bool = False) -> OneStepSR:
     """The model named by ``--model`` or ``--denoiser``/``--autoencoder``; every failure is a UsageError
-    (or CheckpointError), raised before anything is written."""
+    (or CheckpointError), raised before anything is written. ``offline``: never download (the
+    other processes of a sharded run, see ``shard``)."""
     if args.model and args.denoiser:
         raise UsageError("use either --model NAME or --denoiser PATH, not both")
     if args.model and args.schedule:
@@ -207,7 +215,7 @@ def load(args: argparse.Namespace) -> OneStepSR:
     spec = (denoiser, args.autoencoder) if args.autoencoder else denoiser
     try:
         return load_model(spec, device=args.device, dtype=args.dtype, schedule=args.schedule,
-                          models_dir=args.models_dir, offline=True if args.offline else None)
+                          models_dir=args.models_dir, offline=True if args.offline or offline else None)
     except (UnknownModelError, WeightsUnavailableError, DownloadError, ValueError, OSError) as exc:
         raise UsageError(" ".join(str(exc).split()) or type(exc).__name__) from exc
 
@@ -292,17 +300,20 @@ def upscale_file(model: OneStepSR, src: Path, dst: Path, options: dict, bar: Tex
             bar.close()
 
 
-def upscale_all(model: OneStepSR | None, plan: Plan, options: dict, failed: int = 0) -> int:
-    """``failed``: jobs ``check_files`` already reported and dropped (``model`` is None when none is left)."""
+def upscale_all(model: OneStepSR | None, plan: Plan, options: dict, failed: int = 0, shard: Shard = Shard(),
+                progress: JobProgress | None = None) -> int:
+    """``failed``: jobs ``check_files`` already reported and dropped (``model`` is None when none is left).
+    Several processes (``shard``): only process 0 prints progress, numbered by ``progress`` over the job."""
     if plan.folder is not None and plan.jobs:
         try:
             plan.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot create the output folder {plan.folder}: {exc.strerror or exc}") from exc
     total, written = len(plan.jobs) + failed, 0
-    tty = sys.stderr.isatty()
+    tty = sys.stderr.isatty() and shard.main
     for index, (src, dst) in enumerate(plan.jobs, 1):
-        bar = TextBar(sys.stderr, f"[{index}/{len(plan.jobs)}] {src.name}") if tty else None
+        counter = progress.label() if progress else f"[{index}/{len(plan.jobs)}]"
+        bar = TextBar(sys.stderr, f"{counter} {src.name}") if tty else None
         start = time.perf_counter()
         try:
             width, height = upscale_file(model, src, dst, options, bar)
@@ -313,7 +324,13 @@ def upscale_all(model: OneStepSR | None, plan: Plan, options: dict, failed: int 
         written += 1
         chosen = model.last_strengths[0] if model.last_strengths else None
         strength = "" if chosen is None else f", strength {chosen:g}" + (" (auto)" if options.get("strength") in (None, "auto") else "")
-        print(f"{src} -> {dst} ({width}x{height}{strength}, {time.perf_counter() - start:.1f} s)", flush=True)
+        if shard.main:
+            counter = f"{progress.label()} " if progress else ""
+            print(f"{counter}{src} -> {dst} ({width}x{height}{strength}, {time.perf_counter() - start:.1f} s)",
+                  flush=True)
+    if progress and shard.main and progress.present() < progress.total:
+        say(f"onestep-sr: process 0 has done its share; {progress.label()} outputs are there, the other "
+            "processes finish theirs")
     if not failed:
         return EXIT_OK
     if total == 1:
@@ -328,14 +345,40 @@ def upscale(args: argparse.Namespace) -> int:
         check_device(args.device)
         options = upscale_options(args)
         check_options(None, options)
+        shard, progress = share(plan, args)
         dropped = check_files(plan, args.max_pixels)
-        model = load(args) if plan.jobs else None
+        args.device = shard.device(args.device)
+        model = load_when_available(lambda offline: load(args, offline), shard, _not_downloaded) if plan.jobs else None
         if model is not None:
             check_options(model, options)
-        return upscale_all(model, plan, options, failed=dropped)
+        return upscale_all(model, plan, options, failed=dropped, shard=shard, progress=progress)
     except KeyboardInterrupt:
         print("\nonestep-sr: interrupted; no partial file was left", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def share(plan: Plan, args: argparse.Namespace) -> tuple[Shard, JobProgress | None]:
+    """Keep this process's jobs of ``plan`` (several processes: see ``shard``), without the outputs
+    of a folder batch that exist already (unless --overwrite); returns (the shard, the job-wide
+    progress of a sharded run)."""
+    try:
+        shard = Shard.from_env()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    resumable = plan.folder is not None and not args.overwrite
+    progress = JobProgress([dst for _, dst in plan.jobs]) if shard.world > 1 else None
+    if shard.main:
+        say(start_line(shard, len(plan.jobs), skip_existing(plan.jobs)[1] if resumable else 0, plan.folder))
+    if not shard.main:  # one voice: the others report failures only
+        logging.getLogger("onestep_sr").setLevel(logging.WARNING)
+    plan.jobs[:] = shard.mine(plan.jobs)
+    if resumable:
+        plan.jobs[:] = skip_existing(plan.jobs)[0]
+    return shard, progress
+
+
+def _not_downloaded(exc: BaseException) -> bool:
+    return isinstance(exc, UsageError) and isinstance(exc.__cause__, WeightsUnavailableError)
 
 
 def register(sub) -> None:
@@ -347,6 +390,9 @@ def register(sub) -> None:
                     help="output file (one input, image extension) or folder")
     up.add_argument("--format", choices=FORMATS, default=None,
                     help="output format in a folder (default png)")
+    up.add_argument("--overwrite", action="store_true",
+                    help="write every output again; by default a batch into a folder skips the outputs that "
+                         "exist (written atomically, so they are complete): an interrupted run resumes")
     from ..options import whole_arg  # --max-pixels -5 is refused here, not blamed on the image
 
     up.add_argument("--max-pixels", type=whole_arg(1), default=DEFAULT_MAX_PIXELS, metavar="N",
