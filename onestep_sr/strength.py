@@ -19,7 +19,7 @@ val measurement of ``benchmarks/bench_realworld.py``, our proposal) and the larg
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Mapping, Union
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -52,6 +52,17 @@ def check_strength(value: Strength, name: str = "strength") -> Strength:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         raise OptionError(name, value, "auto or a number from 0 to 1")
     return float(value)
+
+
+def describe(strengths: Sequence[float | None], auto: bool) -> str | None:
+    """The line hosts report for one call's ``last_strengths``: ``restoration strength 0.35 (auto)``;
+    a batch whose images got different strengths lists them in order (``0.2, 0.6``); None for a
+    model without the knob (its strengths are None)."""
+    if not strengths or strengths[0] is None:
+        return None
+    values = [f"{value:g}" for value in strengths]
+    shown = values[0] if len(set(values)) == 1 else ", ".join(values)
+    return f"restoration strength {shown}" + (" (auto)" if auto else "")
 
 
 def interpolate(clean: Mapping[str, torch.Tensor], restoration: Mapping[str, torch.Tensor],

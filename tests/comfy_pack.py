@@ -77,7 +77,7 @@ def widget_values(node: type, **given: Any) -> dict[str, Any]:
         else:
             raise ValidationError(f"{schema.node_id}: required input {spec.id!r} missing")
         _check(schema.node_id, spec, value)
-        values[spec.id] = value
+        values[spec.id] = bool(value) if spec.io_type == "BOOLEAN" else value  # as ComfyUI converts it
     if given:
         raise ValidationError(f"{schema.node_id}: unknown inputs {sorted(given)}")
     return values
@@ -98,7 +98,7 @@ def api_inputs(node: type, **given: Any) -> dict[str, Any]:
             raise ValidationError(f"{schema.node_id}.{spec.id}: required_input_missing (Required input is missing)")
         value = given.pop(spec.id)
         _check(schema.node_id, spec, value)
-        values[spec.id] = value
+        values[spec.id] = bool(value) if spec.io_type == "BOOLEAN" else value  # as ComfyUI converts it
     if given:
         raise ValidationError(f"{schema.node_id}: unknown inputs {sorted(given)}")
     return values

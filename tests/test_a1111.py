@@ -104,8 +104,9 @@ def test_a_bundled_model_is_the_first_entry_and_runs(webui, tiny):
     from modules import modelloader
     from onestep_sr_webui.onestep_sr import model as engine_model
 
-    bundled = dict(engine_model.BUNDLED_MODELS)
+    bundled, restoration = dict(engine_model.BUNDLED_MODELS), dict(engine_model.BUNDLED_RESTORATION)
     engine_model.BUNDLED_MODELS["onestep_default"] = tiny / "tiny_teacher.safetensors"
+    del engine_model.BUNDLED_RESTORATION["onestep_default"]  # a stand-in of another network: no restoration end
     try:
         modelloader.load_upscalers()
         ours = [u for u in webui.sd_upscalers if u.name.startswith("OneStepSR")]
@@ -116,6 +117,7 @@ def test_a_bundled_model_is_the_first_entry_and_runs(webui, tiny):
     finally:
         engine_model.BUNDLED_MODELS.clear()
         engine_model.BUNDLED_MODELS.update(bundled)
+        engine_model.BUNDLED_RESTORATION.update(restoration)
 
 
 def test_the_models_path_option_and_setting_are_searched_first(tmp_path, tiny, monkeypatch):
@@ -170,12 +172,13 @@ def test_any_scale_gives_exactly_scale_times_the_size(webui, scale, size, passes
     x4 passes until the size is reached (at least one), then one Lanczos resize."""
     data = webui_fake.upscaler(webui, TINY)
     calls = []
-    real = data.scaler.do_upscale
-    monkeypatch.setattr(data.scaler, "do_upscale", lambda img, model: calls.append(img.size) or real(img, model))
+    real = data.scaler.one_pass
+    monkeypatch.setattr(data.scaler, "one_pass",
+                        lambda img, model, strength=None: calls.append(img.size) or real(img, model, strength))
     image = _image(16, 12)
     out = webui_fake.extras(webui, image, TINY, scale)
     assert out.size == size and len(calls) == passes
-    x4 = real(image, data.data_path)
+    x4 = data.scaler.do_upscale(image, data.data_path)
     if passes == 1:
         assert np.array_equal(np.asarray(out), np.asarray(x4.resize(size, Image.Resampling.LANCZOS) if size != x4.size else x4))
     from modules.upscaler import Upscaler
@@ -217,9 +220,11 @@ def test_the_resshift_setting_picks_all_steps_or_one(webui, tiny):
 def test_settings_are_registered_in_the_upscaling_section(webui):
     labels = {k: v for k, v in webui.opts.data_labels.items() if k.startswith("onestepsr_")}
     assert set(labels) == {"onestepsr_models_path", "onestepsr_tile", "onestepsr_tile_overlap", "onestepsr_color_fix",
-                           "onestepsr_dtype", "onestepsr_resshift_mode", "onestepsr_seed", "onestepsr_keep_loaded"}
+                           "onestepsr_dtype", "onestepsr_resshift_mode", "onestepsr_strength", "onestepsr_seed",
+                           "onestepsr_keep_loaded"}
     assert all(v.section == ("upscaling", "Upscaling") and v.label.startswith("OneStepSR") for v in labels.values())
     assert webui.opts.onestepsr_dtype == "auto" and webui.opts.onestepsr_seed == 12345
+    assert webui.opts.onestepsr_strength == "auto"
 
 
 def test_the_model_is_kept_or_dropped_as_the_setting_says(webui):
@@ -303,6 +308,97 @@ def test_whole_number_settings_stored_as_float_or_text_are_used_as_given(webui, 
     out = webui_fake.extras(webui, image, TINY, 4)
     expected = _engine(tiny).upscale(image, steps=1, seed=7, tile=104, overlap=8)
     assert np.array_equal(np.asarray(out), np.asarray(expected))
+
+
+# --- restoration strength (issue 28): the onestepsr_strength setting -------------------------------
+
+DEFAULT = "OneStepSR 4x default"
+
+
+def _noisy(w: int = 24, h: int = 16, seed: int = 2) -> Image.Image:
+    """A smooth picture with sigma-12 noise: auto picks a strength well above 0."""
+    y, x = np.mgrid[0:h, 0:w]
+    clean = np.stack([x * 200 / w, y * 200 / h, (x + y) * 100 / (w + h)], -1) + 20
+    noise = np.random.default_rng(seed).normal(0, 12, clean.shape)
+    return Image.fromarray(np.clip(clean + noise, 0, 255).astype(np.uint8))
+
+
+def _strengths_given(monkeypatch) -> list:
+    """The ``strength`` each engine upscale call of the extension is given."""
+    from onestep_sr_webui.onestep_sr.model import OneStepSR
+
+    original, seen = OneStepSR.upscale, []
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("strength"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(OneStepSR, "upscale", spy)
+    return seen
+
+
+def _bundled_engine():
+    from onestep_sr_webui.onestep_sr.model import load_model as webui_load_model
+
+    return webui_load_model("onestep_default", device="cpu")
+
+
+def test_the_strength_setting_is_auto_by_default_and_the_console_line_reports_the_engines_choice(webui, monkeypatch,
+                                                                                                 capsys):
+    image = _noisy()
+    seen = _strengths_given(monkeypatch)
+    out = webui_fake.extras(webui, image, DEFAULT, 4)
+    assert seen == ["auto"]
+    engine = _bundled_engine()
+    expected = engine.upscale(image, seed=12345, strength="auto")
+    assert np.array_equal(np.asarray(out), np.asarray(expected))
+    (chosen,) = engine.last_strengths
+    assert chosen > 0
+    assert f"OneStepSR upscaler '{DEFAULT}': restoration strength {chosen:g} (auto)" in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize("value, stored", [(0.0, 0), (1.0, "1"), (0.35, "0.35")])
+def test_a_manual_strength_equals_the_engine_at_that_strength(webui, monkeypatch, capsys, value, stored):
+    """The setting as /sdapi/v1/options stores it (a number) or the settings page does (text)."""
+    image = _noisy()
+    webui.opts.onestepsr_strength = stored
+    seen = _strengths_given(monkeypatch)
+    out = webui_fake.extras(webui, image, DEFAULT, 4)
+    assert seen == [value]
+    engine = _bundled_engine()
+    expected = engine.upscale(image, seed=12345, strength=value)
+    assert np.array_equal(np.asarray(out), np.asarray(expected)) and engine.last_strengths == [value]
+    assert f"OneStepSR upscaler '{DEFAULT}': restoration strength {value:g}" in capsys.readouterr().out.splitlines()
+    if value in (0.0, 1.0):
+        assert not np.array_equal(np.asarray(out), np.asarray(engine.upscale(image, seed=12345, strength=1 - value)))
+
+
+def test_passes_after_the_first_keep_its_strength(webui, monkeypatch):
+    """x16 is two x4 passes: auto measures the input once, the second pass uses that number (as the
+    engine does for scales above its native one), not a new measure of the smoother x4 result."""
+    image = _noisy(8, 6)
+    seen = _strengths_given(monkeypatch)
+    out = webui_fake.extras(webui, image, DEFAULT, 16)
+    given = list(seen)
+    engine = _bundled_engine()
+    first = engine.upscale(image, seed=12345)
+    (chosen,) = engine.last_strengths
+    assert given == ["auto", chosen]
+    expected = engine.upscale(first, seed=12345, strength=chosen)
+    assert out.size == (128, 96) and np.array_equal(np.asarray(out), np.asarray(expected))
+
+
+def test_a_bad_strength_setting_is_refused_naming_it_and_other_models_ignore_the_setting(webui, tiny, capsys):
+    webui.opts.onestepsr_strength = "strong"
+    with pytest.raises(RuntimeError, match=r"OneStepSR upscaler 'OneStepSR 4x default' failed: OneStepSR setting "
+                                           r"'restoration strength' \(onestepsr_strength\): strength must be auto or "
+                                           r"a number from 0 to 1, got 'strong'"):
+        webui_fake.extras(webui, _image(), DEFAULT, 4)
+    webui.opts.onestepsr_strength = 0.5  # a model with one weight set: the setting does not apply to it
+    image = _image(seed=6)
+    out = webui_fake.extras(webui, image, TINY, 4)
+    assert np.array_equal(np.asarray(out), np.asarray(_engine(tiny).upscale(image, steps=1, seed=12345)))
+    assert "restoration strength" not in capsys.readouterr().out
 
 
 def test_interrupt_stops_between_tiles(webui):

@@ -131,6 +131,39 @@ def test_an_entry_without_weights_fails_with_a_message_not_a_resize(webui):
     assert status == 200                                   # and the webui keeps serving
 
 
+def test_the_strength_setting_reaches_the_bundled_default_and_the_console_line(webui):
+    """Setting onestepsr_strength through /sdapi/v1/options: auto (the default) and 0 and 1 give the
+    engine's images at those strengths (run here), and the webui's console says the strength used."""
+    from onestep_sr import load_model
+    from onestep_sr.strength import describe
+
+    image, name = _test_image(), "OneStepSR 4x default"
+    engine = load_model("onestep_default", device="cpu", dtype="fp32")
+    results = {}
+    try:
+        for stored in ("auto", 0, 1):
+            status, body = webui.call("/sdapi/v1/options", {"onestepsr_strength": stored})
+            assert status == 200, f"{status}: {body}\n{webui.log_tail()}"
+            status, body, seconds = _extras(webui, image, name, 4)
+            assert status == 200, f"{status}: {body}\n{webui.log_tail()}"
+            out = results[stored] = np.asarray(_decode(body["image"]), dtype=int)
+            expected = engine.upscale(image, seed=12345, strength=stored)
+            difference = np.abs(out - np.asarray(expected, dtype=int)).max()
+            line = f"OneStepSR upscaler '{name}': {describe(engine.last_strengths, stored == 'auto')}"
+            deadline = time.monotonic() + 10
+            while line not in webui.log.read_text(errors="replace") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            print(f"\n[real webui] onestepsr_strength={stored!r}: {seconds:.2f} s, max difference to the engine "
+                  f"{difference}; console: {line!r}")
+            assert difference <= 1 and line in webui.log.read_text(errors="replace"), webui.log_tail()
+        assert np.abs(results[0] - results[1]).mean() > 0.5
+        status, body = webui.call("/sdapi/v1/options", {"onestepsr_strength": "strong"})
+        status, body, _ = _extras(webui, image, name, 4)
+        assert status == 500 and "onestepsr_strength" in json.dumps(body), body
+    finally:
+        webui.call("/sdapi/v1/options", {"onestepsr_strength": "auto"})
+
+
 # --- an OSEDiff export through A1111's built-in Lora extension ------------------------------------
 
 SD_NAME = "synthetic_sd15"

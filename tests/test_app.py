@@ -47,6 +47,7 @@ def bundled_stand_in(path: Path) -> Path:
 def bundled(tmp_path, monkeypatch) -> Path:
     path = bundled_stand_in(tmp_path / "weights" / "onestep_default_x4.safetensors")
     monkeypatch.setitem(engine_model.BUNDLED_MODELS, "onestep_default", path)
+    monkeypatch.delitem(engine_model.BUNDLED_RESTORATION, "onestep_default")  # another network: no restoration end
     return path
 
 
@@ -259,6 +260,78 @@ def test_whole_numbers_given_as_floats_are_used_as_given(service, tmp_path):
     assert np.array_equal(np.asarray(Image.open(result.output)), np.asarray(Image.open(same.output)))
 
 
+# --- restoration strength (issue 28) ------------------------------------------------------------------
+
+BUNDLED = "bundled:onestep_default"
+
+
+def write_noisy(path: Path, size=(24, 16), seed=2) -> Path:
+    """A smooth picture with sigma-12 noise: auto picks a strength well above 0."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    clean = np.stack([x * 200 / w, y * 200 / h, (x + y) * 100 / (w + h)], -1) + 20
+    noisy = np.clip(clean + np.random.default_rng(seed).normal(0, 12, clean.shape), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(noisy).save(path)
+    return path
+
+
+def strengths_given(monkeypatch) -> list:
+    from onestep_sr.model import OneStepSR
+
+    original, seen = OneStepSR.upscale, []
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("strength"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(OneStepSR, "upscale", spy)
+    return seen
+
+
+def test_only_the_bundled_model_has_the_strength_knob(service):
+    assert service.has_strength(BUNDLED)
+    assert not service.has_strength("registry:sinsr_v1")
+    assert not service.has_strength(str(service.folders[0] / "tiny_teacher.safetensors"))
+    assert Settings().strength == "auto"
+
+
+def test_the_strength_is_auto_by_default_and_each_line_says_the_engines_choice(service, tmp_path, monkeypatch):
+    image = write_noisy(tmp_path / "noisy.png")
+    seen = strengths_given(monkeypatch)
+    [result] = service.upscale_files([image], BUNDLED, Settings(seed=3))
+    assert seen == ["auto"]
+    engine = load_model("onestep_default", device="cpu", dtype="fp32")
+    expected = engine.upscale(Image.open(image), seed=3, strength="auto")
+    assert np.array_equal(np.asarray(Image.open(result.output)), np.asarray(expected))
+    (chosen,) = engine.last_strengths
+    assert chosen > 0 and result.strength == f"restoration strength {chosen:g} (auto)"
+    assert result.line().endswith(f"(seed 3), restoration strength {chosen:g} (auto)")
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_a_manual_strength_equals_the_engine_at_that_strength(service, tmp_path, value):
+    image = write_noisy(tmp_path / "noisy.png")
+    [result] = service.upscale_files([image], BUNDLED, Settings(seed=3, strength=value))
+    engine = load_model("onestep_default", device="cpu", dtype="fp32")
+    expected = engine.upscale(Image.open(image), seed=3, strength=value)
+    assert np.array_equal(np.asarray(Image.open(result.output)), np.asarray(expected))
+    assert engine.last_strengths == [value] and result.line().endswith(f", restoration strength {value:g}")
+    other = engine.upscale(Image.open(image), seed=3, strength=1 - value)
+    assert not np.array_equal(np.asarray(Image.open(result.output)), np.asarray(other))
+
+
+def test_a_model_with_one_weight_set_takes_auto_only(service, tmp_path):
+    image = write_image(tmp_path / "in.png")
+    [result] = service.upscale_files([image], "registry:sinsr_v1", Settings(seed=1))
+    assert result.strength is None and result.line().endswith("(seed 1)")   # nothing to report
+    with pytest.raises(options.OptionError, match="strength=0.5 needs a model with a restoration-strength knob"):
+        list(service.upscale_files([image], "registry:sinsr_v1", Settings(strength=0.5)))
+    with pytest.raises(options.OptionError, match="strength must be auto or a number from 0 to 1, got 'strong'"):
+        list(service.upscale_files([image], BUNDLED, Settings(strength="strong")))
+    assert len(files_under(service.output_dir)) == 2  # the first run's result and comparison only
+
+
 def test_an_unwritable_output_folder_or_only_bad_uploads_load_no_model(service, tmp_path, monkeypatch):
     """Fail before the expensive part: the output folder and every upload's header are checked
     before the model is loaded (the model would be downloaded or loaded, then nothing written)."""
@@ -426,6 +499,42 @@ def test_concurrent_users_share_one_queue_slot(served_app, tmp_path, monkeypatch
                                               "none", 4, api_name="/on_run") for i in range(2)]
     outputs = [job.result(timeout=120) for job in jobs]
     assert [len(out[0]) for out in outputs] == [2, 2] and peak[0] == 1
+
+
+def test_the_page_reports_the_strength_and_takes_a_manual_one_over_http(tmp_path, tiny, monkeypatch):
+    """The committed bundled model (two weight sets) served: a call with the page's earlier seven
+    inputs (an API client written before the strength controls) runs at auto and the log line says
+    the choice; auto off with strength 0 gives the engine's strength-0 image; a model with one weight
+    set ignores the hidden controls."""
+    pytest.importorskip("gradio")
+    from gradio_client import Client, handle_file
+
+    from onestep_sr.app import launch
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    monkeypatch.setenv("ONESTEP_SR_OFFLINE", "1")
+    models = tmp_path / "models"
+    shutil.copytree(tiny, models)
+    demo, url = launch(_args(models, tmp_path / "out"), block=False)
+    try:
+        client = Client(url, verbose=False)
+        image = write_noisy(tmp_path / "noisy.png")
+        engine = load_model("onestep_default", device="cpu", dtype="fp32")
+        engine.upscale(Image.open(image), seed=5)
+        (chosen,) = engine.last_strengths
+        gallery, _, _, log = client.predict([handle_file(str(image))], BUNDLED, "1", 5, 64, "none", 4,
+                                            api_name="/on_run")
+        assert log.endswith(f"(seed 5), restoration strength {chosen:g} (auto)"), log
+        gallery, _, _, log = client.predict([handle_file(str(image))], BUNDLED, "1", 5, 64, "none", 4, False, 0.0,
+                                            api_name="/on_run")
+        expected = engine.upscale(Image.open(image), seed=5, strength=0.0)
+        assert np.array_equal(np.asarray(Image.open(gallery[0]["image"]).convert("RGB")), np.asarray(expected))
+        assert log.endswith("(seed 5), restoration strength 0"), log
+        _, _, _, log = client.predict([handle_file(str(image))], "registry:sinsr_v1", "1", 5, 64, "none", 4, False,
+                                      0.3, api_name="/on_run")
+        assert log.endswith("(seed 5)"), log
+    finally:
+        demo.close()
 
 
 def test_a_port_in_use_is_a_clear_error(served_app, tmp_path):

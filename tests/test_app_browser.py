@@ -18,7 +18,7 @@ import pytest
 import webui_fake
 from onestep_sr import model as engine_model
 from onestep_sr import registry
-from test_app import _args, bad_uploads, bundled_stand_in, write_image
+from test_app import _args, bad_uploads, bundled_stand_in, write_image, write_noisy
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -125,6 +125,36 @@ def test_upload_run_the_bundled_model_and_check_the_result_in_the_browser(app, b
     _wait_for_results(page, 1)
     assert _natural_sizes(page, "#results img") == [[80, 48]]
     page.screenshot(path=str(artifacts / "app_bad_upload.png"), full_page=True)
+
+
+def test_the_strength_controls_follow_the_model_and_the_log_says_the_strength(app, browser, tmp_path, artifacts):
+    """The bundled model (two weight sets): auto checked, the slider locked, the line says auto's
+    choice; auto off and the slider at 0: the line says 0. A model with one weight set hides both."""
+    import re
+
+    bundled_stand_in(tmp_path / "models" / "plain.safetensors")   # one weight set
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app)
+    page.wait_for_selector("#run")
+    checkbox, number = "#auto-strength input[type=checkbox]", "#strength input[type=number]"
+    assert page.is_visible("#auto-strength") and page.is_checked(checkbox) and page.is_disabled(number)
+    page.set_input_files("#uploads input[type=file]", [str(write_noisy(tmp_path / "noisy.png"))])
+    page.wait_for_selector("#uploads td.filename[aria-label='noisy.png']")
+    page.click("#run")
+    page.wait_for_selector("#log >> text=restoration strength")
+    assert re.search(r"noisy\.png: 96x64 .*, restoration strength [0-9.]+ \(auto\)$", page.inner_text("#log").strip())
+    page.uncheck(checkbox)
+    page.wait_for_function(f"!document.querySelector('{number}').disabled")
+    page.fill(number, "0")
+    page.press(number, "Enter")
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#log').innerText.trim().endsWith('restoration strength 0')")
+    page.screenshot(path=str(artifacts / "app_strength.png"), full_page=True)
+    page.click("#model input")
+    page.click("[role=option] >> text=plain")
+    page.wait_for_selector("#auto-strength", state="hidden")
+    assert not page.is_visible("#strength")
 
 
 def test_download_button_fetches_a_registry_model_with_progress_then_runs_it(browser, server, tmp_path, monkeypatch,

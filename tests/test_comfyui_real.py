@@ -715,6 +715,66 @@ def test_an_engine_error_is_readable_and_comfyui_keeps_running(server, object_in
     print(f"[real ComfyUI] next prompt after the error: success in {seconds:.1f} s")
 
 
+def test_the_restoration_strength_widgets_and_report(server, object_info, base_dir):
+    """OneStep Upscale's auto_strength / strength (issue 28) in a real ComfyUI: listed as optional
+    widgets after the old ones, the STRING report after IMAGE; an API graph saved without them
+    validates and runs at auto, its /history UI text and (through the core Preview Any node) its
+    STRING output say auto's choice; auto off at 0 and 1 gives the engine's images at 0 and 1 (run
+    here on the same input); a model with one weight set refuses a manual strength readably."""
+    import numpy as np
+    from PIL import Image
+
+    from onestep_sr import load_model
+
+    info = object_info["OneStepSR_Upscale"]
+    auto_spec, strength_spec = info["input"]["optional"]["auto_strength"], info["input"]["optional"]["strength"]
+    assert auto_spec[0] == "BOOLEAN" and auto_spec[1]["default"] is True
+    assert strength_spec[0] == "FLOAT" and (strength_spec[1]["min"], strength_spec[1]["max"]) == (0.0, 1.0)
+    assert info["output"] == ["IMAGE", "STRING"]
+    workflow = json.loads((ROOT / "example_workflows" / "onestep_upscale.json").read_text())
+    prompt = make_cheap(to_api(workflow, object_info))
+    upscale_id = next(k for k, n in prompt.items() if n["class_type"] == "OneStepSR_Upscale")
+    upscale = prompt[upscale_id]["inputs"]
+    assert next(n for n in prompt.values() if n["class_type"] == "OneStepSR_LoadModel")["inputs"]["model_name"] \
+        == BUNDLED_CHOICE
+    for name in ("auto_strength", "strength"):
+        del upscale[name]  # an API graph saved before these inputs existed
+    upscale["seed"] = 4711  # a setting no other test uses: really executed
+    prompt["90"] = {"class_type": "PreviewAny", "inputs": {"source": [upscale_id, 1]}}
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "success", _failure(entry)
+    (text,) = entry["outputs"][upscale_id]["text"]
+    assert entry["outputs"]["90"]["text"] == [text]
+    source = Image.open(base_dir / "input" / INPUT_IMAGE).convert("RGB")
+    engine = load_model("onestep_default", device="cpu", dtype="fp32")
+    options = dict(steps=1, seed=4711, tile=upscale["tile"], overlap=upscale["overlap"], color_fix=upscale["color_fix"])
+    engine.upscale(source, **options)
+    (chosen,) = engine.last_strengths
+    assert text == f"restoration strength {chosen:g} (auto)", text
+    print(f"\n[real ComfyUI] a graph without the strength inputs: {text}")
+    del prompt["90"]
+    results = {}
+    for value in (0.0, 1.0):
+        upscale.update(auto_strength=False, strength=value)
+        entry = server.wait(server.queue(prompt))
+        assert entry["status"]["status_str"] == "success", _failure(entry)
+        (results[value],) = _outputs(server, prompt, entry).values()
+        expected = np.asarray(engine.upscale(source, strength=value, **options))
+        difference = np.abs(results[value].astype(int) - expected.astype(int)).max()
+        print(f"[real ComfyUI] strength {value:g}: max difference to the engine {difference}")
+        assert difference <= 1
+        assert entry["outputs"][upscale_id]["text"] == [f"restoration strength {value:g}"]
+    assert np.abs(results[0.0].astype(int) - results[1.0].astype(int)).mean() > 0.5
+    next(n for n in prompt.values() if n["class_type"] == "OneStepSR_LoadModel")["inputs"]["model_name"] = MODEL_CHOICE
+    upscale.update(strength=0.3)
+    entry = server.wait(server.queue(prompt))
+    errors = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
+    assert entry["status"]["status_str"] == "error" and errors, _failure(entry)
+    assert errors[0]["exception_type"] == "onestep_sr.OptionError", errors[0]
+    assert "has one weight set: turn auto_strength on" in errors[0]["exception_message"], errors[0]
+    print(f"[real ComfyUI] strength 0.3 with {MODEL_CHOICE}: {errors[0]['exception_message'].strip()}")
+
+
 def test_cancel_stops_a_long_upscale(server, object_info, base_dir):
     """POST /interrupt (ComfyUI's Cancel) while OneStep Upscale runs many tiles x 15 steps: the
     prompt ends as interrupted, not as a success, and ComfyUI takes the next prompt."""

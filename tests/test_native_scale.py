@@ -96,10 +96,10 @@ def test_comfyui_loader_and_upscale_node_run_x2_x8_and_progressive_models(comfy,
     images = torch.rand(2, 9, 13, 3, generator=torch.Generator().manual_seed(0))
     for name, scale in (("yonos_x2.safetensors", 2), ("yonos_x8.safetensors", 8), ("yonos_x2.safetensors", 4)):
         (model,) = run_node(comfy["OneStepSR_LoadModel"], model_name=name)
-        (out,) = run_node(comfy["OneStepSR_Upscale"], model=model, image=images, scale=float(scale), color_fix="none")
+        out, _ = run_node(comfy["OneStepSR_Upscale"], model=model, image=images, scale=float(scale), color_fix="none")
         assert tuple(out.shape) == (2, 9 * scale, 13 * scale, 3)
     (model,) = run_node(comfy["OneStepSR_LoadModel"], model_name="pd_2steps.safetensors")
-    (out,) = run_node(comfy["OneStepSR_Upscale"], model=model, image=images, steps=2, color_fix="none")
+    out, _ = run_node(comfy["OneStepSR_Upscale"], model=model, image=images, steps=2, color_fix="none")
     assert tuple(out.shape) == (2, 36, 52, 3)
     with pytest.raises(Exception, match="distilled for 2 step"):
         run_node(comfy["OneStepSR_Upscale"], model=model, image=images, steps=1)

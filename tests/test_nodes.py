@@ -238,7 +238,7 @@ def test_upscale_node_equals_the_engine(comfy, engine):
     model = _load(comfy)
     images = _images(2, 30, 70)
     options = dict(steps=1, seed=99, tile=64, overlap=16, color_fix="wavelet", scale=4.0)
-    (out,) = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, **options)
+    out, _ = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, **options)
     expected = engine.upscale(images.permute(0, 3, 1, 2), **options).permute(0, 2, 3, 1)
     assert out.shape == (2, 120, 280, 3) and out.dtype == torch.float32
     assert torch.equal(out, expected)
@@ -247,7 +247,7 @@ def test_upscale_node_equals_the_engine(comfy, engine):
 def test_upscale_node_keeps_alpha_and_resizes_to_the_scale(comfy, engine):
     model = _load(comfy)
     images = _images(1, 20, 24, channels=4, seed=1)
-    (out,) = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, scale=2.0, color_fix="none")
+    out, _ = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, scale=2.0, color_fix="none")
     expected = engine.upscale(images.permute(0, 3, 1, 2), scale=2.0, seed=12345).permute(0, 2, 3, 1)
     assert out.shape == (1, 40, 48, 4) and torch.equal(out, expected)
 
@@ -255,7 +255,7 @@ def test_upscale_node_keeps_alpha_and_resizes_to_the_scale(comfy, engine):
 def test_multi_step_upscale_is_deterministic_resshift(comfy, engine):
     model = _load(comfy)
     images = _images(1, 16, 16, seed=2)
-    (out,) = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, steps=15, color_fix="none")
+    out, _ = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, steps=15, color_fix="none")
     expected = engine.upscale(images.permute(0, 3, 1, 2), steps=15, stochastic=False).permute(0, 2, 3, 1)
     assert torch.equal(out, expected)
     with refused(r"steps must be 1 \(one-step\) or 15"):
@@ -320,7 +320,7 @@ def test_out_of_memory_halves_tiles_then_fails_readably(comfy, engine, monkeypat
         return forward(x, *args, **kwargs)
 
     monkeypatch.setattr(model.sr.denoiser, "forward", small_tiles_only)
-    (out,) = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, tile=128)
+    out, _ = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, tile=128)
     halved = dict(tile=64, overlap=16, vq_tile=64, color_fix="wavelet")  # every tile halved once
     reference = engine.upscale(images.permute(0, 3, 1, 2), **halved).permute(0, 2, 3, 1)
     assert torch.equal(out, reference) and "retrying with 64 / 64" in caplog.text
@@ -351,7 +351,7 @@ def test_api_values_the_widgets_would_not_give_are_refused_with_the_rule(comfy):
     with refused(r"overlap must be .* \(smaller than the tile 64\), got 64"):
         run_node(upscale, model=model, image=images, tile=64, overlap=64)
     assert len(comfy.mm.load_calls) == loads  # refused before any weights moved
-    (out,) = run_node(upscale, model=model, image=images, tile=104, overlap=8, seed=2**64 - 1, color_fix="none")
+    out, _ = run_node(upscale, model=model, image=images, tile=104, overlap=8, seed=2**64 - 1, color_fix="none")
     expected = model.sr.upscale(images.permute(0, 3, 1, 2), tile=104, overlap=8, seed=2**64 - 1)
     assert torch.equal(out, expected.permute(0, 2, 3, 1))
 
@@ -368,7 +368,7 @@ def test_latent_nodes_compose_to_the_upscale_node(comfy):
     (sampled,) = run_node(comfy.nodes["OneStepSR_ResShiftSampler"], model=model, latent=latent,
                           sampler="deterministic", steps=1, **tiles)
     (decoded,) = run_node(comfy.nodes["OneStepSR_Decode"], model=model, latent=sampled)
-    (direct,) = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images[..., :3], color_fix="none",
+    direct, _ = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images[..., :3], color_fix="none",
                          **tiles)
     assert decoded.shape == (2, 120, 280, 3) and torch.equal(decoded, direct)
 
@@ -426,7 +426,7 @@ def test_example_workflows_use_the_nodes_as_their_schemas_define_them(comfy):
         assert {"OneStepSR_Upscale", "OneStepSR_LoadModel"} <= types or "OneStepSR_SDUpscale" in types, path.name
         for node in ours:
             schema = comfy.nodes[node["type"]].GET_SCHEMA()
-            widgets = [i for i in schema.inputs if i.io_type in ("INT", "FLOAT", "COMBO")]
+            widgets = [i for i in schema.inputs if i.io_type in ("INT", "FLOAT", "BOOLEAN", "COMBO")]
             expected = len(widgets) + sum(bool(getattr(i, "control_after_generate", None)) for i in widgets)
             assert len(node["widgets_values"]) == expected, (path.name, node["type"])
             values = iter(node["widgets_values"])
@@ -481,7 +481,7 @@ def test_an_exported_pixel_space_model_needs_no_autoencoder_file(comfy):
     _pixel_model(comfy.folder / "trained.safetensors")
     model = _load(comfy, "trained.safetensors")
     assert model.sr.sampler == "one_step" and type(model.sr.autoencoder).__name__ == "PixelSpaceAutoencoder"
-    (out,) = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=_images(1, 8, 12))
+    out, _ = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=_images(1, 8, 12))
     assert out.shape == (1, 32, 48, 3)
 
 
@@ -494,7 +494,7 @@ def test_the_committed_bundled_model_is_the_loaders_default_and_runs_offline(com
     (comfy.folder / "autoencoder_vq_f4.pth").unlink()
     model = _load(comfy, "onestep_default (bundled)")
     image = _images(1, 10, 14)
-    (out,) = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=image, color_fix="none")
+    out, _ = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=image, color_fix="none")
     expected = load_model("onestep_default", device="cpu").upscale(image.permute(0, 3, 1, 2))
     assert out.shape == (1, 40, 56, 3)
     assert torch.allclose(out, expected.permute(0, 2, 3, 1), atol=1e-5)
@@ -504,15 +504,105 @@ def test_a_1x1_image_upscales_with_the_bundled_model(comfy):
     """Was 'Expected more than 1 value per channel' (GroupNorm over a 1x1 map)."""
     model = _load(comfy, "onestep_default (bundled)")
     image = torch.tensor([100, 150, 200], dtype=torch.float32).reshape(1, 1, 1, 3) / 255
-    (out,) = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=image.expand(2, 1, 1, 3))
+    out, _ = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=image.expand(2, 1, 1, 3))
     assert out.shape == (2, 4, 4, 3) and (out - image).abs().max() <= 6 / 255
 
 
 def test_the_bundled_default_model_comes_first(comfy, tmp_path, monkeypatch):
     bundled = sys.modules["onestep_sr_pack.onestep_sr.model"].BUNDLED_MODELS
     monkeypatch.setitem(bundled, "onestep_default", _pixel_model(tmp_path / "bundled.safetensors"))
+    # a stand-in of another network: without the real restoration end (it would not match its keys)
+    monkeypatch.delitem(sys.modules["onestep_sr_pack.onestep_sr.model"].BUNDLED_RESTORATION, "onestep_default")
     assert _model_options(comfy.nodes)[0] == "onestep_default (bundled)"
     model = _load(comfy, "onestep_default (bundled)")
     assert model.sr.name == "onestep_default"
     monkeypatch.setitem(bundled, "onestep_default", tmp_path / "absent.safetensors")
     assert "onestep_default (bundled)" not in _model_options(comfy.nodes)
+
+
+# --- restoration strength (issue 28): auto_strength + strength on OneStep Upscale ------------------
+
+
+def _clean_and_noisy(h: int = 24, w: int = 32) -> torch.Tensor:
+    """A smooth picture (auto picks 0) and the same with sigma-12 noise (auto picks a high strength)."""
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    clean = np.stack([x, y, (x + y) / 2], -1) * 0.8 + 0.1
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 12 / 255, clean.shape), 0, 1)
+    return torch.from_numpy(np.stack([clean, noisy]).astype(np.float32))
+
+
+def _requested_strengths(monkeypatch) -> list:
+    """The ``strength`` each engine upscale call of the pack is given."""
+    engine_class = sys.modules["onestep_sr_pack.onestep_sr.model"].OneStepSR
+    original, seen = engine_class.upscale, []
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("strength"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine_class, "upscale", spy)
+    return seen
+
+
+def test_the_strength_widgets_are_optional_with_auto_as_default(comfy):
+    specs = {i.id: i for i in comfy.nodes["OneStepSR_Upscale"].GET_SCHEMA().inputs}
+    auto, strength = specs["auto_strength"], specs["strength"]
+    assert [s.id for s in specs.values()][-2:] == ["auto_strength", "strength"]  # appended: saved values keep order
+    assert auto.io_type == "BOOLEAN" and auto.optional and auto.default is True
+    assert strength.io_type == "FLOAT" and strength.optional and (strength.min, strength.max) == (0.0, 1.0)
+    assert strength.step == 0.05 and 0.0 <= strength.default <= 1.0
+    outputs = comfy.nodes["OneStepSR_Upscale"].GET_SCHEMA().outputs
+    assert [o.io_type for o in outputs] == ["IMAGE", "STRING"]  # the report comes after IMAGE: old links keep slot 0
+
+
+def test_the_default_is_auto_per_image_and_the_report_is_the_engines_choice(comfy, monkeypatch):
+    model = _load(comfy, "onestep_default (bundled)")
+    assert model.sr.knob is not None
+    images = _clean_and_noisy()
+    seen = _requested_strengths(monkeypatch)
+    output = comfy.nodes["OneStepSR_Upscale"].execute(**comfy_pack.widget_values(
+        comfy.nodes["OneStepSR_Upscale"], model=model, image=images, color_fix="none"))
+    out, report = output.args
+    assert seen == ["auto"]  # the node's default reaches the engine as auto
+    engine = load_model("onestep_default", device="cpu")
+    expected = engine.upscale(images.permute(0, 3, 1, 2), strength="auto").permute(0, 2, 3, 1)
+    assert torch.equal(out, expected)
+    chosen = engine.last_strengths
+    assert model.sr.last_strengths == chosen and chosen[0] < chosen[1]  # measured per image
+    assert report == f"restoration strength {chosen[0]:g}, {chosen[1]:g} (auto)"
+    assert output.ui == {"text": [report]}  # the node's UI text (/history outputs) says the same
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_a_manual_strength_equals_the_engine_at_that_strength(comfy, monkeypatch, value):
+    model = _load(comfy, "onestep_default (bundled)")
+    images = _clean_and_noisy()
+    seen = _requested_strengths(monkeypatch)
+    out, report = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, color_fix="none",
+                           auto_strength=False, strength=value)
+    assert seen == [value]
+    engine = load_model("onestep_default", device="cpu")
+    expected = engine.upscale(images.permute(0, 3, 1, 2), strength=value).permute(0, 2, 3, 1)
+    assert torch.equal(out, expected)
+    assert model.sr.last_strengths == engine.last_strengths == [value, value]
+    assert report == f"restoration strength {value:g}"
+    other = engine.upscale(images.permute(0, 3, 1, 2), strength=1.0 - value).permute(0, 2, 3, 1)
+    assert not torch.equal(out, other)  # the two ends differ
+
+
+def test_a_model_with_one_weight_set_runs_auto_and_refuses_a_manual_strength(comfy, engine):
+    model = _load(comfy)
+    assert model.sr.knob is None
+    images = _images(1, 12, 20)
+    out, report = run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, color_fix="none")
+    assert torch.equal(out, engine.upscale(images.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))  # auto: a no-op
+    assert report.startswith("restoration strength: none (tiny_sinsr.safetensors has one weight set")
+    loads = len(comfy.mm.load_calls)
+    with refused(r"OneStep Upscale: strength 0.3 \(auto_strength off\) needs a model with a restoration-strength "
+                 r"knob .* tiny_sinsr.safetensors has one weight set: turn auto_strength on") as err:
+        run_node(comfy.nodes["OneStepSR_Upscale"], model=model, image=images, auto_strength=False, strength=0.3)
+    assert comfy_pack.shown_type(err.value) == "onestep_sr.OptionError"
+    assert len(comfy.mm.load_calls) == loads  # refused before any weights moved
+    with refused(r"strength must be auto or a number from 0 to 1, got nan"):  # the API bypasses the widget
+        run_node(comfy.nodes["OneStepSR_Upscale"], model=_load(comfy, "onestep_default (bundled)"), image=images,
+                 auto_strength=False, strength=float("nan"))

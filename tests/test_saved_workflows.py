@@ -34,6 +34,11 @@ FIRST_INPUTS = {
     "OneStepSR_SDUpscale": {"model", "vae", "image", "positive", "clip", "scale", "tile", "overlap", "vae_tile",
                             "color_fix", "vae_lora", "vae_lora_strength"},  # f1f2f93; cb8e371 added guided_lora, guidance
 }
+# Inputs added since (each optional, its default the old behaviour); a new input: add it here too.
+ADDED_INPUTS = {
+    "OneStepSR_SDUpscale": {"guided_lora", "guidance"},  # cb8e371
+    "OneStepSR_Upscale": {"auto_strength", "strength"},  # issue 28: restoration strength, default auto
+}
 
 
 def _saved_graph_inputs(node: type, names: set[str]) -> dict:
@@ -51,6 +56,7 @@ def test_api_graphs_saved_with_each_nodes_first_inputs_still_validate(comfy):
         node = comfy.nodes[node_id]
         inputs = node.GET_SCHEMA().inputs
         assert first <= {spec.id for spec in inputs}, node_id  # none was renamed or removed
+        assert {spec.id for spec in inputs} == first | ADDED_INPUTS.get(node_id, set()), node_id
         for spec in inputs:
             if spec.id not in first:
                 assert spec.optional and getattr(spec, "default", None) is not None, f"{node_id}.{spec.id}"
@@ -60,3 +66,24 @@ def test_api_graphs_saved_with_each_nodes_first_inputs_still_validate(comfy):
     sd = comfy.nodes["OneStepSR_SDUpscale"]
     with pytest.raises(ValidationError, match=r"\.vae: required_input_missing"):  # the check can fail
         comfy_pack.api_inputs(sd, **_saved_graph_inputs(sd, FIRST_INPUTS["OneStepSR_SDUpscale"] - {"vae"}))
+
+
+def test_an_upscale_graph_saved_before_the_strength_inputs_runs_with_auto(comfy):
+    """A /prompt graph of Load OneStep SR Model -> OneStep Upscale with the inputs both had at their
+    release (no auto_strength, no strength): it validates, runs with the bundled model at auto
+    (measured per image), equals the node given auto_strength on, and reports auto's choice; the
+    IMAGE is still output 0, where the saved SaveImage link points."""
+    import numpy as np
+    import torch
+
+    loader, upscale = comfy.nodes["OneStepSR_LoadModel"], comfy.nodes["OneStepSR_Upscale"]
+    (model,) = comfy_pack.run_api(loader, model_name="onestep_default (bundled)", dtype="auto", device="auto")
+    image = torch.from_numpy(np.random.default_rng(5).random((1, 16, 20, 3), dtype=np.float32))
+    saved = dict(steps=1, seed=12345, tile=256, overlap=32, color_fix="wavelet", scale=4.0)
+    assert set(saved) | {"model", "image"} == FIRST_INPUTS["OneStepSR_Upscale"]
+    out, report = comfy_pack.run_api(upscale, model=model, image=image, **saved)
+    assert out.shape == (1, 64, 80, 3)
+    chosen = model.sr.last_strengths
+    assert len(chosen) == 1 and chosen[0] is not None and report == f"restoration strength {chosen[0]:g} (auto)"
+    again, _ = comfy_pack.run_api(upscale, model=model, image=image, auto_strength=True, strength=0.5, **saved)
+    assert torch.equal(out, again)

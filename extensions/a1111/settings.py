@@ -12,6 +12,7 @@ from ...onestep_sr.colorfix import COLOR_FIXES
 from ...onestep_sr.model import DEFAULT_SEED
 from ...onestep_sr.options import OptionError, check_seed, whole_from_host
 from ...onestep_sr.pipeline import Tiling
+from ...onestep_sr.strength import AUTO, Strength, check_strength
 from . import webui
 
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
@@ -48,6 +49,10 @@ OPTIONS = [
            "else fp32; NaN results are recomputed in fp32)", "radio", {"choices": DTYPES}),
     Option("onestepsr_resshift_mode", next(iter(RESSHIFT_MODES)), "OneStepSR: steps of the ResShift entries "
            "(their schedule's 15 or 4 steps, or one step)", "radio", {"choices": list(RESSHIFT_MODES)}),
+    Option("onestepsr_strength", AUTO, "OneStepSR: restoration strength of 'OneStepSR 4x default': auto (measured "
+           "per image: noise and JPEG blocking) or a number from 0 (faithful to the input, keeps grain; best on clean "
+           "images) to 1 (full real-world restoration: removes noise and JPEG artefacts, smooths fine texture). The "
+           "other models have one weight set and ignore it", "text"),
     Option("onestepsr_seed", DEFAULT_SEED, "OneStepSR: noise seed (-1: random each time; 12345 is the official "
            "scripts' seed)", "number"),
     Option("onestepsr_keep_loaded", True, "OneStepSR: keep the model in memory between upscales", "checkbox"),
@@ -72,7 +77,7 @@ def register() -> None:
 
 # the numeric settings: the engine's option each one feeds (its rule: onestep_sr.options) and its name
 ENGINE_OPTIONS = {"onestepsr_tile": ("tile", "tile size"), "onestepsr_tile_overlap": ("overlap", "tile overlap"),
-                  "onestepsr_seed": ("seed", "noise seed")}
+                  "onestepsr_seed": ("seed", "noise seed"), "onestepsr_strength": ("strength", "restoration strength")}
 
 
 def named(exc: OptionError) -> OptionError:
@@ -100,6 +105,15 @@ def seed() -> int | None:
     except OptionError as exc:
         raise named(exc) from None
     return random.randrange(2**63) if value is None else value
+
+
+def strength() -> Strength:
+    """The restoration strength for a model with two weight sets: ``"auto"`` or a number in [0, 1]
+    (text from the settings page, a number from /sdapi/v1/options), checked by the engine's rule."""
+    try:
+        return check_strength(get("onestepsr_strength"))
+    except OptionError as exc:
+        raise named(exc) from None
 
 
 def dtype(device_type: str) -> str:

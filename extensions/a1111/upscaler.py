@@ -7,7 +7,12 @@ webui's floors each side to a multiple of 8 (2.5 x 16x12 would give 40x24, not 4
 output is exactly ``round(scale * size)`` per side: x4 passes of the model while the image is
 smaller than that (at least one, at most three, as the webui), then one Lanczos resize to the
 exact size. ``do_upscale`` is one x4 pass and never hands back its input: a failure raises with a
-sentence naming the entry (the webui would otherwise answer with a Lanczos resize)."""
+sentence naming the entry (the webui would otherwise answer with a Lanczos resize).
+
+Restoration strength (setting ``onestepsr_strength``: auto or 0..1) applies to models with two
+weight sets (the bundled ``OneStepSR 4x default``); the first pass picks it (auto: measured on the
+input) and later passes keep it, as the engine does for scales above its native one. The strength
+used is printed on the console once per upscale (the extension writes no generation info)."""
 from __future__ import annotations
 
 import logging
@@ -20,6 +25,7 @@ from PIL import Image
 from ...onestep_sr.errors import public_error
 from ...onestep_sr.model import OneStepSR, load_model
 from ...onestep_sr.options import OptionError
+from ...onestep_sr.strength import AUTO, describe
 from . import entries, settings, webui
 
 log = logging.getLogger(__name__)
@@ -74,20 +80,37 @@ class UpscalerOneStepSR(Upscaler):
     def upscale(self, img: Image.Image, scale: float, selected_model: str | None = None) -> Image.Image:
         self.scale = scale
         target = exact_size(img.width, img.height, scale)
+        strength = report = None
         for _ in range(MAX_PASSES):
-            img = self.do_upscale(img, selected_model)
+            img, used = self.one_pass(img, selected_model, strength)
+            if strength is None and used is not None:  # the first pass's strength holds for the next ones
+                strength, report = used
             if img.width >= target[0] and img.height >= target[1]:
                 break
         if img.size != target:
             img = img.resize(target, resample=Image.Resampling.LANCZOS)
+        if report:
+            print(f"OneStepSR upscaler '{self.label_of(selected_model)}': {report}", flush=True)
         return img
 
     def do_upscale(self, img: Image.Image, selected_model: str | None) -> Image.Image:
+        return self.one_pass(img, selected_model)[0]
+
+    def one_pass(self, img: Image.Image, selected_model: str | None,
+                 strength: float | None = None) -> tuple[Image.Image, tuple[float, str] | None]:
+        """One native pass; and for a model with two weight sets (strength used, report line).
+        ``strength``: a number that overrides the setting (the first pass's choice)."""
         label = self.label_of(selected_model)
         try:
             model = self.load_model(selected_model)
             options = self.options_for(model, selected_model)
-            return self.run(model, img, options, label)
+            if strength is not None and "strength" in options:
+                options["strength"] = strength
+            out = self.run(model, img, options, label)
+            used = model.last_strengths[0] if model.last_strengths else None
+            if used is None:
+                return out, None
+            return out, (used, describe(model.last_strengths, options["strength"] == AUTO))
         except Interrupted:
             raise
         except Exception as exc:
@@ -133,6 +156,8 @@ class UpscalerOneStepSR(Upscaler):
             options.update(steps=model.schedule.steps if all_steps else 1, stochastic=stochastic)
         else:
             options.update(steps=1)
+        if model.knob is not None:  # the bundled default: the strength setting applies (the others ignore it)
+            options["strength"] = settings.strength()
         try:
             model.check_options(**options)    # the engine's rules (onestep_sr.options), before any compute
         except OptionError as exc:

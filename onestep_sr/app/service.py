@@ -23,8 +23,9 @@ from ..catalog import BUNDLED, REGISTRY, CatalogEntry, discover, missing_downloa
 from ..download import ensure_weights
 from ..imagefile import DEFAULT_MAX_PIXELS, folder_problem, open_image
 from ..imageio import ImageInputError, read_image, write_image_atomic
-from ..model import SCALE, OneStepSR, load_model
+from ..model import BUNDLED_RESTORATION, SCALE, OneStepSR, load_model
 from ..options import OptionError, check_seed, check_upscale, number_from_host, whole_from_host
+from ..strength import AUTO, Strength, check_strength, describe
 from ..registry import models_dir as default_models_dir
 from ..errors import public_error
 
@@ -46,6 +47,8 @@ class Settings:
     tile: int = 256               # denoiser tile in input pixels
     color_fix: str = "none"
     scale: float = float(SCALE)
+    strength: Strength = AUTO     # restoration strength: "auto" (measured per image) or 0..1 (models with two
+                                  # weight sets, see ``AppService.has_strength``; the others take only auto)
 
 
 @dataclass
@@ -61,12 +64,14 @@ class Result:
     seed: int | None = None
     seconds: float = 0.0
     size: tuple[int, int] | None = None
+    strength: str | None = None      # "restoration strength 0.35 (auto)"; None for a model without the knob
 
     def line(self) -> str:
         if self.error:
             return f"{self.name}: {self.error}"
         crop = "; the comparison shows its centre" if self.cropped else ""
-        return f"{self.name}: {self.size[0]}x{self.size[1]} in {self.seconds:.1f} s (seed {self.seed}){crop}"
+        strength = f", {self.strength}" if self.strength else ""
+        return f"{self.name}: {self.size[0]}x{self.size[1]} in {self.seconds:.1f} s (seed {self.seed}){strength}{crop}"
 
 
 @dataclass
@@ -131,6 +136,13 @@ class AppService:
                  for e in missing]
         return (f"not downloaded: {', '.join(sizes)} into {self.folders[0]} "
                 f"(licence: {'; '.join(sorted({e.licence for e in missing}))})")
+
+    @staticmethod
+    def has_strength(source: str) -> bool:
+        """Whether the entry has the restoration-strength knob (two weight sets: the bundled default),
+        known without loading it; the others take only ``strength="auto"`` (a no-op for them)."""
+        name = source[len(BUNDLED):] if source.startswith(BUNDLED) else None
+        return name in BUNDLED_RESTORATION and BUNDLED_RESTORATION[name].is_file()
 
     def step_choices(self, source: str) -> list[tuple[str, str]]:
         entry = self.entry(source)
@@ -242,6 +254,7 @@ class AppService:
         if sampler:
             options["stochastic"] = sampler == "stochastic"
         check_upscale(**options)
+        options["strength"] = check_strength(settings.strength)  # a model without the knob refuses a number
         return options
 
     def _input_problem(self, path: Path) -> str | None:
@@ -267,9 +280,10 @@ class AppService:
             return Result(name, error=f"out of memory at {image.width}x{image.height}; lower the tile size")
         except (RuntimeError, ValueError) as exc:
             return Result(name, error=f"upscaling failed: {exc}")
+        strength = describe(model.last_strengths, options["strength"] == AUTO)
         try:
-            result = self._write(Result(name, seed=options["seed"], size=out.size), image, out, folder,
-                                 f"{Path(name).stem}_x{options['scale']:g}")
+            result = self._write(Result(name, seed=options["seed"], size=out.size, strength=strength), image, out,
+                                 folder, f"{Path(name).stem}_x{options['scale']:g}")
         except OSError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             return Result(name, error=f"cannot write the result into {folder}: {exc}")

@@ -49,6 +49,15 @@ def build(service: AppService, concurrency: int = 1) -> gr.Blocks:
                 with gr.Row():
                     tile = gr.Slider(64, 512, value=Tiling.tile, step=64, label="Tile (input pixels)", elem_id="tile")
                     color_fix = gr.Radio(list(COLOR_FIXES), value="none", label="Colour fix", elem_id="color-fix")
+                knob = bool(default) and service.has_strength(default)   # only models with two weight sets
+                with gr.Row():
+                    auto_strength = gr.Checkbox(True, label="Auto restoration strength (measured per image)",
+                                                visible=knob, elem_id="auto-strength")
+                    strength = gr.Slider(0, 1, value=0.5, step=0.05, interactive=False, visible=knob,
+                                         label="Restoration strength",
+                                         info="0 = faithful to the input (keeps grain); 1 = full restoration "
+                                              "(removes noise and JPEG artefacts, smooths fine texture)",
+                                         elem_id="strength")
                 with gr.Row():
                     run = gr.Button("Upscale", variant="primary", elem_id="run")
                     cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -84,15 +93,25 @@ def build(service: AppService, concurrency: int = 1) -> gr.Blocks:
                 raise gr.Error(f"download failed: {exc}") from exc
             return text, gr.update(visible=bool(service.missing(source)))
 
-        def on_run(paths, source, steps_value, seed_value, tile_value, fix, scale_value, request: gr.Request,
-                   progress=gr.Progress()):
+        def on_strength_model(source):
+            shown = bool(source) and service.has_strength(source)
+            return gr.update(visible=shown), gr.update(visible=shown)
+
+        def on_auto_strength(auto):
+            return gr.update(interactive=not auto)
+
+        def on_run(paths, source, steps_value, seed_value, tile_value, fix, scale_value, auto_value, strength_value,
+                   request: gr.Request, progress=gr.Progress()):
             if not paths:
                 raise gr.Error("upload one or more images first")
             if not source:
                 raise gr.Error("pick a model first")
-            # values as given: the service checks them by the engine's rules (never rounded here)
+            # values as given: the service checks them by the engine's rules (never rounded here); the
+            # strength controls are hidden for a model without the knob, so they do not apply to it
+            manual = not auto_value and service.has_strength(source)
             settings = Settings(steps=steps_value or "1", seed=-1 if seed_value is None else seed_value,
-                                tile=tile_value, color_fix=fix, scale=scale_value)
+                                tile=tile_value, color_fix=fix, scale=scale_value,
+                                strength=strength_value if manual else "auto")
             done, captions, pairs, lines = [], [], [], []
             session = session_of(request)
             try:
@@ -125,10 +144,13 @@ def build(service: AppService, concurrency: int = 1) -> gr.Blocks:
 
         demo.load(on_refresh, model, [model, status, download, steps])   # each page load lists the folders anew
         model.change(on_model, model, [status, download, steps])
+        model.change(on_strength_model, model, [auto_strength, strength])
+        auto_strength.change(on_auto_strength, auto_strength, strength)
         refresh.click(on_refresh, model, [model, status, download, steps])
         download.click(on_download, model, [status, download], concurrency_limit=1, concurrency_id="download")
         run.click(on_arm, None, None, queue=False).then(
-            on_run, [files, model, steps, seed, tile, color_fix, scale], [gallery, outputs, compare, results_state, log],
+            on_run, [files, model, steps, seed, tile, color_fix, scale, auto_strength, strength],
+            [gallery, outputs, compare, results_state, log],
             concurrency_limit=concurrency, concurrency_id="upscale")
         cancel.click(on_cancel, None, None, queue=False)
         gallery.select(on_select, results_state, compare)

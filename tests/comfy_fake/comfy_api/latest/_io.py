@@ -85,6 +85,26 @@ class Float(ComfyTypeIO):
             self.min, self.max, self.step, self.round = min, max, step, round
 
 
+@comfytype(io_type="BOOLEAN")
+class Boolean(ComfyTypeIO):
+    class Input(WidgetInput):
+        def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
+                     default: bool = None, label_on: str = None, label_off: str = None, socketless: bool = None,
+                     force_input: bool = None):
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+            self.label_on, self.label_off = label_on, label_off
+
+
+@comfytype(io_type="STRING")
+class String(ComfyTypeIO):
+    class Input(WidgetInput):
+        def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
+                     multiline=False, placeholder: str = None, default: str = None, dynamic_prompts: bool = None,
+                     socketless: bool = None, force_input: bool = None):
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+            self.multiline, self.placeholder, self.dynamic_prompts = multiline, placeholder, dynamic_prompts
+
+
 @comfytype(io_type="COMBO")
 class Combo(ComfyTypeIO):
     class Input(WidgetInput):
