@@ -101,7 +101,7 @@ def two_processes(world):
     spec.write_text(json.dumps({"capture": str(world["root"] / "capture"), "runs": commands(world, "two", 1)}))
     done = torchrun(str(ROOT / "tests" / "dist_worker.py"), str(spec))
     assert done.returncode == 0, done.stderr[-3000:]
-    return {name: [torch.load(world["root"] / "capture" / f"{name}-rank{r}.pt") for r in (0, 1)]
+    return {name: [torch.load(world["root"] / "capture" / f"{name}-rank{r}.pt", weights_only=True) for r in (0, 1)]
             for name in RESSHIFT_FAMILY + SD} | {"stdout": done.stdout}
 
 
