@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ import torch
 from .errors import IncompatibleInputError
 from .imageio import ImageInputError, from_unit_float
 from .options import DEFAULT_SEED
+from .strength import resolve_strengths
 from .pipeline import (SCALE, Tiling, check_finite, decode_rows, encode_tiled, model_to_unit, network_calls,
                        pad_bottom_right, run_sampler, tile_counts, tiled_x0_predictor, unit_to_model)
 
@@ -55,12 +56,18 @@ class LatentStages:
 
     def sample(self, latent: SRLatent, *, steps: int | None = None, stochastic: bool | None = None,
                seed: int | None = DEFAULT_SEED, tile: int | None = None, overlap: int | None = None,
-               dtype: str | torch.dtype | None = None, progress: Progress | None = None) -> SRLatent:
+               dtype: str | torch.dtype | None = None, progress: Progress | None = None,
+               strength: Any = None) -> SRLatent:
         """Stage 2: run the sampler from ``latent`` (made by :meth:`encode`); the result holds the
-        sampled, not yet quantised latent. Options as in :meth:`upscale`; every image of the batch
+        sampled, not yet quantised latent. Options as in :meth:`upscale` (``strength`` too: a model
+        with a strength knob measures ``auto`` on the latent's LR image); every image of the batch
         gets the noise of ``seed``, as :meth:`upscale` gives it."""
         job = self.plan(steps=steps, stochastic=stochastic, seed=seed, tile=tile, overlap=overlap, dtype=dtype)
         self._check_latent(latent)
+        h, w = latent.size
+        knob = getattr(self, "knob", None)
+        strengths = resolve_strengths(knob, strength, getattr(self, "strength", "auto"),
+                                      [(latent.lq[i:i + 1, :, :h, :w].float() + 1) / 2 for i in range(len(latent.lq))])
         seed = job.seed if job.seed is not None else secrets.randbits(63)
         per_image = network_calls(job.sampler, self.schedule, job.levels) * tile_counts(latent.lq.shape, job.tiling, 1)[1]
         counter = CallCounter(progress, len(latent.lq) * per_image)
@@ -69,6 +76,8 @@ class LatentStages:
             out = []
             for i in range(len(latent.lq)):
                 lq = latent.lq[i:i + 1].to(self.device)
+                if strengths[i] is not None:
+                    knob.apply(self.denoiser, strengths[i])
                 with torch.inference_mode():
                     predict = tiled_x0_predictor(self.denoiser, self.schedule, lq, tiling, counter.tick)
                     z = run_sampler(job.sampler, predict, latent.samples[i:i + 1].to(self.device), self.schedule,
@@ -77,8 +86,9 @@ class LatentStages:
                 out.append(z.float().cpu())
             return torch.cat(out)
 
-        h, w = latent.size
-        return replace(latent, samples=self._robust(run, job, counter, f"a {w}x{h} image"))
+        result = replace(latent, samples=self._robust(run, job, counter, f"a {w}x{h} image"))
+        self.last_strengths = strengths
+        return result
 
     def decode(self, latent: SRLatent, *, vq_tile: int | None = None, dtype: str | torch.dtype | None = None,
                progress: Progress | None = None) -> torch.Tensor:

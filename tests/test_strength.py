@@ -125,3 +125,19 @@ def test_the_cli_reports_the_strength_and_refuses_a_bad_one(tmp_path, capsys):
     assert cli_main(["upscale", str(src), "-o", str(tmp_path / "c.png"), "--strength", "2"]) == 2
     err = capsys.readouterr().err
     assert "--strength" in err and "Traceback" not in err and not (tmp_path / "c.png").exists()
+
+
+def test_the_latent_stages_apply_the_strength_like_upscale(photo_lr):
+    """Encode -> sample -> decode (ComfyUI's three-node path) uses the knob as upscale does: the
+    same strength (auto measured on the latent's LR image) and so the same image, whatever the
+    model ran before."""
+    model = load_model(device="cpu")
+    noisy = add_gaussian_noise(photo_lr, 8 / 255.0, False, np.random.default_rng(0))[None]
+    direct = model.upscale(noisy)
+    expected_strengths = model.last_strengths
+    model.upscale(noisy, strength=0.0)  # leaves other weights loaded
+    staged = model.decode(model.sample(model.encode(noisy)))
+    assert model.last_strengths == expected_strengths and expected_strengths[0] > 0
+    assert torch.allclose(staged, direct, atol=1e-5)
+    model.decode(model.sample(model.encode(noisy), strength=1.0))
+    assert model.last_strengths == [1.0]
