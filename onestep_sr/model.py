@@ -38,6 +38,7 @@ from .latent_stages import CallCounter, LatentStages, Progress, SRLatent  # noqa
 from .model_info import read_model_info
 from .native_scale import check_steps, passes_for, supported_steps
 from .registry import REGISTRY_FILE, RegistryEntry, UnknownModelError, get_entry
+from .samplers import prior_noise
 from .schedule import SCHEDULE_T4, SCHEDULE_T15, ResShiftSchedule
 from .strength import AUTO, Strength, StrengthKnob, check_strength, resolve_strengths
 from .tiling import bicubic_crop
@@ -211,6 +212,7 @@ class _Job:
     color_fix: str
     dtype: torch.dtype
     levels: list[int] | None = None  # a progressive model's own grid
+    noise: str = "official"  # samplers.NOISES
 
 
 class OneStepSR(LatentStages):
@@ -258,7 +260,7 @@ class OneStepSR(LatentStages):
                 seed: int | None = DEFAULT_SEED, scale: float | None = None, tile: int | None = None,
                 overlap: int | None = None, vq_tile: int | None = None, color_fix: str = "none",
                 dtype: str | torch.dtype | None = None, progress: Progress | None = None,
-                strength: Strength | None = None) -> Any:
+                strength: Strength | None = None, noise: str = "official") -> Any:
         """Super-resolve ``image`` (PIL image, numpy array H x W[ x C], torch tensor [B x ]C x H x W)
         and return the same kind, mode/dtype/layout preserved, ``scale`` times larger.
 
@@ -276,12 +278,15 @@ class OneStepSR(LatentStages):
         fp16/bf16 is recomputed in fp32 automatically.
         ``strength``: restoration strength (``auto`` or 0..1; default the model's ``strength``) of a
         model with two weight sets; ``auto`` measures each image; ``last_strengths`` tells the choice.
+        ``noise``: ``official`` (the official scripts' draw for the whole image) or ``tileable`` (a field
+        repeating every 32 LR pixels: crops cut at multiples of 32 get the whole image's noise; see
+        ``samplers.TileableNoise``).
         ``progress(done, total)``: called after every network call on a tile; raise to cancel. It is
         also called inside long network calls (``done`` unchanged, at most every 0.25 s), so a
         cancel stops within one network block, not one tile.
         """
         job = self.plan(steps=steps, stochastic=stochastic, seed=seed, scale=scale, tile=tile, overlap=overlap,
-                        vq_tile=vq_tile, color_fix=color_fix, dtype=dtype)
+                        vq_tile=vq_tile, color_fix=color_fix, dtype=dtype, noise=noise)
         items, restore = prepare(image)
         strengths = resolve_strengths(self.knob, strength, self.strength, [item.rgb for item in items])
         counter = CallCounter(progress, sum(self._calls(item, job) for item in items))
@@ -304,7 +309,8 @@ class OneStepSR(LatentStages):
 
     def plan(self, *, steps: int | None = None, stochastic: bool | None = None, seed: int | None = DEFAULT_SEED,
              scale: float | None = None, tile: int | None = None, overlap: int | None = None,
-             vq_tile: int | None = None, color_fix: str = "none", dtype: str | torch.dtype | None = None) -> _Job:
+             vq_tile: int | None = None, color_fix: str = "none", dtype: str | torch.dtype | None = None,
+             noise: str = "official") -> _Job:
         """The resolved sampler, tiling and dtype of an ``upscale`` call (ValueError if invalid)."""
         multiple = self.denoiser.config.latent_multiple
         scale = self.scale if scale is None else scale
@@ -338,7 +344,7 @@ class OneStepSR(LatentStages):
                                       "(it samples deterministically on its own levels)")
         levels = self.levels if sampler != "stochastic" else None
         return _Job(sampler, checked["seed"], checked["scale"], tiling, color_fix, resolve_dtype(dtype) or self.dtype,
-                    levels)
+                    levels, options.check_noise(noise))
 
     def _calls(self, item: Prepared, job: _Job) -> int:
         """Network calls on tiles of all passes for ``item``."""
@@ -422,7 +428,8 @@ class OneStepSR(LatentStages):
         generator = torch.Generator().manual_seed(job.seed if job.seed is not None else secrets.randbits(63))
         lq = unit_to_model(item.rgb).to(self.device)
         with torch.inference_mode():
-            super_resolve_rows(lq, self.denoiser, self.autoencoder, self.schedule, generator, emit,
+            super_resolve_rows(lq, self.denoiser, self.autoencoder, self.schedule,
+                               prior_noise(job.noise, generator, self.scale), emit,
                                sampler=job.sampler, tiling=tiling, on_tile=counter.tick, scale=self.scale,
                                levels=job.levels)
         return out

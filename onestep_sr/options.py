@@ -16,6 +16,7 @@ vq_tile    autoencoder tile, a whole number of LR pixels, at least 16
 sd tile    the SD path's UNet tile, a whole number of latent pixels, at least 8 (the UNet's factor)
 vae_tile   OneStep SD Upscale's VAE tile, a whole number of pixels, at least 256, a multiple of 8
 strength   a finite number
+noise      official (the official scripts' draw) or tileable (a 32-px periodic field, see samplers)
 ========== =====================================================================================
 
 "Whole number" means an integer, not ``True``/``False`` (``bool`` is an ``int`` in Python) and not
@@ -141,6 +142,14 @@ def check_steps(value: Any, option: str = "steps") -> int | None:
 def check_stochastic(value: Any, option: str = "stochastic") -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise OptionError(option, value, "True, False or None (the model's default)")
+    return value
+
+
+def check_noise(value: Any, option: str = "noise") -> str:
+    from .samplers import NOISES
+
+    if value not in NOISES:
+        raise OptionError(option, value, " or ".join(NOISES))
     return value
 
 

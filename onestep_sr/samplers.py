@@ -5,9 +5,16 @@
 explicitly, as a tensor or as a ``torch.Generator`` to draw it from, so that every run is
 reproducible. ``callback(i, t, x0_hat)`` is called after each network call (progress bars,
 cancellation: raise from it to stop).
+
+:class:`TileableNoise` is what ``OneStepSR.upscale(noise="tileable")`` uses: a field that is a function
+of the position in the image (a block of ``period`` x ``period`` latent pixels drawn from the seed,
+repeated), so a tile cut at a multiple of the period gets exactly the noise the whole image has
+there. An outer tiler that cuts the image at such offsets (ComfyUI's "Upscale Image (using Model)":
+strides 480, 224, 96, all multiples of 32) then blends tiles made from the same noise.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -15,7 +22,37 @@ import torch
 from .schedule import ResShiftSchedule
 
 X0Predictor = Callable[[torch.Tensor, int], torch.Tensor]
-Noise = Union[torch.Tensor, torch.Generator]
+TILE_ALIGN = 32  # LR pixels: every tile stride of ComfyUI's model upscaler (512/256/128 tiles, overlap 32)
+
+
+@dataclass(frozen=True)
+class TileableNoise:
+    """N(0, I) noise whose value at (c, y, x) depends only on (c, y mod period, x mod period): one
+    block of ``period`` x ``period`` drawn from ``generator`` (on its device, so a seed gives the
+    same noise everywhere), repeated over the latent. Inside any period x period window it is
+    i.i.d. like the official noise; the stochastic sampler's later steps draw from ``generator``."""
+
+    generator: torch.Generator
+    period: int = TILE_ALIGN
+
+    def field(self, shape: Sequence[int]) -> torch.Tensor:
+        *lead, h, w = shape
+        p = self.period
+        block = torch.randn((*lead, p, p), generator=self.generator, device=self.generator.device,
+                            dtype=torch.float32)
+        return block.repeat(*([1] * len(lead)), -(-h // p), -(-w // p))[..., :h, :w]
+
+
+Noise = Union[torch.Tensor, torch.Generator, TileableNoise]
+NOISES = ("official", "tileable")  # OneStepSR.upscale(noise=...)
+
+
+def prior_noise(kind: str, generator: torch.Generator, scale: int = 4) -> Union[torch.Generator, TileableNoise]:
+    """The prior noise of an upscale by a model of native ``scale`` (its latent grid is the LR grid
+    x scale / 4): ``official``, the whole padded latent drawn from ``generator`` as the official
+    scripts draw it (the same image as their inference for the same seed); ``tileable``, a
+    :class:`TileableNoise` aligned to TILE_ALIGN LR pixels."""
+    return TileableNoise(generator, TILE_ALIGN * scale // 4) if kind == "tileable" else generator
 Callback = Optional[Callable[[int, int, torch.Tensor], None]]
 
 
@@ -33,6 +70,8 @@ def x0_predictor(denoiser: Callable[..., torch.Tensor], schedule: ResShiftSchedu
 
 def draw_noise(noise: Noise, like: torch.Tensor) -> torch.Tensor:
     """``noise`` itself (checked against ``like``) or a fresh N(0, I) tensor from a generator."""
+    if isinstance(noise, TileableNoise):
+        return noise.field(like.shape).to(like.device, like.dtype)
     if isinstance(noise, torch.Generator):
         return torch.randn(like.shape, generator=noise, device=noise.device,
                            dtype=torch.float32).to(like.device, like.dtype)
@@ -81,9 +120,9 @@ def sample_stochastic(predict_x0: X0Predictor, y: torch.Tensor, schedule: ResShi
     draws it and masks it) or a generator; ``None`` draws from ``noise`` when it is a generator.
     """
     if step_noise is None:
-        if not isinstance(noise, torch.Generator):
+        if not isinstance(noise, (torch.Generator, TileableNoise)):
             raise ValueError("sample_stochastic needs step_noise when noise is a tensor")
-        step_noise = noise
+        step_noise = noise.generator if isinstance(noise, TileableNoise) else noise
     if not isinstance(step_noise, torch.Generator) and len(step_noise) < schedule.steps:
         raise ValueError(f"step_noise has {len(step_noise)} tensors, the schedule has {schedule.steps} steps")
     x = prior_sample(y, schedule, noise)

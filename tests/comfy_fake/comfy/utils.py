@@ -56,41 +56,42 @@ def get_tiled_scale_steps(width, height, tile_x, tile_y, overlap):
 
 def tiled_scale(samples, function, tile_x=64, tile_y=64, overlap=8, upscale_amount=4, out_channels=3,
                 output_device="cpu", pbar=None):
-    """``function`` over overlapping tiles of B x C x H x W ``samples`` with a linear feather over the
-    overlap (the fake's own blend; ComfyUI's differs in detail), output scaled by ``upscale_amount``."""
+    """``function`` over tiles of B x C x H x W ``samples``, as ComfyUI 0.3.64 tiles (its
+    ``tiled_scale_multidim``, 2-D): a batch item that fits one tile is one call; otherwise tiles start
+    at 0, stride, 2 stride, ... (stride = tile - overlap, starts below size - overlap), the last one
+    cut short at the border (never moved back); each result is weighted by a linear ramp
+    (t + 1) / feather over ``feather = round(overlap * upscale_amount)`` pixels at all four edges of
+    the tile, and the sum is divided by the sum of the weights."""
     import torch
-
-    def starts(size, tile):
-        if size <= tile:
-            return [0]
-        stride = tile - overlap
-        out = list(range(0, size - tile, stride)) + [size - tile]
-        return sorted(set(out))
 
     b, _, h, w = samples.shape
     oh, ow = round(h * upscale_amount), round(w * upscale_amount)
-    output = torch.zeros(b, out_channels, oh, ow, device=output_device)
-    weights = torch.zeros(b, 1, oh, ow, device=output_device)
-    for y in starts(h, tile_y):
-        for x in starts(w, tile_x):
-            piece = samples[:, :, y:y + tile_y, x:x + tile_x]
-            ph, pw = piece.shape[-2:]
-            out = function(piece).to(output_device)
-            mask = torch.ones(1, 1, out.shape[-2], out.shape[-1], device=output_device)
-            feather = round(overlap * upscale_amount)
-            for t in range(feather):
-                value = (t + 1) / (feather + 1)
-                if y > 0:
-                    mask[:, :, t, :] = torch.minimum(mask[:, :, t, :], torch.tensor(value))
-                if y + ph < h:
-                    mask[:, :, -1 - t, :] = torch.minimum(mask[:, :, -1 - t, :], torch.tensor(value))
-                if x > 0:
-                    mask[:, :, :, t] = torch.minimum(mask[:, :, :, t], torch.tensor(value))
-                if x + pw < w:
-                    mask[:, :, :, -1 - t] = torch.minimum(mask[:, :, :, -1 - t], torch.tensor(value))
-            oy, ox = round(y * upscale_amount), round(x * upscale_amount)
-            output[:, :, oy:oy + out.shape[-2], ox:ox + out.shape[-1]] += out * mask
-            weights[:, :, oy:oy + out.shape[-2], ox:ox + out.shape[-1]] += mask
+    output = torch.empty(b, out_channels, oh, ow, device=output_device)
+    feather = round(overlap * upscale_amount)
+    for i in range(b):
+        item = samples[i:i + 1]
+        if h <= tile_y and w <= tile_x:
+            output[i:i + 1] = function(item).to(output_device)
             if pbar is not None:
                 pbar.update(1)
-    return output / weights
+            continue
+        total = torch.zeros(1, out_channels, oh, ow, device=output_device)
+        weights = torch.zeros_like(total)
+        ys = range(0, h - overlap, tile_y - overlap) if h > tile_y else [0]
+        xs = range(0, w - overlap, tile_x - overlap) if w > tile_x else [0]
+        for y in ys:
+            for x in xs:
+                out = function(item[:, :, y:y + tile_y, x:x + tile_x]).to(output_device)
+                mask = torch.ones_like(out)
+                for dim in (2, 3):
+                    if feather < mask.shape[dim]:
+                        for t in range(feather):
+                            mask.narrow(dim, t, 1).mul_((t + 1) / feather)
+                            mask.narrow(dim, mask.shape[dim] - 1 - t, 1).mul_((t + 1) / feather)
+                oy, ox = round(y * upscale_amount), round(x * upscale_amount)
+                total[:, :, oy:oy + out.shape[2], ox:ox + out.shape[3]] += out * mask
+                weights[:, :, oy:oy + out.shape[2], ox:ox + out.shape[3]] += mask
+                if pbar is not None:
+                    pbar.update(1)
+        output[i:i + 1] = total / weights
+    return output
