@@ -1,14 +1,18 @@
-"""Reproduce the bundled default model ``weights/onestep_default_x4.safetensors`` on a CPU, in one
-resumable command: a compact pixel-space ResShift teacher (x4), a one-step SinSR student distilled
-from it, the evaluation on ../shared/images/val (LR = bicubic x1/4, PSNR/SSIM on Y, border 4), and
-the export with its record.
+"""Reproduce the bundled default model on a CPU, in one resumable command: a compact pixel-space
+ResShift teacher (x4), a one-step SinSR student distilled from it (the CLEAN end of the strength
+knob, ``weights/onestep_default_x4.safetensors``), the evaluation on ../shared/images/val (LR =
+bicubic x1/4, PSNR/SSIM on Y, border 4), then the RESTORATION end
+(``weights/onestep_default_x4_realworld.safetensors``): the student fine-tuned (``train restore``)
+on real-world LR (``--degradation realworld``) of the train photos plus generated dead-leaves
+images, measured on the four val LR kinds at strengths 0..1 and auto (benchmarks/bench_realworld.py).
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_default_model.py --out runs/default_model
     OMP_WAIT_POLICY=PASSIVE python benchmarks/train_default_model.py --out runs/default_model --install
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_default_model.py --out runs/default_model \
+        --clean weights/onestep_default_x4.safetensors --install     # only the restoration end
 
 Run it again with the same --out to continue after an interruption (each stage resumes from its
-newest checkpoint, exactly). ``--install`` copies the student into weights/ with
-``onestep_default_x4.training.json`` (the record: command, data, steps, wall time, figures). Set
+newest checkpoint, exactly). ``--install`` copies the weights into weights/ with
+``onestep_default_x4.training.json`` (the record: commands, data, steps, wall time, figures). Set
 OMP_WAIT_POLICY=PASSIVE before Python starts: with the default policy, OpenMP threads spin and a
 loaded 2-core machine runs the same step up to 12x slower.
 """
@@ -26,6 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from onestep_sr import load_model  # noqa: E402
 from onestep_sr.checkpoint import atomic_write_text  # noqa: E402
@@ -80,6 +85,61 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def restoration_data(folder: Path, photos: Path, count: int, size: int, repeats: int) -> Path:
+    """The restoration end's data: every train photo (``repeats`` symlinks each) + ``count``
+    dead-leaves images coloured from them (licence-free, generated; see training/common/dead_leaves.py)."""
+    from training.common.dead_leaves import palette_from_images, write_dead_leaves
+
+    files = list_images(photos)
+    (folder / "photos").mkdir(parents=True, exist_ok=True)
+    for path in files:
+        for k in range(repeats):
+            link = folder / "photos" / f"{path.stem}_{k}{path.suffix}"
+            if not link.exists():
+                link.symlink_to(path.resolve())
+    write_dead_leaves(folder / "dead_leaves", count, size, palette_from_images(files), seed=0)
+    return folder
+
+
+def restoration_record(args: argparse.Namespace, out: Path, clean: Path, restoration: Path) -> dict:
+    """Measure the knob on the val kinds (bench_realworld) and describe the restoration end's run."""
+    from bench_realworld import goals, report, run
+
+    started = time.perf_counter()
+    result = run(str(clean), str(restoration), args.val, args.seed)
+    seconds = time.perf_counter() - started
+    print(f"restoration end {restoration} (fine-tuned from {clean}) on {args.val}; PSNR-Y dB (gain over bicubic):")
+    print("\n".join(report(result)))
+    print("\n".join(goals(result)))
+    dead = sorted(p.name for p in list_images(out / "data" / "dead_leaves"))
+    return {
+        "command": "OMP_WAIT_POLICY=PASSIVE python " + " ".join(sys.argv),
+        "init": str(clean), "steps": args.restore_steps, "batch_size": args.batch_size, "gt_size": args.gt_size,
+        "lr": args.restore_lr, "loss": "MSE of the one-step output against the ground truth (train restore)",
+        "degradation": "realworld (training/common/realworld.py: 15% clean bicubic, 40% noisy JPEG photo, "
+                       "20% mild and 25% full Real-ESRGAN second order)",
+        "data": {"photos": sorted(p.name for p in list_images(args.train)), "photo_repeats": args.photo_repeats,
+                 "dead_leaves": {"files": dead, "size": args.dead_leaves_size, "seed": 0,
+                                 "generator": "training/common/dead_leaves.py (colours from the train photos)"},
+                 "licences": "photos: ../shared/images/README.md (public domain / CC0); dead leaves: generated"},
+        "wall_seconds": {"training": stage_seconds(out / "restoration" / "log.csv"), "evaluation": seconds},
+        "results": result, "goals": goals(result),
+    }
+
+
+def install_restoration(restoration: Path, record: dict | None, record_path: Path | None) -> None:
+    """Copy the restoration end beside the bundled model (and its record when given)."""
+    from onestep_sr.model import BUNDLED_RESTORATION
+
+    target = BUNDLED_RESTORATION["onestep_default"]
+    shutil.copyfile(restoration, target.with_suffix(".tmp"))
+    target.with_suffix(".tmp").replace(target)
+    atomic_write_text(target.with_suffix(".json"), Path(restoration).with_suffix(".json").read_text())
+    if record is not None:
+        atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
+    print(f"installed {target} ({target.stat().st_size / 1e6:.2f} MB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/default_model")
@@ -104,19 +164,49 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12345, help="noise seed of the evaluation")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--install", action="store_true", help="copy the student into weights/ with its record")
+    restore = parser.add_argument_group("the restoration end of the strength knob (issue 28)")
+    restore.add_argument("--clean", default=None,
+                         help="start the restoration fine-tune from this clean one-step model instead of training "
+                              "the teacher and student first (e.g. weights/onestep_default_x4.safetensors, "
+                              "itself made by this script's first two stages)")
+    restore.add_argument("--restore-steps", type=int, default=5000)
+    restore.add_argument("--restore-lr", type=float, default=4e-4)
+    restore.add_argument("--dead-leaves", type=int, default=40, help="dead-leaves images generated into the data")
+    restore.add_argument("--dead-leaves-size", type=int, default=256)
+    restore.add_argument("--photo-repeats", type=int, default=4,
+                         help="each train photo is listed this many times, so photos and dead-leaves images are "
+                              "drawn about equally often")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     common = dict(data=args.train, degradation="bicubic", augment="all", gt_size=args.gt_size, log_every=50,
                   save_every=100, seed=0)
 
-    teacher = Run(TrainConfig(mode="resshift", out=str(out / "teacher"), arch=args.arch, schedule=args.schedule,
-                              kappa=args.kappa, min_noise_level=args.min_noise_level, steps=args.teacher_steps, batch_size=args.batch_size,
-                              lr=args.teacher_lr, warmup=100, lr_decay="cosine", ema=0.999, **common)).train()
-    student = Run(TrainConfig(mode="sinsr", out=str(out / "student"), teacher=str(teacher), steps=args.student_steps,
-                              batch_size=args.student_batch_size, lr=args.student_lr, warmup=20, ema=0.99,
-                              lr_decay="cosine", lambda_inverse=args.lambda_inverse, lambda_gt=args.lambda_gt,
-                              **common)).train()
+    if args.clean:
+        teacher, student = None, Path(args.clean)
+    else:
+        teacher = Run(TrainConfig(mode="resshift", out=str(out / "teacher"), arch=args.arch, schedule=args.schedule,
+                                  kappa=args.kappa, min_noise_level=args.min_noise_level, steps=args.teacher_steps,
+                                  batch_size=args.batch_size, lr=args.teacher_lr, warmup=100, lr_decay="cosine",
+                                  ema=0.999, **common)).train()
+        student = Run(TrainConfig(mode="sinsr", out=str(out / "student"), teacher=str(teacher), steps=args.student_steps,
+                                  batch_size=args.student_batch_size, lr=args.student_lr, warmup=20, ema=0.99,
+                                  lr_decay="cosine", lambda_inverse=args.lambda_inverse, lambda_gt=args.lambda_gt,
+                                  **common)).train()
+    data = restoration_data(out / "data", Path(args.train), args.dead_leaves, args.dead_leaves_size, args.photo_repeats)
+    restoration = Run(TrainConfig(mode="restore", out=str(out / "restoration"), init=str(student), data=str(data),
+                                  degradation="realworld", augment="all", gt_size=args.gt_size,
+                                  steps=args.restore_steps, batch_size=args.batch_size, lr=args.restore_lr, warmup=50,
+                                  lr_decay="cosine", ema=0.999, log_every=50, save_every=100, seed=1)).train()
+    restored = restoration_record(args, out, student, restoration)
+    if args.clean:  # the clean end exists: add the restoration end to its record
+        record_path = BUNDLED_MODELS["onestep_default"].with_name("onestep_default_x4.training.json")
+        record = json.loads(record_path.read_text())
+        record["restoration"] = restored
+        atomic_write_text(out / "record.json", json.dumps(record, indent=1) + "\n")
+        if args.install:
+            install_restoration(restoration, record, record_path)
+        return
     seconds = {"teacher": stage_seconds(out / "teacher" / "log.csv"),
                "student": stage_seconds(out / "student" / "log.csv")}
     started = time.perf_counter()
@@ -149,8 +239,10 @@ def main() -> None:
         "wall_seconds": seconds, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "results": result,
     }
+    record["restoration"] = restored
     atomic_write_text(out / "record.json", json.dumps(record, indent=1) + "\n")
     if args.install:
+        install_restoration(restoration, None, None)
         target = BUNDLED_MODELS["onestep_default"]
         shutil.copyfile(student, target.with_suffix(".tmp"))
         target.with_suffix(".tmp").replace(target)

@@ -41,6 +41,13 @@ def test_the_bundled_file_is_small_and_describes_itself():
     # the recorded figures meet the goals they were trained for
     student = record["results"]["summaries"]["student, 1 step"]
     assert student["psnr_gain"] >= 1.0 and min(record["results"]["agreement_psnr_y"]) >= 35
+    # the restoration end (issue 28): its run and its measurement on the four val LR kinds
+    restoration = record["restoration"]
+    assert restoration["command"].startswith("OMP_WAIT_POLICY=PASSIVE python benchmarks/train_default_model.py")
+    assert set(restoration["results"]["kinds"]) == {"clean", "jpeg75", "noise8_jpeg90", "realesrgan"}
+    assert len(restoration["data"]["dead_leaves"]["files"]) > 0 and restoration["steps"] > 0
+    clean_auto = restoration["results"]["kinds"]["clean"]["rows"]["auto"]
+    assert sum(r["psnr_y"] - r["bicubic_psnr_y"] for r in clean_auto) / len(clean_auto) >= 1.0
 
 
 def test_load_model_defaults_to_the_bundled_model_offline():
