@@ -30,6 +30,7 @@ from .errors import public_error
 from .models import (AutoencoderConfig, DenoiserConfig, SwinUNetDenoiser, VQAutoencoder, build_autoencoder,
                      build_denoiser)
 from .models.config_inference import ArchitectureMismatch, infer_autoencoder_config, infer_denoiser_config
+from .onefile import HEADER_KEY, select
 
 WRAPPER_KEYS = ("state_dict",)
 PREFIXES = ("module.", "_orig_mod.")
@@ -208,8 +209,9 @@ def _torch_reason(text: str, exc: BaseException) -> str:
 
 
 def normalise_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Unwrap ``{'state_dict': ...}`` and strip ``module.``/``_orig_mod.`` prefixes; weights with
-    NaN/Inf values are refused (the one check of every file and state dict loaded)."""
+    """Unwrap ``{'state_dict': ...}``, strip ``module.``/``_orig_mod.`` prefixes and drop the header
+    copy of one-file models (``onefile.HEADER_KEY``: not a weight); weights with NaN/Inf values are
+    refused (the one check of every file and state dict loaded)."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source}: expected a dict of tensors, found {type(obj).__name__}")
     for key in WRAPPER_KEYS:
@@ -218,6 +220,8 @@ def normalise_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torc
             break
     out: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
+        if key == HEADER_KEY:
+            continue
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(
                 f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor"
@@ -302,20 +306,25 @@ class _Kind:
     infer: Callable[[Mapping[str, torch.Tensor]], Any]
     build: Callable[[Any], nn.Module]
     marker: str  # a field that only this kind's config has
+    part: str  # its keys' prefix in a bundle (onefile)
 
 
-_DENOISER = _Kind("Swin-UNet denoiser", DenoiserConfig, infer_denoiser_config, build_denoiser, "model_channels")
-_AUTOENCODER = _Kind("VQ autoencoder", AutoencoderConfig, infer_autoencoder_config, build_autoencoder, "n_embed")
+_DENOISER = _Kind("Swin-UNet denoiser", DenoiserConfig, infer_denoiser_config, build_denoiser, "model_channels",
+                  "denoiser")
+_AUTOENCODER = _Kind("VQ autoencoder", AutoencoderConfig, infer_autoencoder_config, build_autoencoder, "n_embed",
+                     "autoencoder")
 
 Source = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
 
 
 def _load(kind: _Kind, source: Source, config: Any, device: Any, dtype: Any,
           metadata: Mapping[str, str] | None = None) -> nn.Module:
-    if isinstance(source, Mapping):
-        state, metadata, name = normalise_state_dict(source, "state dict"), dict(metadata or {}), "state dict"
+    if isinstance(source, Mapping):  # a bundle's part and its config (onefile); the header copy is used
+        state, metadata = select(source, metadata, kind.part)
+        state, name = normalise_state_dict(state, "state dict"), "state dict"
     else:
         (state, metadata), name = read_checkpoint(source), str(source)
+        state, metadata = select(state, metadata, kind.part)
     origin = "asked for"
     if config is None:
         stored = config_from_metadata(metadata, marker=kind.marker)

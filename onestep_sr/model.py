@@ -36,6 +36,7 @@ from . import options
 from .options import DEFAULT_SEED
 from .latent_stages import CallCounter, LatentStages, Progress, SRLatent  # noqa: F401 (SRLatent: public here)
 from .model_info import read_model_info
+from .onefile import INCLUDED
 from .native_scale import check_steps, passes_for, supported_steps
 from .registry import REGISTRY_FILE, RegistryEntry, UnknownModelError, get_entry
 from .samplers import prior_noise
@@ -170,6 +171,7 @@ def load_model(name_or_paths: WeightsSpec | Sequence[WeightsSpec] | Mapping[str,
     info = None if entry else read_model_info(den_path)  # a model we trained names what it needs
     ae_spec = ae_spec or (info.autoencoder if info else None) or (
         entry.autoencoder if entry and entry.autoencoder else DEFAULT_AUTOENCODER)
+    ae_spec = den_path if str(ae_spec) == INCLUDED else ae_spec  # a bundle (onefile): both in one file
     if isinstance(schedule, str):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")

@@ -1,7 +1,9 @@
 """What a denoiser we trained needs besides its weights: its autoencoder, scale, schedule and
 default sampler. Exports carry it in the safetensors header (``onestep_sr``, JSON, next to the
 architecture ``config``) and in a JSON file of the same name beside it, so ``load_model(path)``
-and the ComfyUI loader need nothing else."""
+and the ComfyUI loader need nothing else. The file also keeps these header fields as one tensor
+(``onefile.HEADER_KEY``), for hosts that load a file's tensors only (spandrel: ComfyUI's Load
+Upscale Model)."""
 from __future__ import annotations
 
 import json
@@ -15,6 +17,7 @@ import torch
 from .checkpoint import (CheckpointError, atomic_write_text, describe_file, interrupts_deferred,
                          write_safetensors_atomic)
 from .models import PIXEL_AUTOENCODER, SwinUNetDenoiser
+from .onefile import HEADER_KEY, header_tensor
 from .options import OptionError
 from .schedule import SCHEDULE_T15, ResShiftSchedule
 
@@ -90,15 +93,17 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
 
 def save_model(path: str | os.PathLike, denoiser: SwinUNetDenoiser, info: ModelInfo,
                dtype: torch.dtype = torch.float32) -> tuple[Path, Path]:
-    """Write ``path`` (.safetensors: weights, architecture and model info) and its JSON file,
-    each atomically. Returns both paths."""
+    """Write ``path`` (.safetensors: weights, architecture and model info, the latter two also as the
+    ``onefile.HEADER_KEY`` tensor) and its JSON file, each atomically. Returns both paths."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"export to a .safetensors file, got {path.name}")
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous().clone()
                for k, v in denoiser.state_dict().items()}
     config = denoiser.config.to_dict()
-    write_safetensors_atomic(tensors, {"config": json.dumps(config), INFO_KEY: info.to_json(), "format": "pt"}, path)
+    header = {"config": json.dumps(config), INFO_KEY: info.to_json()}
+    tensors[HEADER_KEY] = header_tensor(header)
+    write_safetensors_atomic(tensors, {**header, "format": "pt"}, path)
     sidecar = sidecar_json(path)
     text = json.dumps({"format": FORMAT, **asdict(info), "denoiser": config}, indent=1, sort_keys=True) + "\n"
     atomic_write_text(sidecar, text)

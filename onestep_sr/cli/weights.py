@@ -11,7 +11,9 @@
   metadata holds the architecture config, so loading it needs no shape inference. An OSEDiff LoRA
   checkpoint (``osediff.pkl``, or ``--kind osediff``) becomes kohya-format LoRA files instead
   (``OUT`` for the UNet, ``OUT_vae.safetensors`` for the VAE encoder; see
-  :mod:`onestep_sr.sd.osediff_convert`).
+  :mod:`onestep_sr.sd.osediff_convert`). A model we trained keeps its model info, also as the tensor
+  copy one-file hosts read (:mod:`onestep_sr.onefile`). ``convert --bundle DENOISER AUTOENCODER OUT``
+  packs a two-file model into one (:mod:`onestep_sr.cli.bundle`).
 
 The registry is read from ``onestep_sr.registry.REGISTRY_FILE`` at call time (not import time).
 """
@@ -33,6 +35,8 @@ from ..checkpoint import (CHECKPOINT_SUFFIXES, PICKLE_SUFFIXES, CheckpointError,
                           read_checkpoint, write_safetensors_atomic)
 from ..download import human_size
 from ..model import BUNDLED_MODELS
+from ..model_info import INFO_KEY, read_model_info
+from ..onefile import HEADER_KEY, header_of, header_tensor
 from ..registry import RegistryEntry, UnknownModelError
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
 
@@ -344,6 +348,12 @@ def run_convert_osediff(src: Path, dst: Path, args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    if args.bundle:
+        from .bundle import run_bundle
+
+        return run_bundle(args)
+    if not (args.input and args.output):
+        raise UsageError("convert needs INPUT and OUTPUT (or --bundle DENOISER AUTOENCODER OUT)")
     src, dst = Path(args.input), Path(args.output)
     check_convert_paths(src, dst, args.force)
     if args.kind == OSEDIFF_KIND or (args.kind == "auto" and src.suffix == ".pkl"):
@@ -363,14 +373,19 @@ def run_convert(args: argparse.Namespace) -> int:
     tensors = output_tensors(model, state, DTYPES[args.dtype])
     del state
     header = {"config": json.dumps(model.config.to_dict()), "kind": kind, "source": src.name, "format": "pt"}
+    info = read_model_info(src) if kind == "denoiser" else None
+    if info is not None:  # a model we trained: its info kept, and the header copy for one-file hosts
+        header[INFO_KEY] = info.to_json()
+        tensors[HEADER_KEY] = header_tensor(header_of(header))
     try:
         write_safetensors_atomic(tensors, header, dst)
     except OSError as exc:
         print(f"onestep-sr: error: could not write {dst}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     parameters = sum(p.numel() for p in model.parameters())
-    dtypes = ", ".join(sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()}))
-    print(f"{src} -> {dst}: {KINDS[kind].label}, {len(tensors)} tensors, {parameters:,} parameters, "
+    weights = [t for k, t in tensors.items() if k != HEADER_KEY]
+    dtypes = ", ".join(sorted({str(t.dtype).replace("torch.", "") for t in weights}))
+    print(f"{src} -> {dst}: {KINDS[kind].label}, {len(weights)} tensors, {parameters:,} parameters, "
           f"{dst.stat().st_size:,} bytes ({dtypes})")
     return EXIT_OK
 
@@ -400,10 +415,10 @@ def register(sub) -> None:
 
     conv = sub.add_parser("convert", help="check a denoiser/VQ checkpoint and write it as .safetensors; "
                                           "turn an OSEDiff .pkl into kohya LoRA files")
-    conv.add_argument("input", help=".safetensors, or .pth/.pt/.ckpt/.bin (read with weights_only=True), "
-                                    "or OSEDiff's osediff.pkl")
-    conv.add_argument("output", help="the .safetensors file to write (OSEDiff: the UNet LoRA; the VAE-encoder "
-                                     "LoRA goes to OUTPUT_vae.safetensors beside it)")
+    conv.add_argument("input", nargs="?", help=".safetensors, or .pth/.pt/.ckpt/.bin (read with weights_only=True), "
+                                               "or OSEDiff's osediff.pkl")
+    conv.add_argument("output", nargs="?", help="the .safetensors file to write (OSEDiff: the UNet LoRA; the "
+                                                "VAE-encoder LoRA goes to OUTPUT_vae.safetensors beside it)")
     conv.add_argument("--kind", choices=["auto", *KINDS, OSEDIFF_KIND], default="auto",
                       help="auto: a .pkl is an OSEDiff LoRA checkpoint, other files our denoiser or autoencoder")
     conv.add_argument("--dtype", choices=list(DTYPES), default="keep",
@@ -412,5 +427,8 @@ def register(sub) -> None:
                       help="OSEDiff: the SD checkpoint the LoRA was trained on (file or diffusers folder); conv_in "
                            "is written as its difference to it (.diff keys, applied by ComfyUI and A1111) instead of "
                            "set_weight (ComfyUI only)")
+    conv.add_argument("--bundle", nargs=3, metavar=("DENOISER", "AUTOENCODER", "OUT"),
+                      help="pack a denoiser and its VQ autoencoder (files or registry names) into one .safetensors "
+                           "that one-file hosts load (ComfyUI's Load Upscale Model) as well as ours")
     conv.add_argument("--force", action="store_true", help="overwrite an existing output")
     conv.set_defaults(run=run_convert)
