@@ -11,9 +11,10 @@ from .latent import OneStepDecode, OneStepEncode, ResShiftSampler
 from .loader import LoadOneStepModel
 from .sd_upscale import OneStepSDUpscale
 from .upscale import OneStepUpscale
+from .upscale_model import OneStepAsUpscaleModel, register_architecture
 
 NODES: list[type[io.ComfyNode]] = [LoadOneStepModel, OneStepUpscale, OneStepEncode, ResShiftSampler,
-                                   OneStepDecode, OneStepColorFix, OneStepSDUpscale]
+                                   OneStepDecode, OneStepColorFix, OneStepSDUpscale, OneStepAsUpscaleModel]
 
 
 class OneStepSRExtension(ComfyExtension):
@@ -23,4 +24,5 @@ class OneStepSRExtension(ComfyExtension):
 
 async def comfy_entrypoint() -> OneStepSRExtension:
     host.register_model_folder()
+    register_architecture()  # OneStep files load in the stock Load Upscale Model (spandrel)
     return OneStepSRExtension()

@@ -10,6 +10,7 @@ from ..onestep_sr.download import DownloadError, WeightsUnavailableError, ensure
 from ..onestep_sr.errors import ModelNotFoundError
 from ..onestep_sr.model import BUNDLED_MODELS, OneStepSR, autoencoder_for, load_model
 from ..onestep_sr.models import PIXEL_AUTOENCODER
+from ..onestep_sr.onefile import INCLUDED
 from ..onestep_sr.registry import RegistryEntry, get_entry, list_entries
 from . import host
 from .api import ONESTEP_SR_MODEL, io
@@ -83,6 +84,8 @@ def resolve_weights(choice: str) -> tuple[dict[str, str], RegistryEntry | None]:
                                      f"({', '.join(host.model_folders())})")
         entry = _entry_for_file(choice)  # a registry file placed by hand keeps its schedule and sampler
     name = (entry.autoencoder or "vq_f4") if entry else autoencoder_for(denoiser)
+    if name == INCLUDED:  # a bundle (onestep-sr convert --bundle): its autoencoder is in the same file
+        return {"denoiser": denoiser, "autoencoder": denoiser}, entry
     ae_entry = None if name == PIXEL_AUTOENCODER else get_entry(name)
     autoencoder = PIXEL_AUTOENCODER if ae_entry is None else host.find_model_file(ae_entry.file)
     missing = ([entry] if denoiser is None else []) + ([ae_entry] if autoencoder is None else [])

@@ -15,6 +15,7 @@ import torch
 
 from ..onestep_sr.colorfix import COLOR_FIXES
 from ..onestep_sr.options import OptionError
+from ..onestep_sr.samplers import NOISES
 from ..onestep_sr.strength import AUTO, check_strength, describe
 from . import host
 from .api import io
@@ -78,6 +79,11 @@ class OneStepUpscale(io.ComfyNode):
                                        "(keeps grain; best on clean images), 1 = full real-world restoration "
                                        "(removes noise and JPEG artefacts, smooths fine texture). The strength used "
                                        "is the node's strength output."),
+                io.Combo.Input("noise", options=list(NOISES), default="official", optional=True,
+                               tooltip="official: the official scripts' noise for the whole image (their image for "
+                                       "the same seed). tileable: noise repeating every 32 input pixels, as OneStep "
+                                       "models give in Upscale Image (using Model): an image cut at multiples of 32 "
+                                       "gets the whole image's noise in every piece."),
             ],
             outputs=[io.Image.Output(),
                      io.String.Output(display_name="strength",
@@ -89,7 +95,7 @@ class OneStepUpscale(io.ComfyNode):
     @classmethod
     def execute(cls, model: OneStepModel, image: torch.Tensor, steps: int = 1, seed: int = 12345,
                 tile: int = 256, overlap: int = 32, color_fix: str = "wavelet", scale: float = 4.0,
-                auto_strength: bool = True, strength: float = 0.5) -> io.NodeOutput:
+                auto_strength: bool = True, strength: float = 0.5, noise: str = "official") -> io.NodeOutput:
         requested = AUTO if auto_strength else check_strength(strength)
         if requested != AUTO and model.sr.knob is None:
             raise OptionError("strength", strength, "used with auto_strength on for this model", message=(
@@ -97,7 +103,7 @@ class OneStepUpscale(io.ComfyNode):
                 f"strength knob (the bundled onestep_default); {model.sr.name or 'this model'} has one weight set: "
                 "turn auto_strength on"))
         options = dict(steps=steps, stochastic=False, seed=seed, tile=tile, overlap=overlap,
-                       color_fix=color_fix, scale=scale, strength=requested)
+                       color_fix=color_fix, scale=scale, strength=requested, noise=noise)
         model.sr.check_options(**options)  # a wrong option fails before any weights move
         host.check_interrupted()
         sr = model.ready()

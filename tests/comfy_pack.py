@@ -14,7 +14,7 @@ from typing import Any
 
 FAKE = Path(__file__).resolve().parent / "comfy_fake"
 ROOT = Path(__file__).resolve().parents[1]
-HOST_MODULES = ("comfy", "comfy_api", "folder_paths")
+HOST_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "spandrel")
 
 
 class ValidationError(ValueError):
@@ -43,6 +43,8 @@ def load_pack(base: Path, package: str = "onestep_sr_pack",
     folder_paths.folder_names_and_paths.clear()
     folder_paths.folder_names_and_paths["checkpoints"] = ([str(base / "models" / "checkpoints")],
                                                           folder_paths.supported_pt_extensions)
+    folder_paths.folder_names_and_paths["upscale_models"] = ([str(base / "models" / "upscale_models")],
+                                                             folder_paths.supported_pt_extensions)
     for name, paths in (extra_model_paths or {}).items():
         for path in paths:
             folder_paths.add_model_folder_path(name, path)

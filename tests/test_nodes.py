@@ -25,7 +25,7 @@ from onestep_sr.models import AutoencoderConfig, DenoiserConfig, build_autoencod
 
 DENOISER_FILE = "tiny_sinsr.safetensors"
 ALL_NODES = {"OneStepSR_LoadModel", "OneStepSR_Upscale", "OneStepSR_Encode", "OneStepSR_ResShiftSampler",
-             "OneStepSR_Decode", "OneStepSR_ColorFix", "OneStepSR_SDUpscale"}
+             "OneStepSR_Decode", "OneStepSR_ColorFix", "OneStepSR_SDUpscale", "OneStepSR_AsUpscaleModel"}
 USER_FILE_WIDGETS = {"model_name", "vae_lora"}  # file names that are the user's, not the schema's
 
 
@@ -547,7 +547,8 @@ def _requested_strengths(monkeypatch) -> list:
 def test_the_strength_widgets_are_optional_with_auto_as_default(comfy):
     specs = {i.id: i for i in comfy.nodes["OneStepSR_Upscale"].GET_SCHEMA().inputs}
     auto, strength = specs["auto_strength"], specs["strength"]
-    assert [s.id for s in specs.values()][-2:] == ["auto_strength", "strength"]  # appended: saved values keep order
+    # appended (then issue 29's noise): saved widget values keep their order
+    assert [s.id for s in specs.values()][-3:] == ["auto_strength", "strength", "noise"]
     assert auto.io_type == "BOOLEAN" and auto.optional and auto.default is True
     assert strength.io_type == "FLOAT" and strength.optional and (strength.min, strength.max) == (0.0, 1.0)
     assert strength.step == 0.05 and 0.0 <= strength.default <= 1.0

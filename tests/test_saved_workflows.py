@@ -11,7 +11,7 @@ import comfy_pack
 from comfy_pack import ValidationError
 
 ALL_NODES = {"OneStepSR_LoadModel", "OneStepSR_Upscale", "OneStepSR_Encode", "OneStepSR_ResShiftSampler",
-             "OneStepSR_Decode", "OneStepSR_ColorFix", "OneStepSR_SDUpscale"}
+             "OneStepSR_Decode", "OneStepSR_ColorFix", "OneStepSR_SDUpscale", "OneStepSR_AsUpscaleModel"}
 
 
 @pytest.fixture()
@@ -33,11 +33,12 @@ FIRST_INPUTS = {
     "OneStepSR_ColorFix": {"image", "reference", "method"},
     "OneStepSR_SDUpscale": {"model", "vae", "image", "positive", "clip", "scale", "tile", "overlap", "vae_tile",
                             "color_fix", "vae_lora", "vae_lora_strength"},  # f1f2f93; cb8e371 added guided_lora, guidance
+    "OneStepSR_AsUpscaleModel": {"model", "strength"},  # issue 29
 }
 # Inputs added since (each optional, its default the old behaviour); a new input: add it here too.
 ADDED_INPUTS = {
     "OneStepSR_SDUpscale": {"guided_lora", "guidance"},  # cb8e371
-    "OneStepSR_Upscale": {"auto_strength", "strength"},  # issue 28: restoration strength, default auto
+    "OneStepSR_Upscale": {"auto_strength", "strength", "noise"},  # issue 28: strength (auto); issue 29: noise
 }
 
 

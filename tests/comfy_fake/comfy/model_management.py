@@ -18,6 +18,10 @@ def get_free_memory(dev=None, torch_free_too=False):
     return 1 << 40
 
 
+def module_size(module):
+    return sum(t.nelement() * t.element_size() for t in module.state_dict().values())
+
+
 def vae_device():
     return DEVICE
 

@@ -148,6 +148,11 @@ class Model(ComfyTypeIO):
     pass
 
 
+@comfytype(io_type="UPSCALE_MODEL")
+class UpscaleModel(ComfyTypeIO):
+    pass
+
+
 class Hidden(str, Enum):
     unique_id = "UNIQUE_ID"
     prompt = "PROMPT"
