@@ -37,6 +37,8 @@ HELP = {
     "family": "sd1 or sd2 (default: detected)", "prediction_type": "epsilon or v_prediction (default: detected)",
     "config_dir": "folder of unet/vae/text_encoder/prompt JSON configs (default: the shipped ones)",
     "gradient_checkpointing": "trade compute for memory (UNets and VAE)",
+    "adam_8bit": "bitsandbytes' 8-bit AdamW: optimiser state in 2 bytes per trainable parameter instead of 8 "
+                 "(needs bitsandbytes, a CUDA GPU)",
     "mixed_precision": "no, fp16 or bf16 (GPU)", "seed": "seed of the pairs, timesteps, noise and LoRA init",
     "log_every": "steps between log.csv rows", "save_every": "steps between checkpoints", "keep": "checkpoints kept",
     "scale": "LR scale of the pairs: 2, 4 or 8 (the generator resizes the LR to the HR crop)",
@@ -81,6 +83,10 @@ def _add_options(parser: argparse.ArgumentParser, config_cls, helps: dict[str, s
         parser.add_argument(flag, dest=f.name, type=kind, required=required, default=None if required else f.default,
                             help=helps.get(f.name))
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the memory plan (parameters, optimiser state, activations for this crop, batch, "
+                             "precision and checkpointing; made without reading any weights) and exit; every run "
+                             "prints it first")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -116,14 +122,18 @@ def run(args: argparse.Namespace, prog: str) -> int:
     config_cls = GuidedConfig if args.command == "guided" else OSEDiffConfig
     options = {f.name: getattr(args, f.name) for f in fields(config_cls) if f.name != "extra"}
     try:
+        config = config_cls(**options)
+        show_plan(args.command, config, required=args.plan)
+        if args.plan:
+            return 0
         if args.command == "guided":
             from .guided import GuidedRun
 
-            path = GuidedRun(GuidedConfig(**options)).train(progress=not args.no_progress)
+            path = GuidedRun(config).train(progress=not args.no_progress)
         else:
             from .osediff import OSEDiffRun
 
-            path = OSEDiffRun(OSEDiffConfig(**options)).train(progress=not args.no_progress)
+            path = OSEDiffRun(config).train(progress=not args.no_progress)
     except (ValueError, FileNotFoundError, CheckpointError, ImportError) as exc:
         return _fail(prog, exc)
     if not is_main_process():
@@ -138,6 +148,22 @@ def run(args: argparse.Namespace, prog: str) -> int:
         print(f"and {path.stem}_guided{path.suffix}: the guidance input, for the OneStep SD Upscale node's "
               "guided_lora and its guidance widget")
     return 0
+
+
+def show_plan(command: str, config, required: bool) -> None:
+    """Print the memory plan (main process). A plan that cannot be made is a warning, or with
+    ``--plan`` (``required``) a ValueError."""
+    from .memory_plan import memory_plan
+
+    try:
+        lines = memory_plan(command, config).lines()
+    except Exception as exc:  # noqa: BLE001 - a plan is advice; the run itself reports real problems
+        message = f"no memory plan ({' '.join(str(exc).split())[:300] or type(exc).__name__})"
+        if required:
+            raise ValueError(message) from exc
+        lines = [f"warning: {message}"]
+    if is_main_process():
+        print("\n".join(lines), flush=True)
 
 
 def run_bake(args: argparse.Namespace, prog: str) -> int:

@@ -87,8 +87,8 @@ class GuidedRun(SDRunState):
         self.text_encoder = sd.text_encoder.to(self.accelerator.device)
         self._embeddings: dict[str, torch.Tensor] = {}
         self.params = trainable(unet, "")
-        self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=c.lr, betas=(0.9, 0.999),
-                                           weight_decay=c.weight_decay)
+        self.optimizer = self.adamw(list(self.params.values()), lr=c.lr, betas=(0.9, 0.999),
+                                    weight_decay=c.weight_decay)
         warm = max(1, c.warmup)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
         self.ema = {k: v.detach().float().cpu().clone() for k, v in self.params.items()}

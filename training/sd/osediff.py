@@ -148,7 +148,7 @@ class OSEDiffRun(SDRunState):
         if c.init:
             self._load_trainable(run_weights(c.init, generator_ema=True))
         self.scale_teacher = run_weights(c.scale_teacher, generator_ema=True) if c.scale_teacher else None
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = self.adamw(
             [{"params": list(self.gen_params.values()), "lr": c.lr},
              {"params": list(self.reg_params.values()), "lr": c.lr_regulariser}],
             betas=(0.9, 0.999), weight_decay=c.weight_decay)

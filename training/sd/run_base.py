@@ -59,6 +59,7 @@ class SDRunOptions:
     prediction_type: str | None = None
     config_dir: str | None = None
     gradient_checkpointing: bool = False
+    adam_8bit: bool = False  # bitsandbytes' AdamW8bit: optimiser state in 2 bytes per trainable parameter
     mixed_precision: str = "no"
     seed: int = 0
     log_every: int = 10
@@ -77,6 +78,11 @@ class SDRunOptions:
             raise ValueError(f"--gt-size must be a multiple of 32 (the LR is gt/4, the latent gt/8), got {self.gt_size}")
         if min(self.steps, self.batch_size, self.grad_accum, self.rank) < 1:
             raise ValueError("steps, batch size, gradient accumulation and rank must be at least 1")
+        if self.adam_8bit:
+            import importlib.util
+
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ValueError("--adam-8bit needs bitsandbytes (pip install bitsandbytes; it runs on CUDA GPUs)")
         check_common(self)
 
 
@@ -133,6 +139,14 @@ class SDRunState:
         """This process's ``local`` rows of ``draw((global rows, *shape))``."""
         rows, own = global_rows(self.accelerator, local)
         return draw((rows, *shape))[own]
+
+    def adamw(self, groups, **options) -> torch.optim.Optimizer:
+        """AdamW, or bitsandbytes' 8-bit AdamW with ``--adam-8bit``."""
+        if self.config.adam_8bit:
+            import bitsandbytes
+
+            return bitsandbytes.optim.AdamW8bit(groups, **options)
+        return torch.optim.AdamW(groups, **options)
 
     def step_scheduler(self) -> None:
         """Once per optimiser step (accelerate's own wrapper would step it once per process)."""
