@@ -29,7 +29,6 @@ from .model import OneStepSR
 from .models import PixelSpaceAutoencoder
 from .onefile import is_onestep_state_dict, model_from_state_dict
 from .options import DEFAULT_SEED
-from .pipeline import lr_multiple
 
 ARCH_ID = "OneStepSR"
 Placement = Callable[[torch.device], None]
@@ -69,17 +68,15 @@ def describe(sr: OneStepSR, *, strength: float | None = 0.0, placement: Placemen
              architecture: Architecture | None = None) -> ImageModelDescriptor:
     """A spandrel ``ImageModelDescriptor`` around ``sr`` (its networks, not a copy)."""
     module = OneStepModule(sr, strength=strength, placement=placement)
-    config = sr.denoiser.config
     tags = [f"x{sr.scale}", sr.sampler, "pixel" if isinstance(sr.autoencoder, PixelSpaceAutoencoder) else "vq_f4"]
     return ImageModelDescriptor(
         module, module.state_dict(), architecture or ARCHITECTURE, purpose="SR", tags=[t for t in tags if t],
         supports_half=True, supports_bfloat16=True,  # norms/attention in fp32, NaN/Inf recomputed in fp32
         scale=sr.scale, input_channels=3, output_channels=3,
-        # the padding the engine does anyway (reflect at the bottom/right to its block); tiles cut
-        # at this multiple need none. Tiled inside in bounded memory with one noise field: an outer
-        # tiler only adds calls (ComfyUI tiles all the same).
-        size_requirements=SizeRequirements(multiple_of=lr_multiple(config.latent_multiple, sr.scale)),
-        tiling=ModelTiling.INTERNAL)
+        # any size: the engine pads to its block itself (after the colour fix has seen the image as it
+        # is, as in OneStep Upscale); padding by the caller would change the border. Tiled inside in
+        # bounded memory with one noise field: an outer tiler only adds calls (ComfyUI tiles anyway).
+        size_requirements=SizeRequirements(), tiling=ModelTiling.INTERNAL)
 
 
 class OneStepArchitecture(Architecture[OneStepModule]):

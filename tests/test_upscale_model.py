@@ -122,7 +122,7 @@ def test_the_descriptor_is_the_engines_upscale_with_tileable_noise(arch):
     assert isinstance(descriptor, spandrel.ImageModelDescriptor) and descriptor.architecture.id == "OneStepSR"
     assert (descriptor.purpose, descriptor.scale, descriptor.input_channels, descriptor.output_channels) == ("SR", 4, 3, 3)
     assert descriptor.supports_half and descriptor.supports_bfloat16 and descriptor.tiling == spandrel.ModelTiling.INTERNAL
-    assert descriptor.size_requirements.multiple_of == 1 and descriptor.tags == ["x4", "one_step", "pixel"]
+    assert descriptor.size_requirements.none and descriptor.tags == ["x4", "one_step", "pixel"]
     x = images(2, 24, 30).movedim(-1, 1)
     out = descriptor(x)
     engine = load_model(device="cpu")
@@ -133,7 +133,10 @@ def test_the_descriptor_is_the_engines_upscale_with_tileable_noise(arch):
     assert half.dtype == torch.float16 and float((half.float() - out).abs().max()) < 0.02
 
 
-def test_size_requirements_are_the_models_block(arch, tmp_path):
+def test_no_size_requirement_the_engine_pads_as_our_node_does(arch, tmp_path):
+    """A VQ-f4 model's block is 16 LR pixels here; the descriptor still takes any size and pads
+    inside, so the colour fix sees the image unpadded and the result is the engine's (a caller's
+    padding to the block would change the bottom rows)."""
     import spandrel
 
     torch.manual_seed(0)
@@ -143,10 +146,12 @@ def test_size_requirements_are_the_models_block(arch, tmp_path):
     torch.save(build_autoencoder(AutoencoderConfig(ch=32, ch_mult=(1, 2, 1), n_embed=64)).state_dict(), tmp_path / "a.pth")
     assert main(["convert", "--bundle", str(tmp_path / "d.pth"), str(tmp_path / "a.pth"), str(tmp_path / "b.safetensors")]) == 0
     descriptor = spandrel.ModelLoader().load_from_file(tmp_path / "b.safetensors")
-    block = descriptor.model.denoiser.config.latent_multiple  # the window at the coarsest level (x4: latent = LR)
-    assert descriptor.size_requirements.multiple_of == block > 1 and "vq_f4" in descriptor.tags
+    assert descriptor.size_requirements.none and "vq_f4" in descriptor.tags
+    assert descriptor.model.denoiser.config.latent_multiple > 1
     x = torch.rand(1, 3, 20, 36)
-    assert descriptor(x).shape == (1, 3, 80, 144)
+    engine = load_model((tmp_path / "d.pth", tmp_path / "a.pth"), device="cpu")
+    expected = engine.upscale(x, noise="tileable", color_fix="wavelet")
+    assert torch.equal(descriptor(x), expected.clamp(0, 1))
 
 
 # --- in the (fake) ComfyUI ----------------------------------------------------------------------------
