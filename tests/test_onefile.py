@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from onestep_sr import load_model
 from onestep_sr.checkpoint import CheckpointError, load_denoiser, normalise_state_dict, read_checkpoint
 from onestep_sr.cli import main
-from onestep_sr.model import BUNDLED_MODELS
+from onestep_sr.model import BUNDLED_MODELS, BUNDLED_RESTORATION
 from onestep_sr.model_info import ModelInfo, read_model_info, save_model
 from onestep_sr.models import AutoencoderConfig, DenoiserConfig, build_autoencoder, build_denoiser
 from onestep_sr.onefile import (HEADER_KEY, INCLUDED, header_from_state, header_of, is_bundle,
@@ -76,13 +76,16 @@ def exports(tmp_path_factory) -> dict[str, Path]:
             "pd": root / "pd" / "round-1" / "model.safetensors"}
 
 
-def test_the_bundled_default_carries_its_header_as_a_tensor():
-    state = load_file(str(BUNDLED))
-    assert header_from_state(state) == header_of(header(BUNDLED)) and is_onestep_state_dict(state)
+@pytest.mark.parametrize("path, strength", [(BUNDLED, 0.0), (BUNDLED_RESTORATION["onestep_default"], 1.0)])
+def test_both_bundled_files_carry_their_header_as_a_tensor(path, strength):
+    """Each file of the bundled model alone is an x4 model: the clean end (strength 0) and the
+    restoration end (strength 1) of its knob."""
+    state = load_file(str(path))
+    assert header_from_state(state) == header_of(header(path)) and is_onestep_state_dict(state)
     model = model_from_state_dict(state)  # the tensors alone, as spandrel hosts read a file
-    assert model.scale == 4 and model.sampler == "one_step" and model.schedule == read_model_info(BUNDLED).resshift_schedule()
+    assert model.scale == 4 and model.sampler == "one_step" and model.schedule == read_model_info(path).resshift_schedule()
     x = image()
-    assert torch.equal(model.upscale(x), load_model(device="cpu").upscale(x, strength=0))  # its clean end
+    assert torch.equal(model.upscale(x), load_model(device="cpu").upscale(x, strength=strength))
 
 
 @pytest.mark.parametrize("kind, scale, levels", [("x2", 2, None), ("x8", 8, None), ("pd", 4, [3, 1])])
