@@ -14,6 +14,7 @@ import logging
 import torch
 
 from ..onestep_sr.options import OptionError
+from . import host
 from .api import io
 from .loader import OneStepModel
 from .widgets import model_input
@@ -75,4 +76,6 @@ class OneStepAsUpscaleModel(io.ComfyNode):
             if torch.device(device) == model.patcher.load_device:
                 model.ready()
 
-        return io.NodeOutput(describe(model.sr, strength=strength, placement=placement))
+        # Cancel is checked inside every call too (the stock node's progress bar checks it between tiles)
+        return io.NodeOutput(describe(model.sr, strength=strength, placement=placement,
+                                      progress=lambda done, total: host.check_interrupted()))

@@ -38,13 +38,15 @@ class OneStepModule(torch.nn.Module):
     """What a descriptor's ``model`` is: the engine model's networks as submodules (so ``to``,
     ``state_dict`` and a host's memory estimate see them) and the call. ``placement``, when given,
     replaces the moves of ``to(device)``: a host's memory manager puts the weights on its device
-    (ComfyUI's ModelPatcher), casts still happen here."""
+    (ComfyUI's ModelPatcher), casts still happen here. ``progress``: the engine's progress callback
+    for every call (a host's cancel check: raise from it to stop inside a tile)."""
 
     def __init__(self, sr: OneStepSR, *, strength: float | None = None, seed: int = DEFAULT_SEED,
-                 color_fix: str = "wavelet", placement: Placement | None = None):
+                 color_fix: str = "wavelet", placement: Placement | None = None,
+                 progress: Callable[[int, int], None] | None = None):
         super().__init__()
         self.denoiser, self.autoencoder = sr.denoiser, sr.autoencoder
-        self.sr, self.placement = sr, placement
+        self.sr, self.placement, self.progress = sr, placement, progress
         self.settings: dict[str, Any] = dict(seed=seed, color_fix=color_fix, noise="tileable",
                                              strength=strength if sr.knob is not None else None,
                                              # a ResShift teacher's T steps, deterministic: no per-step noise
@@ -52,7 +54,7 @@ class OneStepModule(torch.nn.Module):
         sr.check_options(**self.settings)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        out = self.sr.upscale(image, **self.settings)
+        out = self.sr.upscale(image, progress=self.progress, **self.settings)
         return out.to(image.device, image.dtype)
 
     def to(self, *args: Any, **kwargs: Any) -> "OneStepModule":
@@ -65,9 +67,10 @@ class OneStepModule(torch.nn.Module):
 
 
 def describe(sr: OneStepSR, *, strength: float | None = 0.0, placement: Placement | None = None,
+             progress: Callable[[int, int], None] | None = None,
              architecture: Architecture | None = None) -> ImageModelDescriptor:
     """A spandrel ``ImageModelDescriptor`` around ``sr`` (its networks, not a copy)."""
-    module = OneStepModule(sr, strength=strength, placement=placement)
+    module = OneStepModule(sr, strength=strength, placement=placement, progress=progress)
     tags = [f"x{sr.scale}", sr.sampler, "pixel" if isinstance(sr.autoencoder, PixelSpaceAutoencoder) else "vq_f4"]
     return ImageModelDescriptor(
         module, module.state_dict(), architecture or ARCHITECTURE, purpose="SR", tags=[t for t in tags if t],

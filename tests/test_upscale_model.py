@@ -214,6 +214,9 @@ def test_the_adapter_node_makes_any_loaded_model_an_upscale_model(comfy):
     assert upscale_model.device == torch.device("cpu")  # left to ComfyUI, which offloads when it needs memory
     (node_out, _) = run_node(upscale, model=sinsr, image=image, noise="tileable")
     assert out.shape == (1, 96, 160, 3) and torch.allclose(out, node_out, atol=1e-6)
+    comfy.mm.interrupt_current_processing(True)  # Cancel: stops inside the call, at its first check
+    with pytest.raises(comfy.mm.InterruptProcessingException):
+        upscale_model(image.movedim(-1, 1))
     with refused("strength 0.5 needs a model with a restoration-strength knob"):
         run_node(adapter, model=sinsr, strength=0.5)
     (bundled,) = run_node(load, model_name="onestep_default (bundled)")
