@@ -42,7 +42,7 @@ from .registry import REGISTRY_FILE, RegistryEntry, UnknownModelError, get_entry
 from .samplers import prior_noise
 from .schedule import SCHEDULE_T4, SCHEDULE_T15, ResShiftSchedule
 from .strength import AUTO, Strength, StrengthKnob, check_strength, resolve_strengths
-from .tiling import bicubic_crop
+from .tiling import bicubic_crop, upscale_alpha
 
 log = logging.getLogger("onestep_sr")
 
@@ -373,7 +373,7 @@ class OneStepSR(LatentStages):
             color_fix_buffer(rgb, lambda r0, r1: bicubic_crop(source.rgb, self.scale, r0, r1, 0,
                                                               rgb.shape[1]).clamp(0, 1), job.color_fix, band_rows=BAND_ROWS)
         native = self.scale ** passes
-        alpha = None if item.alpha is None else upscale_alpha(item.alpha, item.out_dtype, native)
+        alpha = None if item.alpha is None else upscale_alpha(item.alpha, item.out_dtype, native, BAND_ROWS)
         if job.scale != native:
             size = (max(1, round(w * job.scale)), max(1, round(h * job.scale)))
             rgb = resize_array(rgb, size)
@@ -455,14 +455,3 @@ class OneStepSR(LatentStages):
             yield
         finally:
             self.denoiser, self.autoencoder = (m.to(d) for m, d in zip(kept, dtypes))
-
-
-def upscale_alpha(alpha: torch.Tensor, out_dtype: np.dtype, scale: int = SCALE) -> np.ndarray:
-    """Alpha (1 x 1 x h x w in [0, 1]) upscaled x``scale`` with bicubic, clamped, band by band."""
-    h, w = alpha.shape[-2:]
-    out = np.empty((scale * h, scale * w), dtype=out_dtype)
-    for r0 in range(0, scale * h, BAND_ROWS):
-        r1 = min(scale * h, r0 + BAND_ROWS)
-        rows = bicubic_crop(alpha.float(), scale, r0, r1, 0, scale * w).clamp(0, 1)
-        out[r0:r1] = from_unit_float(rows[0, 0], out_dtype)
-    return out

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .imageio import from_unit_float
 
 TileFn = Callable[[int, int, int, int], torch.Tensor]
 EmitFn = Callable[[int, torch.Tensor], None]
@@ -150,3 +153,14 @@ def bicubic_crop(image: torch.Tensor, scale: int, oy0: int, oy1: int, ox0: int, 
     up = F.interpolate(patch, scale_factor=scale, mode="bicubic", align_corners=False)
     # an edge of the crop that is not the image edge must not be clamped: it has real context
     return up[..., oy0 - iy0 * scale:oy1 - iy0 * scale, ox0 - ix0 * scale:ox1 - ix0 * scale]
+
+
+def upscale_alpha(alpha: torch.Tensor, out_dtype: np.dtype, scale: int, band_rows: int) -> np.ndarray:
+    """Alpha (1 x 1 x h x w in [0, 1]) upscaled x``scale`` with bicubic, clamped, band by band."""
+    h, w = alpha.shape[-2:]
+    out = np.empty((scale * h, scale * w), dtype=out_dtype)
+    for r0 in range(0, scale * h, band_rows):
+        r1 = min(scale * h, r0 + band_rows)
+        rows = bicubic_crop(alpha.float(), scale, r0, r1, 0, scale * w).clamp(0, 1)
+        out[r0:r1] = from_unit_float(rows[0, 0], out_dtype)
+    return out
