@@ -13,6 +13,7 @@ with ``POST /prompt`` and its outputs checked. Without ``COMFYUI_DIR`` the whole
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import urllib.request
 import uuid
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -329,6 +330,38 @@ def base_dir(comfyui, sd_checkpoint, tmp_path_factory) -> Path:
     return base
 
 
+@contextlib.contextmanager
+def running_server(command: list[str], checkout: Path, base: Path, pack: str) -> Iterator[Server]:
+    """Start ComfyUI with ``command`` (offline, our models folder variable dropped, its log in
+    ``base``), wait until it answers, yield its :class:`Server`; stop it afterwards."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ONESTEP_SR_MODELS", "HF_HUB_OFFLINE")}
+    env.update(ONESTEP_SR_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+    log = base / "comfyui.log"
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(command, cwd=checkout, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    srv = Server(f"http://127.0.0.1:{command[command.index('--port') + 1]}", process, log, base / "output", pack)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert srv.alive(), f"ComfyUI exited during start-up (code {process.returncode}):\n{srv.log_tail()}"
+            try:
+                srv.request("/system_stats", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                assert time.monotonic() < deadline, f"ComfyUI not ready after {START_TIMEOUT} s:\n{srv.log_tail()}"
+                time.sleep(0.5)
+        yield srv
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def server(comfyui, base_dir) -> Server:
     checkout, python, flags = comfyui
@@ -355,34 +388,12 @@ def server(comfyui, base_dir) -> Server:
                 command += [f"--{name}-directory", str(base_dir / name)]
     if {"--disable-all-custom-nodes", "--whitelist-custom-nodes"} <= flags:
         command += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", pack_folder]
-    env = {k: v for k, v in os.environ.items() if k not in ("ONESTEP_SR_MODELS", "HF_HUB_OFFLINE")}
-    env.update(ONESTEP_SR_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
-    log = base_dir / "comfyui.log"
     started = time.perf_counter()
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(command, cwd=checkout, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-    srv = Server(f"http://127.0.0.1:{port}", process, log, base_dir / "output", pack_folder)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert srv.alive(), f"ComfyUI exited during start-up (code {process.returncode}):\n{srv.log_tail()}"
-            try:
-                srv.request("/system_stats", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                assert time.monotonic() < deadline, f"ComfyUI not ready after {START_TIMEOUT} s:\n{srv.log_tail()}"
-                time.sleep(0.5)
-        print(f"\n[real ComfyUI] started in {time.perf_counter() - started:.1f} s on port {port} ({checkout})")
-        yield srv
+        with running_server(command, checkout, base_dir, pack_folder) as srv:
+            print(f"\n[real ComfyUI] started in {time.perf_counter() - started:.1f} s on port {port} ({checkout})")
+            yield srv
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
         if installed is not None and (installed.is_symlink() or installed.exists()):
             installed.unlink() if installed.is_symlink() else shutil.rmtree(installed)
 

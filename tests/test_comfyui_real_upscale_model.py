@@ -21,15 +21,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from test_comfyui_real import (COMFYUI_DIR, SD_CHECKPOINT, START_TIMEOUT, Server, _free_port, _input_image,  # noqa: F401
-                               _link_or_copy, _onestep_models, _options, comfyui, sd_checkpoint)
+from test_comfyui_real import (COMFYUI_DIR, SD_CHECKPOINT, Server, _free_port, _input_image,  # noqa: F401
+                               _link_or_copy, _onestep_models, _options, comfyui, running_server, sd_checkpoint)
 
 ROOT = Path(__file__).resolve().parents[1]
 USDU_DIR = os.environ.get("ULTIMATE_SD_UPSCALE_DIR", "").strip()
@@ -143,31 +142,8 @@ def up_server(comfyui, up_base) -> Server:
     command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
                "--base-directory", str(up_base), "--disable-all-custom-nodes", "--whitelist-custom-nodes", *packs]
     command += ["--database-url", "sqlite:///:memory:"] if "--database-url" in flags else []
-    env = {k: v for k, v in os.environ.items() if k not in ("ONESTEP_SR_MODELS", "HF_HUB_OFFLINE")}
-    env.update(ONESTEP_SR_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
-    log = up_base / "comfyui.log"
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(command, cwd=checkout, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-    server = Server(f"http://127.0.0.1:{port}", process, log, up_base / "output", PACK)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert server.alive(), f"ComfyUI exited during start-up:\n{server.log_tail()}"
-            try:
-                server.request("/system_stats", timeout=5)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"ComfyUI not ready after {START_TIMEOUT} s:\n{server.log_tail()}"
-                time.sleep(0.5)
+    with running_server(command, checkout, up_base, PACK) as server:
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
