@@ -198,8 +198,10 @@ def main(argv: list[str] | None = None) -> dict:
             diff = f", vs fp32 max {v['fp16_vs_fp32']['max_abs']:.3g}" if "fp16_vs_fp32" in v else ""
             print(f"{name:8} {key:11} {v['seconds']:8.3f} s -> {v['output'][0]}x{v['output'][1]}{peak}{diff}", flush=True)
     report["total_seconds"] = time.perf_counter() - started
+    from onestep_sr.checkpoint import atomic_write_text
+
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    atomic_write_text(args.out, json.dumps(report, indent=1))
     print(f"wrote {args.out} ({report['total_seconds']:.0f} s)")
     return report
 

@@ -211,7 +211,9 @@ def main() -> None:
         measured = [] if args.table_only else measure(args)
     rows = table()
     print(markdown(rows))
-    results.write_text(json.dumps({"measured": measured, "table": rows}, indent=1))
+    from onestep_sr.checkpoint import atomic_write_text
+
+    atomic_write_text(results, json.dumps({"measured": measured, "table": rows}, indent=1))
 
 
 if __name__ == "__main__":

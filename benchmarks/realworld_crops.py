@@ -8,11 +8,9 @@ upscaled x4 by bicubic, strength 0, auto and strength 1, beside the original. Wr
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
@@ -20,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onestep_sr import load_model  # noqa: E402
+from onestep_sr.imageio import write_image_atomic  # noqa: E402
 from training.common.evaluate import bicubic_upsample, load_rgb  # noqa: E402
 from training.common.metrics import psnr_y  # noqa: E402
 from training.common.realworld import lr_maker  # noqa: E402
@@ -71,11 +70,8 @@ def main() -> None:
             sheet.paste(crop, (110 + c * (cell + pad), top))
             if "auto (" in name:
                 draw.text((110 + c * (cell + pad) + 3, top + 3), name[5:-1].strip("()"), fill="yellow", font=font)
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG", optimize=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_bytes(buffer.getvalue())
-    print(f"wrote {args.out} ({len(buffer.getvalue()) / 1e3:.0f} KB, {sheet.size[0]}x{sheet.size[1]})")
+    write_image_atomic(sheet, args.out)
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e3:.0f} KB, {sheet.size[0]}x{sheet.size[1]})")
 
 
 if __name__ == "__main__":
