@@ -29,6 +29,7 @@ from .options import OptionError
 Strength = Union[float, str]
 AUTO = "auto"
 CACHE_SIZE = 8
+CACHE_BYTES = 256 * 2**20  # and at most this much (a full-size network's sets are ~0.5 GB each)
 QUANTUM = 0.05  # auto strengths are rounded to this grid, so the weight cache serves many images
 
 # (measure value, strength) knots, strength rising with the measure; below the first knot 0,
@@ -91,7 +92,8 @@ def interpolate(clean: Mapping[str, torch.Tensor], restoration: Mapping[str, tor
 
 class StrengthKnob:
     """Holds both ends (CPU, fp32) and loads theta(s) into a network on request; the interpolated
-    sets are cached per strength (the last ``CACHE_SIZE``)."""
+    sets are cached per strength (the last ``CACHE_SIZE``, within ``CACHE_BYTES``; the newest is
+    always kept)."""
 
     def __init__(self, clean: Mapping[str, torch.Tensor], restoration: Mapping[str, torch.Tensor]):
         self.clean = {k: v.detach().cpu().float() if v.is_floating_point() else v.cpu() for k, v in clean.items()}
@@ -104,7 +106,8 @@ class StrengthKnob:
     def weights(self, strength: float) -> dict[str, torch.Tensor]:
         if strength not in self.cache:
             self.cache[strength] = interpolate(self.clean, self.restoration, strength)
-            while len(self.cache) > CACHE_SIZE:
+            size = sum(v.numel() * v.element_size() for v in self.clean.values())
+            while len(self.cache) > 1 and (len(self.cache) > CACHE_SIZE or len(self.cache) * size > CACHE_BYTES):
                 self.cache.popitem(last=False)
         self.cache.move_to_end(strength)
         return self.cache[strength]

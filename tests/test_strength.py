@@ -143,3 +143,16 @@ def test_the_latent_stages_apply_the_strength_like_upscale(photo_lr):
     assert torch.allclose(staged, direct, atol=1e-5)
     model.decode(model.sample(model.encode(noisy), strength=1.0))
     assert model.last_strengths == [1.0]
+
+
+def test_the_weight_cache_is_bounded_by_count_and_bytes(monkeypatch):
+    import onestep_sr.strength as S
+
+    a, b = {"w": torch.zeros(256)}, {"w": torch.ones(256)}  # 1 KiB per set
+    knob = StrengthKnob(a, b)
+    for i in range(12):
+        knob.weights(i / 20)
+    assert list(knob.cache) == [i / 20 for i in range(4, 12)]  # the last CACHE_SIZE
+    monkeypatch.setattr(S, "CACHE_BYTES", 3 * 1024)
+    knob.weights(0.9)
+    assert list(knob.cache) == [0.5, 0.55, 0.9] and torch.allclose(knob.weights(0.9)["w"], torch.full((256,), 0.9))
