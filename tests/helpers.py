@@ -46,3 +46,16 @@ def wave_images(folder: Path, count: int = 3, size: int = 96) -> Path:
         img = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (xx * (i + 1) + yy * c)) for c in (0.5, 1.0, 1.5)], -1)
         Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"im{i}.png")
     return folder
+
+
+def spy_strengths(monkeypatch, engine_class) -> list:
+    """The ``strength`` keyword each ``engine_class.upscale`` call is given (the engine's
+    ``OneStepSR`` as a host imports it), in call order."""
+    original, seen = engine_class.upscale, []
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("strength"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine_class, "upscale", spy)
+    return seen

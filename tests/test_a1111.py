@@ -16,6 +16,7 @@ from PIL import Image
 
 import webui_fake
 from onestep_sr import load_model
+from helpers import spy_strengths
 
 ROOT = webui_fake.ROOT
 TINY, TEACHER, SINSR = webui_fake.TINY, webui_fake.TEACHER, webui_fake.SINSR
@@ -327,14 +328,7 @@ def _strengths_given(monkeypatch) -> list:
     """The ``strength`` each engine upscale call of the extension is given."""
     from onestep_sr_webui.onestep_sr.model import OneStepSR
 
-    original, seen = OneStepSR.upscale, []
-
-    def spy(self, *args, **kwargs):
-        seen.append(kwargs.get("strength"))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(OneStepSR, "upscale", spy)
-    return seen
+    return spy_strengths(monkeypatch, OneStepSR)
 
 
 def _bundled_engine():

@@ -23,6 +23,7 @@ from onestep_sr.app.service import AppService, Cancelled, Settings
 from onestep_sr.model import load_model
 from onestep_sr.model_info import ModelInfo, save_model
 from onestep_sr.models import DenoiserConfig, build_denoiser
+from helpers import spy_strengths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -279,14 +280,7 @@ def write_noisy(path: Path, size=(24, 16), seed=2) -> Path:
 def strengths_given(monkeypatch) -> list:
     from onestep_sr.model import OneStepSR
 
-    original, seen = OneStepSR.upscale, []
-
-    def spy(self, *args, **kwargs):
-        seen.append(kwargs.get("strength"))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(OneStepSR, "upscale", spy)
-    return seen
+    return spy_strengths(monkeypatch, OneStepSR)
 
 
 def test_only_the_bundled_model_has_the_strength_knob(service):

@@ -22,6 +22,7 @@ from comfy_pack import ROOT, ValidationError, refused, run_node
 from onestep_sr import load_model
 from onestep_sr.colorfix import color_fix_towards
 from onestep_sr.models import AutoencoderConfig, DenoiserConfig, build_autoencoder, build_denoiser
+from helpers import spy_strengths
 
 DENOISER_FILE = "tiny_sinsr.safetensors"
 ALL_NODES = {"OneStepSR_LoadModel", "OneStepSR_Upscale", "OneStepSR_Encode", "OneStepSR_ResShiftSampler",
@@ -533,15 +534,7 @@ def _clean_and_noisy(h: int = 24, w: int = 32) -> torch.Tensor:
 
 def _requested_strengths(monkeypatch) -> list:
     """The ``strength`` each engine upscale call of the pack is given."""
-    engine_class = sys.modules["onestep_sr_pack.onestep_sr.model"].OneStepSR
-    original, seen = engine_class.upscale, []
-
-    def spy(self, *args, **kwargs):
-        seen.append(kwargs.get("strength"))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(engine_class, "upscale", spy)
-    return seen
+    return spy_strengths(monkeypatch, sys.modules["onestep_sr_pack.onestep_sr.model"].OneStepSR)
 
 
 def test_the_strength_widgets_are_optional_with_auto_as_default(comfy):
