@@ -159,10 +159,10 @@ def tiled_x0_predictor(denoiser: SwinUNetDenoiser, schedule: ResShiftSchedule, l
                        tiling: Tiling, on_tile: TileCallback | None = None):
     """x0-predictor over the whole latent that runs the denoiser on feathered tiles."""
     h, w = lq_padded.shape[-2:]
-    grid = TileGrid(h, w, tiling.tile, tiling.overlap)
     multiple = denoiser.config.latent_multiple
-    if grid.tile_h % multiple or grid.tile_w % multiple:
+    if min(tiling.tile, h) % multiple or min(tiling.tile, w) % multiple:
         raise ValueError(f"denoiser tile {tiling.tile} must be a multiple of {multiple}")
+    grid = TileGrid(h, w, tiling.tile, tiling.overlap, multiple=multiple)  # fitted: no work wasted on overlap
 
     def predict(x_t: torch.Tensor, t: int) -> torch.Tensor:
         def run(y: int, x: int, th: int, tw: int) -> torch.Tensor:

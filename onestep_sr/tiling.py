@@ -62,34 +62,54 @@ def _axis_weights(starts: list[int], tile: int, overlap: int, length: int, scale
     return [(w / total[s * scale:(s + tile) * scale]).float() for s, w in zip(starts, raw)]
 
 
+def fitted_tile(length: int, tile: int, overlap: int, multiple: int) -> int:
+    """The smallest tile side, a multiple of ``multiple`` and at most ``tile``, that covers
+    ``length`` with as many tiles as ``tile`` itself needs. Fixed-size tiles waste work when the
+    last one is mostly overlap (1024 = 4 x 256 needs 5 tiles of 256 with a 32 overlap: 1280
+    computed; 5 of 232 compute 1160); fitting keeps the count and the memory bound of one tile."""
+    if tile >= length:
+        return length
+    count = len(tile_starts(length, tile, overlap))
+    needed = -(-(length + (count - 1) * overlap) // count)
+    return min(tile, -(-needed // multiple) * multiple)
+
+
 @dataclass(frozen=True)
 class TileGrid:
-    """Tiles of ``tile`` x ``tile`` (clipped to the plane) over ``height`` x ``width``."""
+    """Tiles of ``tile`` x ``tile`` (clipped to the plane) over ``height`` x ``width``. With
+    ``multiple`` > 0 each axis's tiles are shrunk to the :func:`fitted_tile` (a multiple of it)."""
 
     height: int
     width: int
     tile: int
     overlap: int
+    multiple: int = 0
 
     def __post_init__(self) -> None:
-        if self.tile < 1 or self.overlap < 0:
-            raise ValueError(f"tile must be >= 1 and overlap >= 0, got {self.tile} and {self.overlap}")
+        if self.tile < 1 or self.overlap < 0 or self.multiple < 0:
+            raise ValueError(f"tile must be >= 1 and overlap, multiple >= 0, got {self.tile}, {self.overlap}, "
+                             f"{self.multiple}")
+
+    def _side(self, length: int) -> int:
+        if self.multiple:
+            return fitted_tile(length, self.tile, self.overlap, self.multiple)
+        return min(self.tile, length)
 
     @property
     def tile_h(self) -> int:
-        return min(self.tile, self.height)
+        return self._side(self.height)
 
     @property
     def tile_w(self) -> int:
-        return min(self.tile, self.width)
+        return self._side(self.width)
 
     @cached_property
     def ys(self) -> list[int]:
-        return tile_starts(self.height, self.tile, self.overlap)
+        return tile_starts(self.height, self.tile_h, self.overlap)
 
     @cached_property
     def xs(self) -> list[int]:
-        return tile_starts(self.width, self.tile, self.overlap)
+        return tile_starts(self.width, self.tile_w, self.overlap)
 
     def __len__(self) -> int:
         return len(self.ys) * len(self.xs)

@@ -12,7 +12,7 @@ from torch import nn
 
 from onestep_sr.pipeline import Tiling, super_resolve_rows, unit_to_model
 from onestep_sr.schedule import SCHEDULE_T15
-from onestep_sr.tiling import TileGrid, bicubic_crop, blend_tiles, blend_to_tensor, tile_starts
+from onestep_sr.tiling import TileGrid, bicubic_crop, blend_tiles, blend_to_tensor, fitted_tile, tile_starts
 
 
 @pytest.mark.parametrize("length, tile, overlap", [(64, 64, 16), (200, 64, 16), (130, 64, 0), (37, 16, 5),
@@ -31,9 +31,27 @@ def test_overlap_must_be_smaller_than_tile():
         tile_starts(100, 16, 16)
 
 
+@pytest.mark.parametrize("length, tile, overlap, multiple, fitted", [
+    (1024, 256, 32, 4, 232),  # 5 tiles either way: (1024 + 4 * 32) / 5 = 230.4 -> 232
+    (768, 256, 32, 4, 216),   # 4 tiles: (768 + 3 * 32) / 4 = 216
+    (512, 256, 32, 64, 192),  # an official model (multiple 64): 3 tiles of 192 instead of 3 of 256
+    (1024, 256, 32, 64, 256),  # already tight at a multiple of 64
+    (200, 256, 32, 4, 200),   # one tile: the plane itself
+])
+def test_fitted_tiles_keep_the_count_and_shrink_to_a_multiple(length, tile, overlap, multiple, fitted):
+    assert fitted_tile(length, tile, overlap, multiple) == fitted
+    grid = TileGrid(length, length, tile, overlap, multiple=multiple)
+    assert grid.tile_h == grid.tile_w == fitted and fitted % multiple == 0 or fitted == length
+    assert len(grid.ys) == len(tile_starts(length, tile, overlap))  # as many calls as fixed tiles
+    for a, b in zip(grid.ys, grid.ys[1:]):
+        assert b - a <= fitted - overlap  # still at least `overlap` shared
+    assert grid.ys[-1] + fitted == length
+
+
 @pytest.mark.parametrize("scale", [1, 4])
-def test_weights_are_a_positive_partition_of_unity(scale):
-    grid = TileGrid(150, 97, 48, 12)
+@pytest.mark.parametrize("multiple", [0, 4])
+def test_weights_are_a_positive_partition_of_unity(scale, multiple):
+    grid = TileGrid(150, 97, 48, 12, multiple=multiple)
     wys, wxs = grid.weights(scale)
     total = torch.zeros(grid.height * scale, grid.width * scale, dtype=torch.float64)
     for y, wy in zip(grid.ys, wys):
