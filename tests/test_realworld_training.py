@@ -90,3 +90,44 @@ def test_restore_needs_a_starting_model(tmp_path, capsys):
     data = image_folder(tmp_path / "data", size=(64, 64))
     assert main(["restore", "--data", str(data), "--out", str(tmp_path / "r"), "--no-progress"]) == 2
     assert "--init" in capsys.readouterr().err
+
+
+def test_the_adversarial_restore_trains_a_discriminator_and_resumes_it_exactly(tmp_path):
+    """``restore --gan-weight``: the discriminator moves, is saved in every checkpoint, and a run
+    resumed from a checkpoint ends with the same weights as one that was never interrupted (which
+    fails if the discriminator or its optimiser restarted from scratch)."""
+    import shutil
+
+    from training.cli import main
+    from training.resshift.adversarial import DISCRIMINATOR, DISCRIMINATOR_OPTIMIZER
+
+    data = image_folder(tmp_path / "data", size=(64, 64))
+
+    def run(out):
+        return main(["restore", "--init", str(BUNDLED), "--data", str(data), "--out", str(out), "--steps", "4",
+                     "--batch-size", "2", "--gt-size", "32", "--degradation", "realworld", "--gan-weight", "0.1",
+                     "--log-every", "1", "--save-every", "2", "--lr", "1e-3", "--no-progress"])
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run(straight) == 0
+    step2 = straight / "checkpoints" / "step-2"
+    assert (step2 / DISCRIMINATOR).is_file() and (step2 / DISCRIMINATOR_OPTIMIZER).is_file()
+    d2, d4 = load_file(step2 / DISCRIMINATOR), load_file(straight / "checkpoints" / "step-4" / DISCRIMINATOR)
+    assert any(not torch.equal(d2[k], d4[k]) for k in d2)  # the discriminator is trained
+    header = (straight / "log.csv").read_text().splitlines()[0]
+    assert "loss_adversarial" in header and "loss_discriminator" in header and "loss_l1" in header
+    assert run(resumed) == 0
+    shutil.rmtree(resumed / "checkpoints" / "step-4")
+    (resumed / "model.safetensors").unlink()
+    assert run(resumed) == 0  # continues from step 2
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_gan_weight_is_checked(tmp_path, capsys):
+    from training.cli import main
+
+    data = image_folder(tmp_path / "data", size=(64, 64))
+    assert main(["restore", "--init", str(BUNDLED), "--data", str(data), "--out", str(tmp_path / "r"),
+                 "--gan-weight", "-1", "--no-progress"]) == 2
+    assert "--gan-weight" in capsys.readouterr().err

@@ -60,7 +60,9 @@ _HELP = {
     "lambda_inverse": "sinsr: weight of L_inverse (the student at t = 0 maps the teacher's output back to x_T)",
     "lambda_gt": "sinsr: weight of L_gt (the x_T the student assigns to the ground truth maps back onto it; "
                  "default 1); yonos: weight of an extra MSE to the ground truth (default 0: the paper's loss)",
-    "init": "resshift: start from these weights", "mixed_precision": "no, fp16 or bf16 (GPU)",
+    "init": "resshift: start from these weights",
+    "gan_weight": "restore: weight of an adversarial term (a U-Net discriminator with spectral norm, trained from "
+                  "scratch; the pixel loss becomes L1); 0: none", "mixed_precision": "no, fp16 or bf16 (GPU)",
     "seed": "seed of the pairs, timesteps and noise", "log_every": "steps between log.csv rows",
     "save_every": "steps between checkpoints", "keep": "checkpoints kept",
 }
@@ -93,6 +95,8 @@ def _applies(name: str, mode: str) -> bool:
         return mode == "sinsr"
     if name == "last_step_weight":
         return mode == "yonos"
+    if name == "gan_weight":
+        return mode == "restore"
     return True
 
 
@@ -238,7 +242,7 @@ def run(args: argparse.Namespace, prog: str) -> int:
 
         path = run_rounds(config, args.rounds, progress=not args.no_progress)[-1]
     else:
-        path = Run(config).train(progress=not args.no_progress)
+        path = Run.for_config(config).train(progress=not args.no_progress)
     if is_main_process():
         print(f"exported {path} (+ {path.with_suffix('.json').name}); load it with onestep_sr.load_model({str(path)!r})")
     return 0
