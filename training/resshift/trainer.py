@@ -50,6 +50,12 @@ ARCHS = {
     # correction of the bicubic upsampled LR image; pixel space only
     "compact": dict(model_channels=32, channel_mult=(1,), num_res_blocks=(3,), attention_resolutions=(),
                     mid_attention=False, residual="lq_bicubic", image_size=64),
+    # the bundled default model since 0.3 (issue 28): compact's width, three levels (LR, 1/2, 1/4)
+    # instead of one. 5x the parameters (1.67 M) and ~4x the receptive field at about the same CPU
+    # time per pixel (benchmarks/bench_default_model.py), so a blind restoration end can see enough
+    # context to tell noise and JPEG blocks from texture
+    "compact_unet": dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=(2, 2, 2),
+                         attention_resolutions=(), mid_attention=False, residual="lq_bicubic", image_size=64),
     "official": {},
 }
 
@@ -83,6 +89,7 @@ class TrainConfig:
     last_step_weight: float = 0.25  # yonos: share of samples at t = T-1, the step a one-step sampler calls
     multiscale_loss: bool = False  # x0 terms measured at 1, 1/2, 1/4, 1/8 resolution (simple diffusion's multiscale loss)
     init: str | None = None  # resshift: start from these weights
+    gan_weight: float = 0.0  # restore: > 0 adds the adversarial term (resshift/adversarial.py), L1 instead of MSE
     mixed_precision: str = "no"  # "no", "fp16", "bf16" (GPU)
     seed: int = 0
     log_every: int = 10
@@ -97,6 +104,10 @@ class TrainConfig:
             raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.mode == "restore" and not self.init:
             raise ValueError("restore fine-tunes a one-step model: give it with --init")
+        if not (self.gan_weight >= 0 and math.isfinite(self.gan_weight)):
+            raise ValueError(f"--gan-weight must be 0 or more, got {self.gan_weight}")
+        if self.gan_weight and self.mode != "restore":
+            raise ValueError("--gan-weight applies to restore only")
         if self.mode in DISTILLING and not self.teacher:
             raise ValueError(f"{self.mode} distillation needs --teacher (a trained ResShift checkpoint)")
         if self.lambda_gt is None:
@@ -291,6 +302,15 @@ class Run:
         return path
 
     # --- steps ---
+
+    @staticmethod
+    def for_config(config: TrainConfig) -> "Run":
+        """The run of ``config``: an adversarial one for ``restore --gan-weight W``."""
+        if config.gan_weight:
+            from .adversarial import AdversarialRun
+
+            return AdversarialRun(config)
+        return Run(config)
 
     def _inputs(self, lq: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(y = Enc(bicubic x``scale`` of lq), the LR condition) for ``lq`` in [0, 1]."""
