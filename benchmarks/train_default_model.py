@@ -127,6 +127,28 @@ def restoration_record(args: argparse.Namespace, out: Path, clean: Path, restora
     }
 
 
+def adversarial_stage(args: argparse.Namespace, out: Path, clean: Path, restoration: Path, data: Path) -> dict:
+    """Issue 28 item 5, measured and not installed: the restoration end fine-tuned with an
+    adversarial term (``train restore --gan-weight``), then the knob's table with it as the far
+    end (bench_realworld). Its crops: benchmarks/realworld_crops.py --gan out/gan/model.safetensors."""
+    from bench_realworld import goals, report, run
+
+    config = TrainConfig(mode="restore", out=str(out / "gan"), init=str(restoration), data=str(data),
+                         degradation="realworld", augment="all", gt_size=args.gt_size, steps=args.gan_steps,
+                         batch_size=args.batch_size, lr=args.gan_lr, warmup=0, lr_decay="none", ema=0.999,
+                         gan_weight=args.gan_weight, log_every=50, save_every=100, seed=2)
+    gan = Run.for_config(config).train()
+    started = time.perf_counter()
+    result = run(str(clean), str(gan), args.val, args.seed)
+    print(f"adversarial variant {gan} as the far end; PSNR-Y dB (gain over bicubic):")
+    print("\n".join(report(result)))
+    return {"steps": args.gan_steps, "gan_weight": args.gan_weight, "lr": args.gan_lr, "init": str(restoration),
+            "loss": "L1 + gan_weight x BCE of a U-Net discriminator (spectral norm, from scratch)",
+            "wall_seconds": {"training": stage_seconds(out / "gan" / "log.csv"),
+                             "evaluation": time.perf_counter() - started},
+            "results": result, "goals": goals(result)}
+
+
 def install_restoration(restoration: Path, record: dict | None, record_path: Path | None) -> None:
     """Copy the restoration end beside the bundled model (and its record when given)."""
     from onestep_sr.model import BUNDLED_RESTORATION
@@ -176,6 +198,11 @@ def main() -> None:
     restore.add_argument("--photo-repeats", type=int, default=4,
                          help="each train photo is listed this many times, so photos and dead-leaves images are "
                               "drawn about equally often")
+    gan = parser.add_argument_group("the adversarial variant (issue 28 item 5; measured, not installed)")
+    gan.add_argument("--gan-steps", type=int, default=0, help="adversarial fine-tune steps of the restoration end "
+                                                               "(0: skip)")
+    gan.add_argument("--gan-weight", type=float, default=0.05)
+    gan.add_argument("--gan-lr", type=float, default=5e-5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -199,6 +226,8 @@ def main() -> None:
                                   steps=args.restore_steps, batch_size=args.batch_size, lr=args.restore_lr, warmup=50,
                                   lr_decay="cosine", ema=0.999, log_every=50, save_every=100, seed=1)).train()
     restored = restoration_record(args, out, student, restoration)
+    if args.gan_steps:
+        restored["adversarial"] = adversarial_stage(args, out, student, restoration, data)
     if args.clean:  # the clean end exists: add the restoration end to its record
         record_path = BUNDLED_MODELS["onestep_default"].with_name("onestep_default_x4.training.json")
         record = json.loads(record_path.read_text())
