@@ -1,0 +1,39 @@
+"""benchmarks/train_default_model.py end to end at toy size: teacher, student, the restoration end
+and the adversarial variant are trained, measured and recorded (one resumable command, issue 28
+item 6), and a second run of the same command resumes everything instead of training again."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers import REPO, image_folder
+
+
+def test_the_recipe_trains_both_ends_and_the_adversarial_variant_and_records_them(tmp_path):
+    train = image_folder(tmp_path / "train", count=2, size=(64, 64))
+    val = image_folder(tmp_path / "val", count=1, size=(64, 48))
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "train_default_model.py"), "--out", str(out),
+           "--train", str(train), "--val", str(val), "--teacher-steps", "2", "--student-steps", "2",
+           "--restore-steps", "2", "--gan-steps", "2", "--batch-size", "2", "--student-batch-size", "2",
+           "--gt-size", "32", "--dead-leaves", "2", "--dead-leaves-size", "64", "--photo-repeats", "1",
+           "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for stage in ("teacher", "student", "restoration", "gan"):
+        assert (out / stage / "model.safetensors").is_file(), stage
+    record = json.loads((out / "record.json").read_text())
+    assert record["teacher"]["arch"] == "compact_unet"
+    restoration = record["restoration"]
+    assert set(restoration["results"]["kinds"]) == {"clean", "jpeg75", "noise8_jpeg90", "realesrgan"}
+    adversarial = restoration["adversarial"]
+    assert adversarial["steps"] == 2 and adversarial["gan_weight"] > 0
+    assert set(adversarial["results"]["kinds"]["clean"]["rows"]) == {"0.0", "0.25", "0.5", "0.75", "1.0", "auto"}
+    assert "adversarial variant" in first.stdout
+    stamp = (out / "gan" / "checkpoints" / "step-2" / "model.safetensors").stat().st_mtime_ns
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "gan" / "checkpoints" / "step-2" / "model.safetensors").stat().st_mtime_ns == stamp  # resumed
