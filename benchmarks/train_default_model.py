@@ -201,8 +201,8 @@ def main() -> None:
     gan = parser.add_argument_group("the adversarial variant (issue 28 item 5; measured, not installed)")
     gan.add_argument("--gan-steps", type=int, default=0, help="adversarial fine-tune steps of the restoration end "
                                                                "(0: skip)")
-    gan.add_argument("--gan-weight", type=float, default=0.05)
-    gan.add_argument("--gan-lr", type=float, default=5e-5)
+    gan.add_argument("--gan-weight", type=float, default=0.1, help="Real-ESRGAN's GAN weight (0.1)")
+    gan.add_argument("--gan-lr", type=float, default=1e-4, help="Real-ESRGAN's GAN-stage lr (1e-4), constant")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
