@@ -38,6 +38,7 @@ from onestep_sr.model import BUNDLED_MODELS  # noqa: E402
 from training.common.degradations import bicubic_degrade  # noqa: E402
 from training.common.evaluate import evaluate_folder, list_images, load_rgb, summarise  # noqa: E402
 from training.common.metrics import psnr_y  # noqa: E402
+from training.common.realworld import MIXTURES  # noqa: E402
 from training.common.runs import stage_seconds  # noqa: E402
 from training.resshift.trainer import Run, TrainConfig  # noqa: E402
 
@@ -116,8 +117,9 @@ def restoration_record(args: argparse.Namespace, out: Path, clean: Path, restora
         "command": "OMP_WAIT_POLICY=PASSIVE python " + " ".join(sys.argv),
         "init": str(clean), "steps": args.restore_steps, "batch_size": args.batch_size, "gt_size": args.gt_size,
         "lr": args.restore_lr, "loss": "MSE of the one-step output against the ground truth (train restore)",
-        "degradation": "realworld (training/common/realworld.py: 15% clean bicubic, 40% noisy JPEG photo, "
-                       "20% mild and 25% full Real-ESRGAN second order)",
+        "degradation": f"{args.restore_degradation} (training/common/realworld.py, shares of clean bicubic, noisy "
+                       f"JPEG photo and mild Real-ESRGAN second order: {MIXTURES[args.restore_degradation]}; the "
+                       "rest: the full Real-ESRGAN second-order pipeline)",
         "data": {"photos": sorted(p.name for p in list_images(args.train)), "photo_repeats": args.photo_repeats,
                  "dead_leaves": {"files": dead, "size": args.dead_leaves_size, "seed": 0,
                                  "generator": "training/common/dead_leaves.py (colours from the train photos)"},
@@ -134,7 +136,8 @@ def adversarial_stage(args: argparse.Namespace, out: Path, clean: Path, restorat
     from bench_realworld import goals, report, run
 
     config = TrainConfig(mode="restore", out=str(out / "gan"), init=str(restoration), data=str(data),
-                         degradation="realworld", augment="all", gt_size=args.gt_size, steps=args.gan_steps,
+                         degradation=args.restore_degradation, augment="all", gt_size=args.gt_size,
+                         steps=args.gan_steps,
                          batch_size=args.batch_size, lr=args.gan_lr, warmup=0, lr_decay="none", ema=0.999,
                          gan_weight=args.gan_weight, log_every=50, save_every=100, seed=2)
     gan = Run.for_config(config).train()
@@ -191,7 +194,9 @@ def main() -> None:
                          help="start the restoration fine-tune from this clean one-step model instead of training "
                               "the teacher and student first (e.g. weights/onestep_default_x4.safetensors, "
                               "itself made by this script's first two stages)")
-    restore.add_argument("--restore-steps", type=int, default=5000)
+    restore.add_argument("--restore-steps", type=int, default=3000)
+    restore.add_argument("--restore-degradation", default="realworld_photo", choices=sorted(MIXTURES),
+                         help="the LR mixture (training/common/realworld.py)")
     restore.add_argument("--restore-lr", type=float, default=4e-4)
     restore.add_argument("--dead-leaves", type=int, default=40, help="dead-leaves images generated into the data")
     restore.add_argument("--dead-leaves-size", type=int, default=256)
@@ -222,7 +227,7 @@ def main() -> None:
                                   **common)).train()
     data = restoration_data(out / "data", Path(args.train), args.dead_leaves, args.dead_leaves_size, args.photo_repeats)
     restoration = Run(TrainConfig(mode="restore", out=str(out / "restoration"), init=str(student), data=str(data),
-                                  degradation="realworld", augment="all", gt_size=args.gt_size,
+                                  degradation=args.restore_degradation, augment="all", gt_size=args.gt_size,
                                   steps=args.restore_steps, batch_size=args.batch_size, lr=args.restore_lr, warmup=50,
                                   lr_decay="cosine", ema=0.999, log_every=50, save_every=100, seed=1)).train()
     restored = restoration_record(args, out, student, restoration)

@@ -12,7 +12,7 @@ from helpers import REPO, image_folder
 from onestep_sr.model_info import read_model_info
 from training.common import dead_leaves as DL
 from training.common.degradations import bicubic_degrade, jpeg
-from training.common.realworld import LR_KINDS, degrade_realworld, lr_maker
+from training.common.realworld import LR_KINDS, MIXTURES, degrade_realworld, lr_maker
 
 BUNDLED = REPO / "weights" / "onestep_default_x4.safetensors"
 
@@ -42,15 +42,33 @@ def test_dead_leaves_are_covered_reproducible_and_coloured_from_the_palette(tmp_
     assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == [f"dead_leaves_000{i}.png" for i in range(4)]
 
 
-def test_the_realworld_mixture_is_reproducible_and_includes_the_clean_downscale():
+@pytest.mark.parametrize("mixture", sorted(MIXTURES))
+def test_the_realworld_mixtures_are_reproducible_and_include_the_clean_downscale(mixture):
     g = torch.Generator().manual_seed(0)
     hr = torch.rand(3, 64, 64, generator=g)
-    outs = [degrade_realworld(hr, 4, np.random.default_rng(i)) for i in range(40)]
+    outs = [degrade_realworld(hr, 4, np.random.default_rng(i), mixture=mixture) for i in range(40)]
     assert all(o.shape == (3, 16, 16) and 0 <= o.min() and o.max() <= 1 for o in outs)
-    assert torch.equal(outs[5], degrade_realworld(hr, 4, np.random.default_rng(5)))
+    assert torch.equal(outs[5], degrade_realworld(hr, 4, np.random.default_rng(5), mixture=mixture))
     clean = bicubic_degrade(hr, 4)
     n_clean = sum(torch.equal(o, clean) for o in outs)
-    assert 1 <= n_clean <= 15  # 15 % of the draws (40 draws: 6 expected)
+    expected = 40 * MIXTURES[mixture][0]  # 15 % (realworld) or 25 % (realworld_photo) of the draws
+    assert expected / 3 <= n_clean <= expected * 2.5
+
+
+def test_the_photo_mixture_never_draws_the_full_pipeline(monkeypatch):
+    from training.common import realworld
+
+    def full(*args, **kwargs):
+        raise AssertionError("the full Real-ESRGAN pipeline was drawn")
+
+    monkeypatch.setattr(realworld, "degrade", lambda hr, scale, rng, config: (
+        full() if config is not realworld.MILD else bicubic_degrade(hr, scale)))
+    hr = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for i in range(200):
+        realworld.degrade_realworld(hr, 4, np.random.default_rng(i), mixture="realworld_photo")
+    with pytest.raises(AssertionError, match="full"):  # while realworld does draw it
+        for i in range(200):
+            realworld.degrade_realworld(hr, 4, np.random.default_rng(i), mixture="realworld")
 
 
 def test_the_val_kinds_are_what_they_say():

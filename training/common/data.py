@@ -17,9 +17,9 @@ from onestep_sr.imagefile import open_image
 from onestep_sr.imageio import ImageInputError
 
 from .degradations import DegradationConfig, bicubic_degrade, degrade, degrade_coupled
-from .realworld import degrade_realworld
+from .realworld import MIXTURES, degrade_realworld
 
-DEGRADATIONS = ("realesrgan", "bicubic", "realworld")  # realworld: see realworld.py
+DEGRADATIONS = ("realesrgan", "bicubic", *MIXTURES)  # realworld, realworld_photo: see realworld.py
 AUGMENTS = ("flip", "all")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -162,8 +162,8 @@ class PairDataset(torch.utils.data.Dataset):
         gt = gt.contiguous()
         if self.degradation == "bicubic":
             lq = bicubic_degrade(gt, self.scale)
-        elif self.degradation == "realworld":
-            lq = degrade_realworld(gt, self.scale, rng, self.config)
+        elif self.degradation in MIXTURES:
+            lq = degrade_realworld(gt, self.scale, rng, self.config, self.degradation)
         else:
             lq = degrade(gt, self.scale, rng, self.config)
         return lq.float(), gt.float(), source
@@ -200,7 +200,7 @@ class CoupledPairDataset(PairDataset):
 
     def __init__(self, *args, teacher_scale: int, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.degradation == "realworld":
+        if self.degradation in MIXTURES:
             raise ValueError("coupled pairs (scale distillation) support the bicubic and realesrgan degradations only")
         if self.gt_size % teacher_scale:
             raise ValueError(f"the GT crop ({self.gt_size}) must be a multiple of the teacher's scale ({teacher_scale})")
