@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/default_model")
     parser.add_argument("--train", default=str(IMAGES / "train"))
     parser.add_argument("--val", default=str(IMAGES / "val"))
-    parser.add_argument("--arch", default="compact_unet")
+    parser.add_argument("--arch", default="compact")
     parser.add_argument("--schedule", default="T4")
     parser.add_argument("--kappa", type=float, default=128.0)
     parser.add_argument("--min-noise-level", type=float, default=4.0,

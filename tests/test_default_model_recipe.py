@@ -26,7 +26,7 @@ def test_the_recipe_trains_both_ends_and_the_adversarial_variant_and_records_the
     for stage in ("teacher", "student", "restoration", "gan"):
         assert (out / stage / "model.safetensors").is_file(), stage
     record = json.loads((out / "record.json").read_text())
-    assert record["teacher"]["arch"] == "compact_unet"
+    assert record["teacher"]["arch"] == "compact"
     restoration = record["restoration"]
     assert set(restoration["results"]["kinds"]) == {"clean", "jpeg75", "noise8_jpeg90", "realesrgan"}
     adversarial = restoration["adversarial"]
