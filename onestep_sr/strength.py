@@ -35,10 +35,11 @@ QUANTUM = 0.05  # auto strengths are rounded to this grid, so the weight cache s
 # (measure value, strength) knots, strength rising with the measure; below the first knot 0,
 # above the last the last strength. Fitted by hand to the best strength per image and LR kind that
 # benchmarks/bench_realworld.py printed on the three val photos (clean LR: sigma ~3, blockiness
-# ~1.03 -> 0; JPEG q75: blockiness 1.08-1.20, best 0.25-0.75; sigma 8 + JPEG q90: sigma 7-10,
-# best 0.5-0.75; see docs/training.md). Three photos are too few for a held-out check.
+# ~1.03 -> 0; JPEG q75: blockiness 1.08-1.20, best 0.25-1; sigma 8 + JPEG q90: sigma 7-10,
+# best 0.5-1; refitted for the realworld_photo restoration end, whose full strength no longer
+# over-sharpens; see docs/training.md). Three photos are too few for a held-out check.
 AUTO_TABLE = {
-    "noise": ((3.5, 0.0), (4.5, 0.6), (7.0, 0.6), (10.0, 0.8)),
+    "noise": ((3.5, 0.0), (4.5, 0.6), (7.0, 0.6), (7.4, 0.8), (9.5, 1.0)),
     "blockiness": ((1.06, 0.0), (1.2, 0.5), (1.4, 0.8)),
 }
 
