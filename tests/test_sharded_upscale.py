@@ -162,3 +162,17 @@ def test_two_processes_write_what_one_writes_and_resume(tmp_path):
     assert run.returncode == 0, run.stderr
     assert outputs(two) == reference and (two / "1.png").stat().st_mtime == 1_000_000
     assert "3 of 5 outputs" in run.stderr and run.stdout.count(" -> ") == 1  # 0.png by process 0; 3.png by 1
+
+
+def test_outputs_written_by_another_process_of_this_run_are_not_counted_as_skipped(tmp_path):
+    """Process 0 counts the outputs that were there before the run; with several processes,
+    another one can write its first output before process 0 looks (a race CI met once)."""
+    from onestep_sr.cli.shard import STARTED, outputs_from_before
+
+    jobs = [(tmp_path / f"{i}.png", tmp_path / "out" / f"{i}.png") for i in range(3)]
+    (tmp_path / "out").mkdir()
+    for _, dst in jobs[:2]:
+        dst.write_bytes(b"x")
+    os.utime(jobs[0][1], (STARTED - 60, STARTED - 60))  # from an interrupted earlier run
+    os.utime(jobs[1][1], (STARTED + 1, STARTED + 1))    # written during this run by another process
+    assert outputs_from_before(jobs) == 1

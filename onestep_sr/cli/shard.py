@@ -73,6 +73,24 @@ class Shard:
         return requested
 
 
+# When this process started (near enough: when the CLI imported this module, before any model is
+# loaded). With several processes, another one can write its first output before process 0 counts
+# the outputs that were there already; those are newer than this.
+STARTED = time.time()
+
+
+def outputs_from_before(jobs: list[tuple[Path, Path]]) -> int:
+    """How many of the outputs of ``jobs`` existed before this run started (several processes
+    write into one folder: an output another process wrote in this run does not count)."""
+    count = 0
+    for _, dst in jobs:
+        try:
+            count += dst.is_file() and dst.stat().st_mtime < STARTED
+        except OSError:  # gone between the two looks
+            pass
+    return count
+
+
 def skip_existing(jobs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path]], int]:
     """(the jobs whose output file is not there yet, how many were skipped)."""
     todo = [(src, dst) for src, dst in jobs if not dst.is_file()]  # a folder there is no output

@@ -59,7 +59,7 @@ from ..pipeline import NonFiniteError
 from ..registry import UnknownModelError
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from .progress import TextBar
-from .shard import JobProgress, Shard, load_when_available, say, skip_existing, start_line
+from .shard import JobProgress, Shard, load_when_available, outputs_from_before, say, skip_existing, start_line
 
 FORMATS = ("png", "jpg", "webp", "tif")
 DTYPE_CHOICES = ("fp32", "fp16", "bf16")
@@ -368,7 +368,9 @@ def share(plan: Plan, args: argparse.Namespace) -> tuple[Shard, JobProgress | No
     resumable = plan.folder is not None and not args.overwrite
     progress = JobProgress([dst for _, dst in plan.jobs]) if shard.world > 1 else None
     if shard.main:
-        say(start_line(shard, len(plan.jobs), skip_existing(plan.jobs)[1] if resumable else 0, plan.folder))
+        # several processes: not what the others wrote in this run already
+        present = outputs_from_before(plan.jobs) if shard.world > 1 else skip_existing(plan.jobs)[1]
+        say(start_line(shard, len(plan.jobs), present if resumable else 0, plan.folder))
     if not shard.main:  # one voice: the others report failures only
         logging.getLogger("onestep_sr").setLevel(logging.WARNING)
     plan.jobs[:] = shard.mine(plan.jobs)
