@@ -149,3 +149,12 @@ def test_the_gan_weight_is_checked(tmp_path, capsys):
     assert main(["restore", "--init", str(BUNDLED), "--data", str(data), "--out", str(tmp_path / "r"),
                  "--gan-weight", "-1", "--no-progress"]) == 2
     assert "--gan-weight" in capsys.readouterr().err
+
+
+def test_the_adversarial_restore_refuses_several_processes_before_loading_anything(tmp_path, capsys, monkeypatch):
+    from training.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["restore", "--init", str(BUNDLED), "--data", str(tmp_path / "no_such_folder"), "--out",
+                 str(tmp_path / "r"), "--gan-weight", "0.1", "--no-progress"]) == 2
+    assert "one process" in capsys.readouterr().err  # not the missing data folder: checked first

@@ -10,6 +10,7 @@ and resumed with it. One process only (the discriminator's step is not synchroni
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -19,7 +20,6 @@ from onestep_sr.checkpoint import write_safetensors_atomic
 from onestep_sr.samplers import prior_sample
 
 from ..common.discriminator import UNetDiscriminator, discriminator_loss, generator_loss
-from ..common.distributed import global_rows
 from .losses import call
 from .trainer import Run, TrainConfig
 
@@ -31,13 +31,13 @@ class AdversarialRun(Run):
     def __init__(self, config: TrainConfig):
         if config.mode != "restore":
             raise ValueError("--gan-weight applies to restore only")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before any data or model is loaded
+            raise ValueError("the adversarial fine-tune runs in one process (its discriminator step is not "
+                             "synchronised): start it without torchrun / accelerate launch")
         torch.manual_seed(config.seed + 7)
         self.discriminator = UNetDiscriminator(D_FEATURES)
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=D_LR, betas=D_BETAS)
         super().__init__(config)
-        if self.accelerator.num_processes > 1:
-            raise ValueError("the adversarial fine-tune runs in one process (its discriminator step is not "
-                             "synchronised): start it without torchrun / accelerate launch")
         self.discriminator.to(self.accelerator.device)
 
     def _resume(self, model: torch.nn.Module) -> None:
@@ -47,27 +47,16 @@ class AdversarialRun(Run):
             self.discriminator.load_state_dict(load_file(str(folder / DISCRIMINATOR)))
             self.d_optimizer.load_state_dict(torch.load(folder / DISCRIMINATOR_OPTIMIZER, weights_only=True))
 
-    def save_checkpoint(self) -> Path:
-        final = super().save_checkpoint()
-        # written into the committed folder; state.json is rewritten last so a folder cut short
-        # here is not taken for complete (checkpoint_dirs needs state.json)
-        state = (final / "state.json").read_text()
-        (final / "state.json").unlink()
+    def save_extra(self, tmp: Path) -> None:
+        """The discriminator and its optimiser, in the staging folder (committed with the rest)."""
         write_safetensors_atomic({k: v.detach().cpu().contiguous() for k, v in self.discriminator.state_dict().items()},
-                                 {}, final / DISCRIMINATOR)
-        torch.save(self.d_optimizer.state_dict(), final / DISCRIMINATOR_OPTIMIZER)
-        (final / "state.json").write_text(state)
-        return final
+                                 {}, tmp / DISCRIMINATOR)
+        torch.save(self.d_optimizer.state_dict(), tmp / DISCRIMINATOR_OPTIMIZER)
 
     def losses(self, batch: tuple[torch.Tensor, ...], micro: int) -> dict[str, torch.Tensor]:
         c = self.config
-        lq, gt = batch[0], batch[-1]
-        with torch.no_grad():
-            x0 = self.autoencoder.encode(gt * 2 - 1)
-        y, cond = self._inputs(lq, self.scale)
-        generator = torch.Generator().manual_seed(c.seed * 1_000_003 + micro)
-        rows, mine = global_rows(self.accelerator, x0.shape[0])
-        noise = torch.randn((rows, *x0.shape[1:]), generator=generator)[mine].to(x0.device)
+        gt = batch[-1]
+        x0, y, cond, noise = self.draws(batch, micro)[:4]
         pred = call(self.model, self.schedule, prior_sample(y, self.schedule, noise), self.schedule.steps - 1, cond)
         real, fake = gt * 2 - 1, self.autoencoder.decode(pred, quantize=False)
         d_loss = discriminator_loss(self.discriminator, real, fake)

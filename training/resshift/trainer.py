@@ -281,7 +281,11 @@ class Run:
                                  {"config": json.dumps(model.config.to_dict())}, tmp / "model.safetensors")
         save_run_state(tmp, self.step, self.ema, self.optimizer, self.scheduler, asdict(self.config),
                        {"samples": self.samples, "processes": self.accelerator.num_processes})
+        self.save_extra(tmp)
         return commit_checkpoint(tmp, final, self.out, self.config.keep)
+
+    def save_extra(self, tmp: Path) -> None:
+        """More state of a subclass's run, written into the staging folder before it is committed."""
 
     def export(self, use_ema: bool = True) -> Path:
         """``model.safetensors`` + ``model.json``: the (EMA) weights with their model info."""
@@ -318,17 +322,23 @@ class Run:
         with torch.no_grad():
             return self.autoencoder.encode(bicubic_upscale(lq, scale)), lq_condition(lq, self.lq_mode, scale)
 
-    def losses(self, batch: tuple[torch.Tensor, ...], micro: int) -> dict[str, torch.Tensor]:
-        """The loss terms of one micro-batch (``batch``: (lq, gt), or (lq, lq_teacher, gt) for yonos)."""
-        c = self.config
+    def draws(self, batch: tuple[torch.Tensor, ...], micro: int):
+        """(x0 = Enc(gt), y, the LR condition, noise, the generator, global rows, this process's
+        rows) of one micro-batch: what every loss starts from."""
         lq, gt = batch[0], batch[-1]
         with torch.no_grad():
             x0 = self.autoencoder.encode(gt * 2 - 1)
         y, cond = self._inputs(lq, self.scale)
         # drawn for the global micro-batch, this process's rows kept (common/distributed.py)
-        generator = torch.Generator().manual_seed(c.seed * 1_000_003 + micro)
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + micro)
         rows, mine = global_rows(self.accelerator, x0.shape[0])
         noise = torch.randn((rows, *x0.shape[1:]), generator=generator)[mine].to(x0.device)
+        return x0, y, cond, noise, generator, rows, mine
+
+    def losses(self, batch: tuple[torch.Tensor, ...], micro: int) -> dict[str, torch.Tensor]:
+        """The loss terms of one micro-batch (``batch``: (lq, gt), or (lq, lq_teacher, gt) for yonos)."""
+        c = self.config
+        x0, y, cond, noise, generator, rows, mine = self.draws(batch, micro)
         if c.mode == "sinsr":
             weights = (c.lambda_distill, c.lambda_inverse, c.lambda_gt)
             return sinsr_losses(self.model, self.teacher, self.schedule, x0, y, cond, noise, weights, self.mse)
