@@ -73,10 +73,21 @@ class Shard:
         return requested
 
 
-# When this process started (near enough: when the CLI imported this module, before any model is
-# loaded). With several processes, another one can write its first output before process 0 counts
-# the outputs that were there already; those are newer than this.
-STARTED = time.time()
+def _process_start() -> float:
+    """When this process was created (Linux: /proc), else now (this module's import). With several
+    processes another one can write its first output before process 0 gets to count the outputs
+    that were there already (CI saw it when process 0 was slower to import torch); such an output
+    is newer than the process's creation, which the launcher made before either wrote anything."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+        return time.time()
+
+
+STARTED = _process_start()
 
 
 def outputs_from_before(jobs: list[tuple[Path, Path]]) -> int:
