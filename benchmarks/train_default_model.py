@@ -3,8 +3,9 @@ ResShift teacher (x4), a one-step SinSR student distilled from it (the CLEAN end
 knob, ``weights/onestep_default_x4.safetensors``), the evaluation on ../shared/images/val (LR =
 bicubic x1/4, PSNR/SSIM on Y, border 4), then the RESTORATION end
 (``weights/onestep_default_x4_realworld.safetensors``): the student fine-tuned (``train restore``)
-on real-world LR (``--degradation realworld``) of the train photos plus generated dead-leaves
-images, measured on the four val LR kinds at strengths 0..1 and auto (benchmarks/bench_realworld.py).
+on noisy / JPEG photo LR (``--degradation photo``) of the train photos at several scales (optionally
+plus generated dead-leaves images), measured on the four val LR kinds at strengths 0..1 and auto
+(benchmarks/bench_realworld.py).
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/train_default_model.py --out runs/default_model --install
     OMP_WAIT_POLICY=PASSIVE python benchmarks/train_default_model.py --out runs/default_model \
@@ -86,19 +87,46 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def restoration_data(folder: Path, photos: Path, count: int, size: int, repeats: int) -> Path:
-    """The restoration end's data: every train photo (``repeats`` symlinks each) + ``count``
-    dead-leaves images coloured from them (licence-free, generated; see training/common/dead_leaves.py)."""
+PHOTO_SCALES = (1.0, 0.8, 0.65, 0.5, 0.4, 0.3, 0.25)
+
+
+def restoration_data(folder: Path, photos: Path, scales: tuple[float, ...], count: int, size: int) -> Path:
+    """The restoration end's data: every train photo at each of ``scales`` (1: a link to the file;
+    smaller: a bicubic, antialiased downscale written as PNG) + ``count`` dead-leaves images coloured
+    from them (licence-free, generated; see training/common/dead_leaves.py; 0 by default, as they
+    measured worse, see docs/training.md).
+
+    The downscaled copies are our choice (the usual scale augmentation of SR training): the train
+    photos are large and smooth at the pixel level, the photos people upscale (and the val ones) are
+    small and dense with texture; a network that never sees fur-like texture at the LR pixel scale
+    takes it for noise and removes it."""
+    from PIL import Image
+
     from training.common.dead_leaves import palette_from_images, write_dead_leaves
 
     files = list_images(photos)
     (folder / "photos").mkdir(parents=True, exist_ok=True)
     for path in files:
-        for k in range(repeats):
-            link = folder / "photos" / f"{path.stem}_{k}{path.suffix}"
-            if not link.exists():
-                link.symlink_to(path.resolve())
-    write_dead_leaves(folder / "dead_leaves", count, size, palette_from_images(files), seed=0)
+        for scale in scales:
+            name = f"{path.stem}_s{round(scale * 100):03d}"
+            if scale == 1.0:
+                link = folder / "photos" / f"{name}{path.suffix}"
+                if not link.exists():
+                    link.symlink_to(path.resolve())
+                continue
+            target = folder / "photos" / f"{name}.png"
+            if target.exists():  # resumed
+                continue
+            with Image.open(path) as im:
+                shape = (round(im.width * scale), round(im.height * scale))
+                if min(shape) < 1:
+                    raise ValueError(f"{path}: {im.width}x{im.height} at scale {scale} leaves no image")
+                small = im.convert("RGB").resize(shape, Image.BICUBIC)
+            partial = target.with_name(target.name + ".partial")  # not an image name: never listed as data
+            small.save(partial, format="PNG")
+            partial.replace(target)
+    if count:
+        write_dead_leaves(folder / "dead_leaves", count, size, palette_from_images(files), seed=0)
     return folder
 
 
@@ -112,7 +140,8 @@ def restoration_record(args: argparse.Namespace, out: Path, clean: Path, restora
     print(f"restoration end {restoration} (fine-tuned from {clean}) on {args.val}; PSNR-Y dB (gain over bicubic):")
     print("\n".join(report(result)))
     print("\n".join(goals(result)))
-    dead = sorted(p.name for p in list_images(out / "data" / "dead_leaves"))
+    leaves = out / "data" / "dead_leaves"
+    dead = sorted(p.name for p in list_images(leaves)) if leaves.is_dir() else []
     return {
         "command": "OMP_WAIT_POLICY=PASSIVE python " + " ".join(sys.argv),
         "init": str(clean), "steps": args.restore_steps, "batch_size": args.batch_size, "gt_size": args.gt_size,
@@ -120,7 +149,9 @@ def restoration_record(args: argparse.Namespace, out: Path, clean: Path, restora
         "degradation": f"{args.restore_degradation} (training/common/realworld.py, shares of clean bicubic, noisy "
                        f"JPEG photo and mild Real-ESRGAN second order: {MIXTURES[args.restore_degradation]}; the "
                        "rest: the full Real-ESRGAN second-order pipeline)",
-        "data": {"photos": sorted(p.name for p in list_images(args.train)), "photo_repeats": args.photo_repeats,
+        "data": {"photos": sorted(p.name for p in list_images(args.train)),
+                 "photo_scales": list(args.photo_scales),
+                 "files": sorted(p.name for p in list_images(out / "data", recursive=True)),
                  "dead_leaves": {"files": dead, "size": args.dead_leaves_size, "seed": 0,
                                  "generator": "training/common/dead_leaves.py (colours from the train photos)"},
                  "licences": "photos: ../shared/images/README.md (public domain / CC0); dead leaves: generated"},
@@ -165,6 +196,17 @@ def install_restoration(restoration: Path, record: dict | None, record_path: Pat
     print(f"installed {target} ({target.stat().st_size / 1e6:.2f} MB)")
 
 
+def scales_list(text: str) -> tuple[float, ...]:
+    """``1,0.5`` -> (1.0, 0.5): photo scales in (0, 1]."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not values or not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"photo scales must be in (0, 1], got {text!r}")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/default_model")
@@ -195,14 +237,14 @@ def main() -> None:
                               "the teacher and student first (e.g. weights/onestep_default_x4.safetensors, "
                               "itself made by this script's first two stages)")
     restore.add_argument("--restore-steps", type=int, default=3000)
-    restore.add_argument("--restore-degradation", default="realworld_photo", choices=sorted(MIXTURES),
+    restore.add_argument("--restore-degradation", default="photo", choices=sorted(MIXTURES),
                          help="the LR mixture (training/common/realworld.py)")
     restore.add_argument("--restore-lr", type=float, default=4e-4)
-    restore.add_argument("--dead-leaves", type=int, default=40, help="dead-leaves images generated into the data")
+    restore.add_argument("--photo-scales", type=scales_list, default=PHOTO_SCALES,
+                         help="comma-separated scales at which every train photo is added (1: as it is)")
+    restore.add_argument("--dead-leaves", type=int, default=0,
+                         help="dead-leaves images generated into the data (0: none; 40 measured worse)")
     restore.add_argument("--dead-leaves-size", type=int, default=256)
-    restore.add_argument("--photo-repeats", type=int, default=4,
-                         help="each train photo is listed this many times, so photos and dead-leaves images are "
-                              "drawn about equally often")
     gan = parser.add_argument_group("the adversarial variant (issue 28 item 5; measured, not installed)")
     gan.add_argument("--gan-steps", type=int, default=0, help="adversarial fine-tune steps of the restoration end "
                                                                "(0: skip)")
@@ -227,7 +269,7 @@ def main() -> None:
                                   batch_size=args.student_batch_size, lr=args.student_lr, warmup=20, ema=0.99,
                                   lr_decay="cosine", lambda_inverse=args.lambda_inverse, lambda_gt=args.lambda_gt,
                                   **common)).train()
-    data = restoration_data(out / "data", Path(args.train), args.dead_leaves, args.dead_leaves_size, args.photo_repeats)
+    data = restoration_data(out / "data", Path(args.train), args.photo_scales, args.dead_leaves, args.dead_leaves_size)
     restoration = Run(TrainConfig(mode="restore", out=str(out / "restoration"), init=str(student), data=str(data),
                                   degradation=args.restore_degradation, augment="all", gt_size=args.gt_size,
                                   steps=args.restore_steps, batch_size=args.batch_size, lr=args.restore_lr, warmup=50,

@@ -1,8 +1,8 @@
 """Real-world LR images: the training mixture of the default model's restoration end, and the
 fixed LR kinds it is measured on.
 
-Training (``--degradation realworld`` or ``realworld_photo``, our proposals, tuned on the val
-kinds below; ``MIXTURES`` has the shares): one draw per pair of ``realworld`` picks
+Training (``--degradation photo``, ``realworld`` or ``realworld_photo``, our proposals, tuned on
+the val kinds below; ``MIXTURES`` has the shares): one draw per pair of ``realworld`` picks
 - 15 %: the clean bicubic downscale (so full strength does not forget clean inputs),
 - 40 %: a phone/web photo: bicubic downscale, Gaussian noise (sigma 1-15 in 8-bit levels,
   luma-only with probability 0.4) with probability 0.6, then JPEG quality 40-95,
@@ -10,8 +10,10 @@ kinds below; ``MIXTURES`` has the shares): one draw per pair of ``realworld`` pi
   noise <= 15, JPEG >= 50, second order with probability 0.3),
 - 25 %: Real-ESRGAN's second-order pipeline with its public ranges (``degradations.degrade``).
 ``realworld_photo``: 25 % clean, 50 % photo, 25 % mild, no full pipeline.
-A first run with 50 % of the full pipeline and no mild share learnt to smooth: at full strength it
-lost 1.9 dB on a noisy JPEG of the val cat (README, "The bundled default model").
+``photo`` (the bundled restoration end since 0.4): 25 % clean, 75 % photo, no blur at all.
+Every share of blurred LR (mild or full) taught the blind network to sharpen what it gets: at equal
+steps on the same data, full strength scored 0.1-0.4 dB lower on the val cat's JPEG and noisy
+JPEG with a blur share than without (docs/training.md, "The restoration end and the strength knob").
 Every random choice comes from the pair's generator, so pairs stay reproducible.
 
 Measurement (``LR_KINDS``): clean bicubic x1/scale; JPEG q75 of it; Gaussian sigma 8 then JPEG
@@ -28,10 +30,9 @@ import torch
 from .degradations import DegradationConfig, add_gaussian_noise, bicubic_degrade, degrade, jpeg, quantise
 
 # name -> shares of (clean, photo, mild Real-ESRGAN); the rest is the full Real-ESRGAN pipeline.
-# "realworld_photo" (the bundled restoration end since 0.3): no full-pipeline share. Its strong
-# blur taught the blind network to sharpen whatever it gets, and the clean val cat lost 3-4 dB at
-# full strength (docs/training.md, "The restoration end and the strength knob").
-MIXTURES = {"realworld": (0.15, 0.40, 0.20), "realworld_photo": (0.25, 0.50, 0.25)}
+# "photo" is the bundled restoration end's (since 0.4; "realworld_photo" in 0.3, "realworld"
+# before): no blurred LR, see the module's text.
+MIXTURES = {"realworld": (0.15, 0.40, 0.20), "realworld_photo": (0.25, 0.50, 0.25), "photo": (0.25, 0.75, 0.0)}
 MILD = DegradationConfig(blur_sigma=(0.2, 1.5), blur_sigma2=(0.2, 1.0), resize_range=(0.5, 1.5),
                          noise_range=(1.0, 15.0), poisson_scale_range=(0.05, 1.5), jpeg_range=(50.0, 95.0),
                          second_order_prob=0.3, noise_range2=(1.0, 10.0), poisson_scale_range2=(0.05, 1.0),
