@@ -71,6 +71,26 @@ def test_the_photo_mixture_never_draws_the_full_pipeline(monkeypatch):
             realworld.degrade_realworld(hr, 4, np.random.default_rng(i), mixture="realworld")
 
 
+def test_the_photo_mixture_draws_no_blur_at_all(monkeypatch):
+    """``photo`` (the bundled restoration end's): clean or noisy JPEG LR only, never the Real-ESRGAN
+    pipeline (mild or full), so no draw is blurred; and some draws are noisy JPEGs."""
+    from training.common import realworld
+
+    def pipeline(*args, **kwargs):
+        raise AssertionError("the Real-ESRGAN pipeline was drawn")
+
+    monkeypatch.setattr(realworld, "degrade", pipeline)
+    hr = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
+    clean = bicubic_degrade(hr, 4)
+    outs = [realworld.degrade_realworld(hr, 4, np.random.default_rng(i), mixture="photo") for i in range(200)]
+    degraded = [o for o in outs if not torch.equal(o, clean)]
+    assert 100 <= len(degraded) <= 190  # 75 % expected
+    assert all(torch.equal(o, realworld.quantise(o)) for o in degraded)  # JPEG-decoded 8-bit images
+    with pytest.raises(AssertionError, match="pipeline"):  # while realworld_photo draws the mild pipeline
+        for i in range(200):
+            realworld.degrade_realworld(hr, 4, np.random.default_rng(i), mixture="realworld_photo")
+
+
 def test_the_val_kinds_are_what_they_say():
     g = torch.Generator().manual_seed(1)
     coarse = torch.rand(1, 3, 4, 3, generator=g)

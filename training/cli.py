@@ -40,7 +40,7 @@ _HELP = {
     "lr": "AdamW learning rate", "warmup": "linear warm-up steps",
     "lr_decay": "none (constant after the warm-up) or cosine (decays to 0 at --steps)", "ema": "EMA decay of the exported weights",
     "gt_size": "HR crop size (the LR is gt_size / 4)",
-    "degradation": "realesrgan (second order), bicubic, or the real-world mixtures realworld / realworld_photo "
+    "degradation": "realesrgan (second order), bicubic, or the real-world mixtures photo / realworld / realworld_photo "
                    "(training/common/realworld.py)",
     "augment": "flip (random horizontal flips) or all (also 90-degree rotations and RGB channel permutations)",
     "autoencoder": "'pixel' (identity, pixel space) or a VQ-f4 checkpoint / registry name (latent space)",
