@@ -37,6 +37,7 @@ from onestep_sr import load_model  # noqa: E402
 from onestep_sr.checkpoint import atomic_write_text  # noqa: E402
 from onestep_sr.model import BUNDLED_MODELS  # noqa: E402
 from training.common.degradations import bicubic_degrade  # noqa: E402
+from training.common.data import min_side  # noqa: E402
 from training.common.evaluate import evaluate_folder, list_images, load_rgb, summarise  # noqa: E402
 from training.common.metrics import psnr_y  # noqa: E402
 from training.common.realworld import MIXTURES  # noqa: E402
@@ -90,7 +91,8 @@ def table(result: dict) -> str:
 PHOTO_SCALES = (1.0, 0.8, 0.65, 0.5, 0.4, 0.3, 0.25)
 
 
-def restoration_data(folder: Path, photos: Path, scales: tuple[float, ...], count: int, size: int) -> Path:
+def restoration_data(folder: Path, photos: Path, scales: tuple[float, ...], count: int, size: int,
+                     gt_size: int = 96) -> Path:
     """The restoration end's data: every train photo at each of ``scales`` (1: a link to the file;
     smaller: a bicubic, antialiased downscale written as PNG) + ``count`` dead-leaves images coloured
     from them (licence-free, generated; see training/common/dead_leaves.py; 0 by default, as they
@@ -99,7 +101,9 @@ def restoration_data(folder: Path, photos: Path, scales: tuple[float, ...], coun
     The downscaled copies are our choice (the usual scale augmentation of SR training): the train
     photos are large and smooth at the pixel level, the photos people upscale (and the val ones) are
     small and dense with texture; a network that never sees fur-like texture at the LR pixel scale
-    takes it for noise and removes it."""
+    takes it for noise and removes it. A downscale whose shorter side would be below what a
+    ``gt_size`` crop is cut from (``min_side``) is skipped with a line, not written: the trainer
+    would refuse the whole folder for it."""
     from PIL import Image
 
     from training.common.dead_leaves import palette_from_images, write_dead_leaves
@@ -119,8 +123,10 @@ def restoration_data(folder: Path, photos: Path, scales: tuple[float, ...], coun
                 continue
             with Image.open(path) as im:
                 shape = (round(im.width * scale), round(im.height * scale))
-                if min(shape) < 1:
-                    raise ValueError(f"{path}: {im.width}x{im.height} at scale {scale} leaves no image")
+                if min(shape) < min_side(gt_size):
+                    print(f"{path.name} at scale {scale:g} would be {shape[0]}x{shape[1]}, below the "
+                          f"{min_side(gt_size)} px a {gt_size} px crop needs: skipped", flush=True)
+                    continue
                 small = im.convert("RGB").resize(shape, Image.BICUBIC)
             partial = target.with_name(target.name + ".partial")  # not an image name: never listed as data
             small.save(partial, format="PNG")
@@ -269,7 +275,8 @@ def main() -> None:
                                   batch_size=args.student_batch_size, lr=args.student_lr, warmup=20, ema=0.99,
                                   lr_decay="cosine", lambda_inverse=args.lambda_inverse, lambda_gt=args.lambda_gt,
                                   **common)).train()
-    data = restoration_data(out / "data", Path(args.train), args.photo_scales, args.dead_leaves, args.dead_leaves_size)
+    data = restoration_data(out / "data", Path(args.train), args.photo_scales, args.dead_leaves, args.dead_leaves_size,
+                            args.gt_size)
     restoration = Run(TrainConfig(mode="restore", out=str(out / "restoration"), init=str(student), data=str(data),
                                   degradation=args.restore_degradation, augment="all", gt_size=args.gt_size,
                                   steps=args.restore_steps, batch_size=args.batch_size, lr=args.restore_lr, warmup=50,

@@ -20,7 +20,7 @@ def test_the_recipe_trains_both_ends_and_the_adversarial_variant_and_records_the
     cmd = [sys.executable, str(REPO / "benchmarks" / "train_default_model.py"), "--out", str(out),
            "--train", str(train), "--val", str(val), "--teacher-steps", "2", "--student-steps", "2",
            "--restore-steps", "2", "--gan-steps", "2", "--batch-size", "2", "--student-batch-size", "2",
-           "--gt-size", "32", "--dead-leaves", "2", "--dead-leaves-size", "64", "--photo-scales", "1,0.75",
+           "--gt-size", "32", "--dead-leaves", "2", "--dead-leaves-size", "64", "--photo-scales", "1,0.75,0.2",
            "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
@@ -30,11 +30,12 @@ def test_the_recipe_trains_both_ends_and_the_adversarial_variant_and_records_the
     record = json.loads((out / "record.json").read_text())
     assert record["teacher"]["arch"] == "compact"
     restoration = record["restoration"]
-    # the data: each train photo as it is (a link) and at 3/4 size (48x48 PNG), and the dead leaves
+    # the data: each train photo as it is (a link) and at 3/4 size (48x48 PNG; 1/5 is too small for a 32 px crop), and the dead leaves
     photos = sorted((out / "data" / "photos").iterdir())
     assert [p.name for p in photos] == ["0_s075.png", "0_s100.png", "1_s075.png", "1_s100.png"]
     assert photos[1].is_symlink() and Image.open(photos[0]).size == (48, 48)
-    assert restoration["data"]["photo_scales"] == [1.0, 0.75] and len(restoration["data"]["files"]) == 6
+    assert restoration["data"]["photo_scales"] == [1.0, 0.75, 0.2] and len(restoration["data"]["files"]) == 6
+    assert "0.png at scale 0.2 would be 13x13, below the 16 px a 32 px crop needs: skipped" in first.stdout
     assert set(restoration["results"]["kinds"]) == {"clean", "jpeg75", "noise8_jpeg90", "realesrgan"}
     adversarial = restoration["adversarial"]
     assert adversarial["steps"] == 2 and adversarial["gan_weight"] > 0
