@@ -263,6 +263,11 @@ def main() -> None:
     out = Path(args.out)
     common = dict(data=args.train, degradation="bicubic", augment="all", gt_size=args.gt_size, log_every=50,
                   save_every=100, seed=0)
+    if args.clean and not Path(args.clean).is_file():
+        parser.error(f"--clean {args.clean}: no such file")
+    # the restoration end's data first: a problem with it shows before the hour of the first stages
+    data = restoration_data(out / "data", Path(args.train), args.photo_scales, args.dead_leaves, args.dead_leaves_size,
+                            args.gt_size)
 
     if args.clean:
         teacher, student = None, Path(args.clean)
@@ -275,8 +280,6 @@ def main() -> None:
                                   batch_size=args.student_batch_size, lr=args.student_lr, warmup=20, ema=0.99,
                                   lr_decay="cosine", lambda_inverse=args.lambda_inverse, lambda_gt=args.lambda_gt,
                                   **common)).train()
-    data = restoration_data(out / "data", Path(args.train), args.photo_scales, args.dead_leaves, args.dead_leaves_size,
-                            args.gt_size)
     restoration = Run(TrainConfig(mode="restore", out=str(out / "restoration"), init=str(student), data=str(data),
                                   degradation=args.restore_degradation, augment="all", gt_size=args.gt_size,
                                   steps=args.restore_steps, batch_size=args.batch_size, lr=args.restore_lr, warmup=50,
