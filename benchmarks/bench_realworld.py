@@ -4,9 +4,13 @@ For every val image and LR kind (training/common/realworld.py: clean bicubic x1/
 Gaussian sigma 8 + JPEG q90, one fixed-seed Real-ESRGAN draw) it prints PSNR-Y (border 4, 8-bit
 results) and the gain over bicubic of the same LR, at strengths 0, 0.25, 0.5, 0.75, 1 and auto,
 the measures auto reads (noise sigma, blockiness) and the strength it chose, and the issue's goals.
+With ``--draws N`` it also measures the Real-ESRGAN kind over N draws per image (seeds seed .. seed +
+N - 1; the fixed draw of the goal is the first): one draw per image is a sample of a very wide
+distribution, and the mean over several says more about what a user's degraded photos will get.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_realworld.py
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_realworld.py --restoration runs/default_model/restoration/model.safetensors
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_realworld.py --draws 10
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from training.common.evaluate import evaluate_folder, list_images, load_rgb  # n
 from training.common.realworld import DEGRADED_KINDS, LR_KINDS, lr_maker  # noqa: E402
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0, "auto")
+DRAW_STRENGTHS = (0.0, 0.5, 1.0, "auto")
 
 
 def run(model_spec: str, restoration: str | None, val: str, seed: int) -> dict:
@@ -47,6 +52,32 @@ def run(model_spec: str, restoration: str | None, val: str, seed: int) -> dict:
                 make_lr=lr_maker(kind, seed))
         result["kinds"][kind] = {"measures": measures, "auto": chosen, "rows": rows}
     return result
+
+
+def run_draws(model_spec: str, restoration: str | None, val: str, seed: int, count: int) -> dict:
+    """Gain over bicubic of every (draw, image) of the Real-ESRGAN kind, per strength of
+    ``DRAW_STRENGTHS``: ``{strength: [[gain per image] per draw]}``."""
+    model = load_model(model_spec, device="cpu", restoration=restoration)
+    out: dict = {}
+    for strength in DRAW_STRENGTHS:
+        out[str(strength)] = [gains(evaluate_folder(
+            lambda lr, s=strength: model.upscale(lr, seed=seed, strength=s).clamp(0, 1), val,
+            make_lr=lr_maker("realesrgan", seed + draw))) for draw in range(count)]
+    return out
+
+
+def report_draws(names: list[str], draws: dict) -> list[str]:
+    count = len(next(iter(draws.values())))
+    lines = [f"Real-ESRGAN kind over {count} draws per image: mean gain over bicubic per image, "
+             f"mean, draws below bicubic, worst and best draw",
+             f"{'strength':>10s}" + "".join(f"{n:>16s}" for n in names) + f"{'mean':>8s}{'below':>8s}{'worst':>8s}{'best':>8s}"]
+    for strength, per_draw in draws.items():
+        flat = [g for row in per_draw for g in row]
+        per_image = [sum(row[i] for row in per_draw) / count for i in range(len(names))]
+        lines.append(f"{strength:>10s}" + "".join(f"{g:+16.2f}" for g in per_image)
+                     + f"{sum(flat) / len(flat):+8.2f}{sum(g < 0 for g in flat):>4d}/{len(flat):<3d}"
+                     + f"{min(flat):+8.2f}{max(flat):+8.2f}")
+    return lines
 
 
 def gains(rows: list[dict]) -> list[float]:
@@ -86,16 +117,24 @@ def main() -> None:
     parser.add_argument("--restoration", default=None, help="the restoration end (default: the bundled one)")
     parser.add_argument("--val", default=str(ROOT.parent / "shared" / "images" / "val"))
     parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--draws", type=int, default=1,
+                        help="also measure the Real-ESRGAN kind over this many draws per image (1: only the fixed draw)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
+    if args.draws < 1:
+        parser.error(f"--draws must be at least 1, got {args.draws}")
     started = time.perf_counter()
     result = run(args.model, args.restoration, args.val, args.seed)
+    if args.draws > 1:
+        result["draws"] = run_draws(args.model, args.restoration, args.val, args.seed, args.draws)
     result["seconds"] = time.perf_counter() - started
     print(f"model {args.model}, restoration end {args.restoration or 'bundled'}, val {args.val}, "
           f"{torch.get_num_threads()} threads; PSNR-Y dB (gain over bicubic of the same LR)")
     print("kinds: " + "; ".join(f"{k}: {d}" for k, (d, _) in LR_KINDS.items()))
     print("\n".join(report(result)))
     print("\n".join(goals(result)))
+    if "draws" in result:
+        print("\n".join(report_draws(result["names"], result["draws"])))
     print(f"degraded kinds: {', '.join(DEGRADED_KINDS)}; {result['seconds']:.0f} s")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
