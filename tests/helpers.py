@@ -10,6 +10,16 @@ REFERENCE = SHARED / "reference"
 GOLDENS = REFERENCE / "goldens"
 
 
+def benchmark_module(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def reference_keys(path: Path) -> list[tuple[str, list[int]]]:
     """Parse a ``key [d0,d1,...]`` listing."""
     out = []

@@ -3,23 +3,17 @@ Real-ESRGAN x4plus's architecture (parameter count worked out by hand, checkpoin
 output), and the bench's --smoke mode runs end to end in seconds."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO as ROOT, benchmark_module
 
 
 def _rrdbnet():
-    spec = importlib.util.spec_from_file_location("rrdbnet", ROOT / "benchmarks" / "rrdbnet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("rrdbnet")
 
 
 def test_x4plus_parameter_count_by_hand():
@@ -87,9 +81,7 @@ def test_bench_smoke_runs_in_seconds():
 
 
 def test_strength_variants_follow_the_knob():
-    spec = importlib.util.spec_from_file_location("bench_default_model", ROOT / "benchmarks" / "bench_default_model.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_module("bench_default_model")
 
     class Model:
         knob = None

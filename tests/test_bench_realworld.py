@@ -3,21 +3,14 @@ image. The summary lines are checked against figures worked out by hand, and the
 checked to start at the goal's fixed draw and to differ after it."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO, benchmark_module, image_folder
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_realworld", ROOT / "benchmarks" / "bench_realworld.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("bench_realworld")
 
 
 def test_report_draws_means_counts_and_extremes_by_hand():
@@ -31,12 +24,8 @@ def test_report_draws_means_counts_and_extremes_by_hand():
 
 
 def test_the_first_draw_is_the_goals_fixed_draw_and_the_second_differs(tmp_path):
-    from PIL import Image
-
     bench = _bench()
-    rng = torch.Generator().manual_seed(0)
-    image = (torch.rand(64, 80, 3, generator=rng) * 255).to(torch.uint8).numpy()
-    Image.fromarray(image).save(tmp_path / "one.png")
+    image_folder(tmp_path, count=1, size=(64, 80))
     fixed = bench.run("onestep_default", None, str(tmp_path), 12345)
     draws = bench.run_draws("onestep_default", None, str(tmp_path), 12345, 2)
     assert list(draws) == [str(s) for s in bench.DRAW_STRENGTHS]
@@ -47,7 +36,7 @@ def test_the_first_draw_is_the_goals_fixed_draw_and_the_second_differs(tmp_path)
 
 
 def test_draws_below_one_is_refused_by_name():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_realworld.py"), "--draws", "0"],
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_realworld.py"), "--draws", "0"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "--draws must be at least 1, got 0" in result.stderr

@@ -2,23 +2,17 @@
 LoRA-header read-back (the training itself is the benchmark's, not a test's)."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import benchmark_module
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_simple_diffusion",
-                                                  ROOT / "benchmarks" / "bench_simple_diffusion.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("bench_simple_diffusion")
 
 
 def test_paired_difference_matches_by_name():
