@@ -123,6 +123,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.draws < 1:
         parser.error(f"--draws must be at least 1, got {args.draws}")
+    if not Path(args.val).is_dir() or not list_images(args.val):
+        parser.error(f"--val {args.val}: not a folder of images")
     started = time.perf_counter()
     result = run(args.model, args.restoration, args.val, args.seed)
     if args.draws > 1:

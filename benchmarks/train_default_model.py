@@ -42,6 +42,7 @@ from training.common.evaluate import evaluate_folder, list_images, load_rgb, sum
 from training.common.metrics import psnr_y  # noqa: E402
 from training.common.realworld import MIXTURES  # noqa: E402
 from training.common.runs import stage_seconds  # noqa: E402
+from training.errors import run_guarded  # noqa: E402
 from training.resshift.trainer import Run, TrainConfig  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "images"
@@ -342,4 +343,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # an error is one line, Ctrl-C one line and exit 130 (ONESTEP_SR_DEBUG=1 for the traceback)
+    sys.exit(run_guarded("train_default_model.py", lambda: main() or 0,
+                         interrupted="every finished stage and the last checkpoint are kept: "
+                                     "run the same command again to resume"))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 from PIL import Image
 
@@ -45,3 +47,36 @@ def test_the_recipe_trains_both_ends_and_the_adversarial_variant_and_records_the
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "gan" / "checkpoints" / "step-2" / "model.safetensors").stat().st_mtime_ns == stamp  # resumed
+
+
+def test_ctrl_c_ends_the_recipe_with_one_line_and_exit_130_keeping_its_checkpoints(tmp_path):
+    train = image_folder(tmp_path / "train", count=2, size=(64, 64))
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "train_default_model.py"), "--out", str(out),
+           "--train", str(train), "--val", str(train), "--teacher-steps", "100000", "--batch-size", "2",
+           "--gt-size", "32", "--photo-scales", "1", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ONESTEP_SR_DEBUG": ""}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        checkpoints = out / "teacher" / "checkpoints"
+        while not (checkpoints.is_dir() and list(checkpoints.glob("step-*"))):
+            assert proc.poll() is None and time.monotonic() < deadline, "the teacher saved no checkpoint"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("train_default_model.py: interrupted; every finished stage and the last "
+                                           "checkpoint are kept: run the same command again to resume")
+    assert list((out / "teacher" / "checkpoints").glob("step-*")) and (out / "data" / "photos").is_dir()
+
+
+def test_a_missing_train_folder_is_one_line(tmp_path):
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_default_model.py"), "--out",
+                          str(tmp_path / "run"), "--train", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip() == f"train_default_model.py: error: not a folder: {tmp_path / 'nope'}"

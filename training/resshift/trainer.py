@@ -376,46 +376,48 @@ class Run:
         if progress and acc.is_main_process:
             from tqdm import tqdm
             bar = tqdm(total=c.steps, initial=self.step, desc=c.mode, dynamic_ncols=True)
-        started, sums, count = time.perf_counter(), {}, 0
-        micro = self.step * c.grad_accum
-        self.model.train()
-        with CsvLog(self.out / "log.csv", self.step, enabled=acc.is_main_process) as log:
-            for batch in self.loader:
-                with self.accelerator.accumulate(self.model):
-                    parts = self.losses(batch, micro)
-                    loss = parts["total"].mean()
-                    if not math.isfinite(loss.item()):
-                        raise FloatingPointError(f"the loss is {loss.item()} at step {self.step}; lower --lr "
-                                                 "or use fp32 (--mixed-precision no)")
-                    self.accelerator.backward(loss)
-                    self.optimizer.step()
-                    if acc.sync_gradients and not self.optimizer.step_was_skipped:
-                        self.scheduler.step()
-                    self.optimizer.zero_grad()
-                micro += 1
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach().mean())
-                count += 1
-                if not self.accelerator.sync_gradients:
-                    continue
-                self.step += 1
-                self.samples += samples_per_step(c, acc)
-                self._update_ema()
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sums['total'] / count:.4g}")
-                if self.step % c.log_every == 0 or self.step == c.steps:
-                    means = mean_over_processes(acc, {k: v / count for k, v in sums.items()})
-                    log.write({"step": self.step, **{f"loss_{k}": v for k, v in means.items()},
-                               "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started,
-                               "global_batch": samples_per_step(c, acc)})
-                    sums, count = {}, 0
-                if self.step % c.save_every == 0 or self.step == c.steps:
-                    acc.wait_for_everyone()
-                    if acc.is_main_process:
-                        self.save_checkpoint()
-        if bar:
-            bar.close()
+        try:  # closed on an error or Ctrl-C too, so the bar is not redrawn after the error's line
+            started, sums, count = time.perf_counter(), {}, 0
+            micro = self.step * c.grad_accum
+            self.model.train()
+            with CsvLog(self.out / "log.csv", self.step, enabled=acc.is_main_process) as log:
+                for batch in self.loader:
+                    with self.accelerator.accumulate(self.model):
+                        parts = self.losses(batch, micro)
+                        loss = parts["total"].mean()
+                        if not math.isfinite(loss.item()):
+                            raise FloatingPointError(f"the loss is {loss.item()} at step {self.step}; lower --lr "
+                                                     "or use fp32 (--mixed-precision no)")
+                        self.accelerator.backward(loss)
+                        self.optimizer.step()
+                        if acc.sync_gradients and not self.optimizer.step_was_skipped:
+                            self.scheduler.step()
+                        self.optimizer.zero_grad()
+                    micro += 1
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + float(v.detach().mean())
+                    count += 1
+                    if not self.accelerator.sync_gradients:
+                        continue
+                    self.step += 1
+                    self.samples += samples_per_step(c, acc)
+                    self._update_ema()
+                    if bar:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{sums['total'] / count:.4g}")
+                    if self.step % c.log_every == 0 or self.step == c.steps:
+                        means = mean_over_processes(acc, {k: v / count for k, v in sums.items()})
+                        log.write({"step": self.step, **{f"loss_{k}": v for k, v in means.items()},
+                                   "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started,
+                                   "global_batch": samples_per_step(c, acc)})
+                        sums, count = {}, 0
+                    if self.step % c.save_every == 0 or self.step == c.steps:
+                        acc.wait_for_everyone()
+                        if acc.is_main_process:
+                            self.save_checkpoint()
+        finally:
+            if bar:
+                bar.close()
         self.model.eval()
         path = self.export() if acc.is_main_process else self.out / "model.safetensors"
         acc.wait_for_everyone()  # every process returns once the export is there (progressive's next round reads it)
